@@ -1,0 +1,170 @@
+"""The NumPy reference backend: every kernel in plain, idiomatic NumPy.
+
+The kernels are written against ``self.xp`` rather than ``numpy`` so a backend whose arrays follow
+the NumPy API can inherit them and override only what it fuses. They are also the fair baseline
+of the benchmarks, so they avoid needless temporaries: ``np.dot`` (which hands every 2-D product,
+including the batch-1 outer product of ``weight_grad``, to BLAS; ``np.matmul`` does not) and
+in-place ufuncs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+
+from tinynet.backend import Backend
+
+Array = Any
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+    xp = np
+
+    def info(self) -> dict[str, str]:
+        from tinynet.system import blas_info
+
+        return {"backend": self.name, "numpy": np.__version__, "device": "cpu", **blas_info()}
+
+    # -- arrays ---------------------------------------------------------------------------------
+    def asarray(self, x: Any, dtype: Any = None) -> Array:
+        """``x`` as an array of this backend (no copy when it already is one of that dtype)."""
+        return self.xp.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x: Array) -> np.ndarray:
+        return np.asarray(x)
+
+    def _quiet_overflow(self) -> contextlib.AbstractContextManager:
+        # exp(1000) = inf is the right intermediate for sigmoid(-1000) = 1/(1+inf) = 0.
+        return np.errstate(over="ignore")
+
+    # -- forward --------------------------------------------------------------------------------
+    def matmul(self, a: Array, b: Array) -> Array:
+        """(m, k) @ (k, n) -> (m, n)."""
+        return self.xp.dot(a, b)
+
+    def dense_forward(self, x: Array, W: Array, b: Array | None, activation: str) -> Array:
+        """y = f(x W^T + b): x (batch, in), W (out, in), b (out,) or None -> y (batch, out)."""
+        z = self.xp.dot(x, W.T)
+        if b is not None:
+            z += b
+        return self.activate(z, activation)
+
+    def activate(self, z: Array, activation: str) -> Array:
+        """f(z), computed in place in ``z`` (which is returned)."""
+        xp = self.xp
+        if activation == "identity":
+            return z
+        if activation == "sigmoid":
+            # 1 / (1 + e^-z): exact limits 1 and 0 at z = +-1000 and no cancellation for z < 0.
+            with self._quiet_overflow():
+                xp.negative(z, out=z)
+                xp.exp(z, out=z)
+                z += 1
+                return xp.reciprocal(z, out=z)
+        if activation == "tanh":
+            return xp.tanh(z, out=z)
+        if activation == "relu":
+            return xp.maximum(z, 0, out=z)
+        if activation == "step":
+            # The seeds' threshold unit: 1 for z >= 0, else 0.
+            return xp.greater_equal(z, 0, out=z, casting="unsafe")
+        if activation == "softmax":
+            # Shift by the row maximum so exp never overflows; exp(0) = 1 keeps the sum >= 1.
+            z -= z.max(axis=1, keepdims=True)
+            xp.exp(z, out=z)
+            z /= z.sum(axis=1, keepdims=True)
+            return z
+        raise ValueError(f"unknown activation {activation!r}")
+
+    # -- backward -------------------------------------------------------------------------------
+    def activation_backward(self, activation: str, y: Array, dy: Array) -> Array:
+        """dz = dy * f'(z), with f' written in terms of the saved output y = f(z).
+
+        identity: 1; step: 0 (almost everywhere); sigmoid: y(1 - y); tanh: 1 - y^2;
+        relu: [y > 0]; softmax (full Jacobian): y * (dy - sum_k dy_k y_k).
+        """
+        xp = self.xp
+        if activation == "identity":
+            return dy
+        if activation == "sigmoid":
+            return dy * y * (1 - y)
+        if activation == "tanh":
+            return dy * (1 - y * y)
+        if activation == "relu":
+            return dy * (y > 0)
+        if activation == "step":
+            return xp.zeros_like(dy)
+        if activation == "softmax":
+            return y * (dy - (dy * y).sum(axis=1, keepdims=True))
+        raise ValueError(f"unknown activation {activation!r}")
+
+    def weight_grad(self, dz: Array, x: Array) -> Array:
+        """dE/dW = dz^T x: dz (batch, out), x (batch, in) -> (out, in)."""
+        return self.xp.dot(dz.T, x)
+
+    def bias_grad(self, dz: Array) -> Array:
+        """dE/db = sum of dz over the batch: (batch, out) -> (out,)."""
+        return dz.sum(axis=0)
+
+    # -- losses ---------------------------------------------------------------------------------
+    def squared_error(
+        self, y: Array, t: Array, scale: float, reduction: str, grad: bool = True
+    ) -> tuple[Array, Array | None]:
+        """E = scale * sum_k (t_k - y_k)^2 per sample, averaged ("mean") or added ("sum").
+
+        Returns (E as a 0-d array, dE/dy = -2 scale (t - y) / n or None), n = batch for "mean".
+        """
+        diff = y - t
+        n = y.shape[0] if reduction == "mean" else 1
+        loss = (diff * diff).sum() * (scale / n)
+        if not grad:
+            return loss, None
+        diff *= 2 * scale / n
+        return loss, diff
+
+    def softmax_cross_entropy(
+        self, p: Array, t: Array, reduction: str, grad: bool = True
+    ) -> tuple[Array, Array | None]:
+        """E = -sum_k t_k log p_k per sample for softmax outputs p; dE/dz = p - t (fused).
+
+        p is clamped at the smallest normal float so a probability that underflowed to 0 gives a
+        large finite loss instead of inf or NaN.
+        """
+        xp = self.xp
+        n = p.shape[0] if reduction == "mean" else 1
+        tiny = xp.finfo(p.dtype).tiny
+        loss = -(t * xp.log(xp.maximum(p, tiny))).sum() / n
+        if not grad:
+            return loss, None
+        dz = p - t
+        if n != 1:
+            dz /= n
+        return loss, dz
+
+    # -- update ---------------------------------------------------------------------------------
+    def sgd_update(
+        self,
+        w: Array,
+        g: Array,
+        lr: float,
+        velocity: Array | None = None,
+        momentum: float = 0.0,
+    ) -> None:
+        """In place: w <- w - lr g, or with momentum v <- momentum v + g; w <- w - lr v."""
+        if velocity is not None:
+            velocity *= momentum
+            velocity += g
+            g = velocity
+        w -= lr * g
+
+    # -- data -----------------------------------------------------------------------------------
+    def rescale(self, x: Array, scale: float, offset: float, dtype: Any) -> Array:
+        """x * scale + offset as ``dtype``: turns a uint8 batch into network inputs."""
+        out = x.astype(dtype)
+        out *= scale
+        if offset:
+            out += offset
+        return out

@@ -1,0 +1,61 @@
+"""tinynet: multi-layer perceptrons trained by backpropagation, on NumPy, Numba or CuPy.
+
+    import tinynet as tn
+    net = tn.MLP.from_sizes([784, 128, 10], activation="relu", output_activation="softmax")
+    net.fit(X, labels, tn.CrossEntropy(), tn.SGD(lr=0.1), epochs=5, batch_size=64)
+"""
+
+from tinynet import datasets, losses, system
+from tinynet.backend import (
+    Backend,
+    available_backends,
+    get_backend,
+    set_backend,
+    to_numpy,
+    use_backend,
+)
+from tinynet.errors import (
+    BackendError,
+    DataFileError,
+    InvalidInputError,
+    ModelFileError,
+    ShapeError,
+    TinynetError,
+)
+from tinynet.layers import ACTIVATIONS, Dense, Parameter, Rescaling
+from tinynet.losses import CrossEntropy, Loss, SquaredError
+from tinynet.model import MLP, load, one_hot
+from tinynet.optim import SGD
+from tinynet.perceptron import Perceptron
+from tinynet.training import History
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "MLP",
+    "SGD",
+    "Backend",
+    "BackendError",
+    "CrossEntropy",
+    "DataFileError",
+    "Dense",
+    "History",
+    "InvalidInputError",
+    "Loss",
+    "ModelFileError",
+    "Parameter",
+    "Perceptron",
+    "Rescaling",
+    "ShapeError",
+    "SquaredError",
+    "TinynetError",
+    "available_backends",
+    "datasets",
+    "get_backend",
+    "load",
+    "one_hot",
+    "set_backend",
+    "to_numpy",
+    "use_backend",
+]

@@ -1,0 +1,162 @@
+"""Backend selection: which array module and which kernels run the math.
+
+A backend is an array module (``xp``) plus the fixed set of named kernels that
+:class:`Backend` declares. Layers, losses, optimizers and the trainer call kernels only through
+the active backend, so a new backend is one new module in ``kernels/`` and one line in
+``_REGISTRY`` below.
+
+Which backend is active, highest precedence first:
+
+1. an explicit choice in code: ``set_backend("numpy")`` or ``with use_backend("numpy"): ...``;
+2. a non-empty ``TINYNET_BACKEND`` environment variable;
+3. the default, ``"auto"``: the fastest backend that works on this machine.
+
+Backends are imported lazily, so ``import tinynet`` never imports Numba or CuPy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from tinynet.errors import BackendError
+
+log = logging.getLogger("tinynet")
+
+ENV_VAR = "TINYNET_BACKEND"
+DEFAULT = "auto"
+
+# name -> (module, class). The modules live in the top-level kernels/ folder.
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "numpy": ("tinynet.kernels.numpy_backend", "NumpyBackend"),
+}
+# `auto` tries these in order and takes the first that is registered and usable.
+_AUTO_PREFERENCE = ("cupy", "numba", "numpy")
+
+_instances: dict[str, Backend] = {}
+_explicit: str | None = None
+
+
+class Backend:
+    """The contract every backend implements. Arrays are batch-first.
+
+    Shapes: ``x`` (batch, in), ``W`` (out, in) as in the seeds' X_hidden = W·X, ``b`` (out,),
+    ``y``/``z``/``dz`` (batch, out). ``dtype`` is float32 or float64; kernels keep the dtype of
+    their inputs. Kernel names and meaning:
+
+    =====================  ====================================================================
+    ``matmul(a, b)``        a @ b, (m, k) @ (k, n) -> (m, n)
+    ``dense_forward``       y = f(x W^T + b), bias and activation fused
+    ``activation_backward`` dz = dy * f'(z), from the saved output y (sigmoid: y(1-y))
+    ``weight_grad``         dW = dz^T x, (out, in)
+    ``bias_grad``           db = sum over the batch of dz, (out,)
+    ``squared_error``       loss and dE/dy of E = scale * sum_k (t_k - y_k)^2
+    ``softmax_cross_entropy`` loss and dE/dz = p - t of E = -sum_k t_k log p_k
+    ``sgd_update``          w <- w - lr * g (with momentum: v <- m v + g; w <- w - lr v), in place
+    ``rescale``             x * scale + offset as floats (uint8 pixels -> inputs)
+    =====================  ====================================================================
+
+    ``squared_error`` and ``softmax_cross_entropy`` take ``reduction`` ("mean" or "sum" over the
+    batch) and return the loss as a 0-d backend array, so the trainer can add losses up on the
+    device without a sync per step.
+    """
+
+    name: str = "?"
+    xp: Any = np
+
+    def info(self) -> dict[str, str]:
+        """Versions and device, for ``tinynet info`` and benchmark reports."""
+        return {"backend": self.name}
+
+    def __repr__(self) -> str:
+        return f"<tinynet backend {self.name!r}>"
+
+
+def available_backends() -> list[str]:
+    """Names that ``set_backend`` accepts, ``auto`` included."""
+    return ["auto", *_REGISTRY]
+
+
+def _instantiate(name: str) -> Backend:
+    """Import and build a registered backend, or raise BackendError saying why it can't run."""
+    if name in _instances:
+        return _instances[name]
+    module_name, class_name = _REGISTRY[name]
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        backend = cls()
+    except BackendError:
+        raise
+    except Exception as exc:  # the backend's library is missing or broken
+        raise BackendError(f"backend {name!r} cannot be used: {exc}") from exc
+    _instances[name] = backend
+    return backend
+
+
+def _resolve(name: str) -> Backend:
+    name = name.strip().lower()
+    if name == "auto":
+        reasons = []
+        for candidate in _AUTO_PREFERENCE:
+            if candidate not in _REGISTRY:
+                continue
+            try:
+                backend = _instantiate(candidate)
+            except BackendError as exc:
+                reasons.append(str(exc))
+                continue
+            skipped = f" (skipped: {'; '.join(reasons)})" if reasons else ""
+            log.info("tinynet: backend 'auto' selected %r%s", backend.name, skipped)
+            return backend
+        raise BackendError("no usable backend: " + "; ".join(reasons))
+    if name not in _REGISTRY:
+        valid = ", ".join(available_backends())
+        raise BackendError(f"unknown backend {name!r}; valid names: {valid}")
+    return _instantiate(name)
+
+
+def get_backend() -> Backend:
+    """The active backend, chosen by precedence: explicit call, ``TINYNET_BACKEND``, default."""
+    if _explicit is not None:
+        return _resolve(_explicit)
+    from_env = os.environ.get(ENV_VAR, "").strip()
+    return _resolve(from_env or DEFAULT)
+
+
+def set_backend(name: str) -> Backend:
+    """Choose the backend for everything created from now on; returns it.
+
+    Raises BackendError for an unknown name (listing the valid ones) or a backend that cannot run
+    here (saying why). Never falls back to another backend.
+    """
+    global _explicit
+    backend = _resolve(name)
+    _explicit = name
+    return backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[Backend]:
+    """``with use_backend("numpy"):`` runs the block on that backend, then restores the choice."""
+    global _explicit
+    backend = _resolve(name)
+    previous, _explicit = _explicit, name
+    try:
+        yield backend
+    finally:
+        _explicit = previous
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Any backend's array (or anything array-like) as a NumPy array."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "get") and type(x).__module__.startswith("cupy"):
+        return x.get()
+    return np.asarray(x)

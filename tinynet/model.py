@@ -1,0 +1,300 @@
+"""``MLP``: a stack of layers trained by backpropagation, and its ``save``/``load``.
+
+Forward: x -> layer 1 -> ... -> y, each layer keeping its input and output.
+Backward (the seeds' recursion): delta_out = dE/dy * f'(z) comes from the loss, and each Dense
+layer turns delta into dE/dW = delta^T x, dE/db = sum delta and dE/dx = delta W, which the layer
+below multiplies by its own f'(z) to get its delta.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tinynet.errors import InvalidInputError, ModelFileError, ShapeError
+from tinynet.layers import Dense, Layer, Parameter, Rescaling, SeedLike
+from tinynet.losses import Loss
+from tinynet.optim import SGD
+
+if TYPE_CHECKING:
+    from tinynet.training import History
+
+FORMAT = "tinynet-mlp-v1"
+
+
+class MLP:
+    """A feed-forward network: ``layers`` applied in order. The last layer must be Dense."""
+
+    def __init__(self, layers: Sequence[Layer]):
+        layers = list(layers)
+        if not layers or not all(isinstance(layer, Layer) for layer in layers):
+            raise InvalidInputError("MLP needs a non-empty list of layers (Dense, Rescaling)")
+        dense = [layer for layer in layers if isinstance(layer, Dense)]
+        if not isinstance(layers[-1], Dense):
+            raise InvalidInputError("the last layer of an MLP must be Dense")
+        for a, b in zip(dense, dense[1:], strict=False):
+            if a.out_features != b.in_features:
+                raise ShapeError(
+                    f"layer sizes do not chain: {a!r} gives {a.out_features} features but "
+                    f"{b!r} takes {b.in_features}"
+                )
+        if len({layer.dtype for layer in layers}) != 1:
+            raise InvalidInputError("all layers of an MLP must have the same dtype")
+        if len({id(layer.backend) for layer in layers}) != 1:
+            raise InvalidInputError("all layers of an MLP must be created on the same backend")
+        self.layers = layers
+        self.backend = layers[0].backend
+        self.dtype = layers[0].dtype
+        self.in_features: int = dense[0].in_features
+        self.out_features: int = dense[-1].out_features
+        first = next(i for i, layer in enumerate(layers) if layer.parameters())
+        self._first_trainable = first
+
+    @classmethod
+    def from_sizes(
+        cls,
+        sizes: Sequence[int],
+        activation: str = "relu",
+        output_activation: str | None = "softmax",
+        *,
+        bias: bool = True,
+        init: str = "auto",
+        dtype: Any = "float32",
+        seed: SeedLike = None,
+        rescale: tuple[float, float] | None = None,
+    ) -> MLP:
+        """``MLP.from_sizes([784, 128, 10])``: Dense layers between consecutive sizes.
+
+        Hidden layers use ``activation``, the last ``output_activation``. ``rescale=(scale,
+        offset)`` puts a Rescaling layer first so uint8 inputs can be fed directly.
+        """
+        if len(sizes) < 2:
+            raise InvalidInputError(f"need at least an input and an output size, got {sizes!r}")
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        layers: list[Layer] = []
+        if rescale is not None:
+            layers.append(Rescaling(*rescale, dtype=dtype))
+        for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+            last = i == len(sizes) - 2
+            act = output_activation if last else activation
+            layers.append(Dense(n_in, n_out, act, bias=bias, init=init, dtype=dtype, seed=rng))
+        return cls(layers)
+
+    # -- parameters -----------------------------------------------------------------------------
+    def parameters(self) -> list[Parameter]:
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def get_weights(self) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """(W, b) of every Dense layer as NumPy arrays."""
+        return [layer.get_weights() for layer in self.layers if isinstance(layer, Dense)]
+
+    def freeze(self, what: str = "all") -> None:
+        """Stop training ``what`` ("all", "weights" or "bias") in every layer."""
+        for layer in self.layers:
+            layer.freeze(what)
+
+    def unfreeze(self, what: str = "all") -> None:
+        for layer in self.layers:
+            layer.unfreeze(what)
+
+    # -- input checks ---------------------------------------------------------------------------
+    def _input(self, x: Any, check_finite: bool = True) -> Any:
+        """x as a backend array of shape (batch, in_features); clear errors otherwise."""
+        xp = self.backend.xp
+        if not isinstance(x, np.ndarray | xp.ndarray):
+            x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ShapeError(
+                f"expected input of shape (batch, {self.in_features}), got {tuple(x.shape)}"
+                + (f"; for one sample use x.reshape(1, {self.in_features})" if x.ndim == 1 else "")
+            )
+        if x.dtype.kind not in "fiub":
+            raise InvalidInputError(f"input must be numeric, got dtype {x.dtype}")
+        if check_finite and x.dtype.kind == "f" and not bool(xp.isfinite(x).all()):
+            raise InvalidInputError("input contains NaN or inf")
+        # A Rescaling layer converts uint8 batches itself; anything else becomes our dtype.
+        keep_dtype = isinstance(self.layers[0], Rescaling)
+        return self.backend.asarray(x, None if keep_dtype else self.dtype)
+
+    def _targets(self, t: Any, n: int, check_finite: bool = True) -> Any:
+        """Targets as a backend array (n, out_features); integer labels become one-hot rows."""
+        xp = self.backend.xp
+        if not isinstance(t, np.ndarray | xp.ndarray):
+            t = np.asarray(t)
+        if t.ndim == 1 and self.out_features > 1 and t.dtype.kind in "iu":
+            t = one_hot(t, self.out_features, dtype=self.dtype)
+        elif t.ndim == 1 and self.out_features == 1:
+            t = t.reshape(-1, 1)
+        if t.ndim != 2 or t.shape != (n, self.out_features):
+            raise ShapeError(
+                f"targets must have shape ({n}, {self.out_features}) or be {n} integer labels "
+                f"in [0, {self.out_features}), got shape {tuple(t.shape)}"
+            )
+        if t.dtype.kind not in "fiub":
+            raise InvalidInputError(f"targets must be numeric, got dtype {t.dtype}")
+        if check_finite and not bool(xp.isfinite(t).all()):
+            raise InvalidInputError("targets contain NaN or inf")
+        return self.backend.asarray(t, self.dtype)
+
+    def _check_loss(self, loss: Loss) -> None:
+        if not isinstance(loss, Loss):
+            raise InvalidInputError(f"loss must be a tinynet loss, got {loss!r}")
+        loss.check_activation(self.layers[-1].activation)
+
+    # -- forward / backward ---------------------------------------------------------------------
+    def forward(self, x: Any, keep: bool = True) -> Any:
+        """Outputs (batch, out_features) as a backend array; ``keep`` saves what backward needs."""
+        x = self._input(x)
+        for layer in self.layers:
+            x = layer.forward(x, keep)
+        return x
+
+    def backward(self, delta_out: Any) -> None:
+        """Backpropagate delta_out = dE/dz of the last layer (``loss.value_and_delta`` gives it),
+        leaving dE/dW and dE/db in each parameter's ``grad``."""
+        g = delta_out
+        for i in range(len(self.layers) - 1, self._first_trainable - 1, -1):
+            layer, need_dx = self.layers[i], i > self._first_trainable
+            if i == len(self.layers) - 1:
+                g = layer.backward_delta(g, need_dx)
+            else:
+                g = layer.backward(g, need_dx)
+
+    def predict(self, x: Any, batch_size: int = 4096) -> np.ndarray:
+        """Outputs for ``x`` (batch, in_features) as a NumPy array, computed in chunks."""
+        x = self._input(x)
+        chunks = [np.empty((0, self.out_features), self.dtype)]
+        for start in range(0, x.shape[0], batch_size):
+            y = x[start : start + batch_size]
+            for layer in self.layers:
+                y = layer.forward(y, keep=False)
+            chunks.append(self.backend.to_numpy(y))
+        return np.concatenate(chunks)
+
+    def _step(self, x: Any, t: Any, loss: Loss, optimizer: SGD) -> Any:
+        """One training step on checked backend arrays; the loss before the update, 0-d."""
+        y = x
+        for layer in self.layers:
+            y = layer.forward(y)
+        value, delta = loss.value_and_delta(self.backend, y, t, self.layers[-1].activation)
+        self.backward(delta)
+        optimizer.step(self.parameters(), self.backend)
+        return value
+
+    def train_step(self, x: Any, t: Any, loss: Loss, optimizer: SGD) -> float:
+        """Forward, backpropagate and update once on (x, t); returns the loss before the update."""
+        self._check_loss(loss)
+        x = self._input(x)
+        return float(self._step(x, self._targets(t, x.shape[0]), loss, optimizer))
+
+    def fit(
+        self,
+        X: Any,
+        T: Any,
+        loss: Loss,
+        optimizer: SGD,
+        epochs: int = 1,
+        batch_size: int = 32,
+        shuffle: bool = True,
+        seed: int | None = None,
+        validation_data: tuple[Any, Any] | None = None,
+        progress: bool = False,
+        on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> History:
+        """Train for ``epochs`` passes over (X, T) in mini-batches; see ``tinynet.training.fit``."""
+        from tinynet.training import fit
+
+        return fit(self, X, T, loss, optimizer, epochs, batch_size, shuffle, seed,
+                   validation_data, progress, on_epoch_end)
+
+    def evaluate(
+        self, X: Any, T: Any, loss: Loss | None = None, batch_size: int = 4096
+    ) -> dict[str, float]:
+        """``{"accuracy": ..., "loss": ...}`` over (X, T); accuracy compares argmax of outputs
+        and targets (threshold 0.5 for a single output)."""
+        from tinynet.training import evaluate
+
+        return evaluate(self, X, T, loss, batch_size)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model to ``path`` (.npz). Atomic: a crash mid-write keeps the old file."""
+        arrays: dict[str, np.ndarray] = {
+            "__format__": np.array(FORMAT),
+            "__config__": np.array(json.dumps([layer.config() for layer in self.layers])),
+        }
+        for i, layer in enumerate(self.layers):
+            for p in layer.parameters():
+                arrays[f"{i}.{p.name}"] = self.backend.to_numpy(p.data)
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".tinynet-", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"MLP([\n  {inner}\n])"
+
+
+def load(path: str | os.PathLike) -> MLP:
+    """Read a model written by ``MLP.save`` onto the active backend."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelFileError(f"model file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "__format__" not in data.files or str(data["__format__"]) != FORMAT:
+                raise ModelFileError(f"not a tinynet model file: {path}")
+            config = json.loads(str(data["__config__"]))
+            arrays = {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        if isinstance(exc, ModelFileError):
+            raise
+        raise ModelFileError(f"not a tinynet model file: {path} ({exc})") from exc
+    layers: list[Layer] = []
+    try:
+        for i, cfg in enumerate(config):
+            kind = cfg.pop("type")
+            if kind == "Rescaling":
+                layers.append(Rescaling(**cfg))
+                continue
+            layer = Dense(**cfg)
+            layer.set_weights(arrays[f"{i}.weight"], arrays.get(f"{i}.bias"))
+            layers.append(layer)
+    except (KeyError, TypeError) as exc:
+        raise ModelFileError(f"tinynet model file is damaged: {path} ({exc!r})") from exc
+    return MLP(layers)
+
+
+def one_hot(labels: Any, num_classes: int, on: float = 1.0, off: float = 0.0,
+            dtype: Any = "float32") -> np.ndarray:
+    """Integer labels (n,) -> rows (n, num_classes) with ``on`` at the label and ``off`` elsewhere.
+
+    ``one_hot(y, 10, on=0.99, off=0.01)`` gives the seeds' targets for sigmoid outputs.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ShapeError(f"labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise InvalidInputError(
+            f"labels must lie in [0, {num_classes}), got values from {labels.min()} "
+            f"to {labels.max()}"
+        )
+    out = np.full((labels.size, num_classes), off, dtype=dtype)
+    out[np.arange(labels.size), labels] = on
+    return out
+

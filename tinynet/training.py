@@ -1,0 +1,157 @@
+"""The training loop: batches from the data, steps through the model, a history back.
+
+A batch flows like this: the data stay where they are (uint8 images are not converted to a float
+copy), each step gathers ``batch_size`` rows by index, ``MLP._step`` runs forward, loss,
+backward and the optimizer through the backend's kernels, and the loss is added up on the
+device so the loop never waits for it except to refresh the progress bar.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from tinynet.errors import InvalidInputError, ShapeError
+from tinynet.losses import Loss
+
+if TYPE_CHECKING:
+    from tinynet.model import MLP
+    from tinynet.optim import SGD
+
+
+@dataclass
+class History:
+    """Per-epoch records of ``fit``: ``history["loss"][e]`` is epoch e's mean training loss."""
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    def append(self, **values: float) -> None:
+        for key, value in values.items():
+            self.history.setdefault(key, []).append(value)
+
+    def __getitem__(self, key: str) -> list[float]:
+        return self.history[key]
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def fit(
+    model: MLP,
+    X: Any,
+    T: Any,
+    loss: Loss,
+    optimizer: SGD,
+    epochs: int = 1,
+    batch_size: int = 32,
+    shuffle: bool = True,
+    seed: int | None = None,
+    validation_data: tuple[Any, Any] | None = None,
+    progress: bool = False,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> History:
+    """Mini-batch SGD over (X, T) for ``epochs`` epochs; returns the History.
+
+    X: (n, in_features), float or uint8 (with a Rescaling first layer). T: (n, out_features)
+    targets, or n integer labels (one-hot encoded). ``batch_size=1`` is the seeds' per-sample
+    SGD. ``seed`` fixes the shuffling order. History keys: loss, time, samples_per_s, and
+    val_loss, val_accuracy when ``validation_data`` is given; ``on_epoch_end(epoch, record)`` sees
+    each epoch's record. Raises InvalidInputError if the loss turns NaN or inf.
+    """
+    epochs = _positive_int("epochs", epochs)
+    batch_size = _positive_int("batch_size", batch_size)
+    model._check_loss(loss)
+    B = model.backend
+    X = model._input(X)  # checks shape and NaN/inf once; uint8 stays uint8
+    n = X.shape[0]
+    if n == 0:
+        raise ShapeError("no training samples")
+    T = model._targets(T, n)
+    if validation_data is not None:
+        X_val, T_val = validation_data
+        X_val = model._input(X_val)
+        T_val = model._targets(T_val, X_val.shape[0])
+    rng = np.random.default_rng(seed)
+    history = History()
+    per_sample = loss.reduction == "mean"
+    for epoch in range(1, epochs + 1):
+        order = B.asarray(rng.permutation(n)) if shuffle else None
+        total = B.xp.zeros((), dtype=model.dtype)
+        start_time = time.perf_counter()
+        bar = tqdm(total=n, desc=f"epoch {epoch}/{epochs}", unit="sample", unit_scale=True,
+                   disable=not progress, leave=False, mininterval=0.5)
+        next_refresh = start_time
+        with bar:
+            for start in range(0, n, batch_size):
+                stop = min(start + batch_size, n)
+                if order is None:
+                    xb, tb = X[start:stop], T[start:stop]
+                else:
+                    idx = order[start:stop]
+                    xb, tb = X[idx], T[idx]
+                value = model._step(xb, tb, loss, optimizer)
+                total += value * (stop - start) if per_sample else value
+                if progress:
+                    bar.update(stop - start)
+                    now = time.perf_counter()
+                    if now >= next_refresh:
+                        next_refresh = now + 0.5
+                        rate = stop / max(now - start_time, 1e-9)
+                        bar.set_postfix(loss=f"{float(total) / stop:.4f}",
+                                        samples_s=f"{rate:,.0f}", refresh=False)
+        mean_loss = float(total) / n
+        elapsed = time.perf_counter() - start_time
+        if not math.isfinite(mean_loss):
+            raise InvalidInputError(
+                f"training diverged in epoch {epoch}: the loss is {mean_loss}; "
+                f"try a smaller learning rate (now {optimizer.lr:g})"
+            )
+        record = {"loss": mean_loss, "time": elapsed, "samples_per_s": n / elapsed}
+        if validation_data is not None:
+            scores = _evaluate_arrays(model, X_val, T_val, loss, 4096)
+            record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
+        history.append(**record)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+    return history
+
+
+def _evaluate_arrays(model: MLP, X: Any, T: Any, loss: Loss | None, batch_size: int) -> dict:
+    """Accuracy (and loss) over checked backend arrays, in chunks of ``batch_size``."""
+    xp = model.backend.xp
+    n = X.shape[0]
+    correct = xp.zeros((), dtype=np.int64)
+    total = 0.0
+    for start in range(0, n, batch_size):
+        y = X[start : start + batch_size]
+        for layer in model.layers:
+            y = layer.forward(y, keep=False)
+        t = T[start : start + batch_size]
+        if model.out_features == 1:
+            correct += ((y > 0.5) == (t > 0.5)).sum()
+        else:
+            correct += (y.argmax(axis=1) == t.argmax(axis=1)).sum()
+        if loss is not None:
+            value = float(loss.value(model.backend, y, t))
+            total += value * y.shape[0] if loss.reduction == "mean" else value
+    scores = {"accuracy": float(correct) / max(n, 1)}
+    if loss is not None:
+        scores["loss"] = total / max(n, 1)
+    return scores
+
+
+def evaluate(model: MLP, X: Any, T: Any, loss: Loss | None = None, batch_size: int = 4096
+             ) -> dict[str, float]:
+    """``{"accuracy": ...}`` and, with ``loss``, the mean per-sample ``"loss"`` over (X, T)."""
+    batch_size = _positive_int("batch_size", batch_size)
+    X = model._input(X)
+    return _evaluate_arrays(model, X, model._targets(T, X.shape[0]), loss, batch_size)
