@@ -36,9 +36,10 @@ class NumpyBackend(Backend):
     def to_numpy(self, x: Array) -> np.ndarray:
         return np.asarray(x)
 
-    def _quiet_overflow(self) -> contextlib.AbstractContextManager:
-        # exp(1000) = inf is the right intermediate for sigmoid(-1000) = 1/(1+inf) = 0.
-        return np.errstate(over="ignore")
+    def _quiet_limits(self) -> contextlib.AbstractContextManager:
+        # exp(1000) = inf and exp(-1000) = 0 are the right intermediates at the limits
+        # (sigmoid(-1000) = 1/(1+inf) = 0), so they must not warn, even under np.errstate(all=...).
+        return np.errstate(over="ignore", under="ignore")
 
     # -- forward --------------------------------------------------------------------------------
     def matmul(self, a: Array, b: Array) -> Array:
@@ -59,7 +60,7 @@ class NumpyBackend(Backend):
             return z
         if activation == "sigmoid":
             # 1 / (1 + e^-z): exact limits 1 and 0 at z = +-1000 and no cancellation for z < 0.
-            with self._quiet_overflow():
+            with self._quiet_limits():
                 xp.negative(z, out=z)
                 xp.exp(z, out=z)
                 z += 1
@@ -74,7 +75,8 @@ class NumpyBackend(Backend):
         if activation == "softmax":
             # Shift by the row maximum so exp never overflows; exp(0) = 1 keeps the sum >= 1.
             z -= z.max(axis=1, keepdims=True)
-            xp.exp(z, out=z)
+            with self._quiet_limits():
+                xp.exp(z, out=z)
             z /= z.sum(axis=1, keepdims=True)
             return z
         raise ValueError(f"unknown activation {activation!r}")

@@ -1,0 +1,54 @@
+"""Shared fixtures: the backends usable here, the full MNIST folder, a clean backend choice."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import tinynet as tn
+from tinynet import backend as backend_module
+
+
+def _usable_backends() -> list:
+    """One pytest param per registered backend; those that cannot run here skip with the reason."""
+    params = []
+    for name in tn.available_backends():
+        if name == "auto":
+            continue
+        try:
+            backend_module._resolve(name)
+            marks = ()
+        except tn.BackendError as exc:
+            marks = pytest.mark.skip(reason=f"backend {name} unavailable here: {exc}")
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+@pytest.fixture(params=_usable_backends())
+def backend_name(request) -> str:
+    """Runs the test once per backend, with that backend active."""
+    with tn.use_backend(request.param):
+        yield request.param
+
+
+@pytest.fixture(autouse=True)
+def _clean_backend_choice(monkeypatch):
+    """Each test starts with no explicit choice and no TINYNET_BACKEND."""
+    monkeypatch.delenv("TINYNET_BACKEND", raising=False)
+    saved = backend_module._explicit
+    backend_module._explicit = None
+    yield
+    backend_module._explicit = saved
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The folder with the full MNIST files, from TINYNET_DATA_DIR; skips when it is absent."""
+    folder = os.environ.get("TINYNET_DATA_DIR")
+    if not folder or not (Path(folder) / "train-images-idx3-ubyte.gz").exists() and not (
+        Path(folder) / "train-images-idx3-ubyte"
+    ).exists():
+        pytest.skip("full MNIST not found: set TINYNET_DATA_DIR to a folder with the IDX files")
+    return Path(folder)
