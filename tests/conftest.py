@@ -47,8 +47,9 @@ def _clean_backend_choice(monkeypatch):
 def mnist_dir() -> Path:
     """The folder with the full MNIST files, from TINYNET_DATA_DIR; skips when it is absent."""
     folder = os.environ.get("TINYNET_DATA_DIR")
-    if not folder or not (Path(folder) / "train-images-idx3-ubyte.gz").exists() and not (
-        Path(folder) / "train-images-idx3-ubyte"
-    ).exists():
+    if not folder or (
+        not (Path(folder) / "train-images-idx3-ubyte.gz").exists()
+        and not (Path(folder) / "train-images-idx3-ubyte").exists()
+    ):
         pytest.skip("full MNIST not found: set TINYNET_DATA_DIR to a folder with the IDX files")
     return Path(folder)

@@ -27,16 +27,19 @@ def _loss_of(net: tn.MLP, loss: tn.Loss, x: np.ndarray, t: np.ndarray) -> float:
 @pytest.mark.parametrize(("output", "loss"), OUTPUT_LOSSES, ids=lambda v: repr(v))
 def test_backprop_matches_finite_differences(backend_name, hidden, output, loss):
     rng = np.random.default_rng(7)
-    net = tn.MLP([tn.Dense(5, 4, hidden, dtype="float64", seed=1),
-                  tn.Dense(4, 3, output, dtype="float64", seed=2)])
+    net = tn.MLP(
+        [
+            tn.Dense(5, 4, hidden, dtype="float64", seed=1),
+            tn.Dense(4, 3, output, dtype="float64", seed=2),
+        ]
+    )
     for layer in net.layers:  # non-zero biases, so their gradients are exercised too
         W, _ = layer.get_weights()
         layer.set_weights(W, rng.normal(0, 0.5, layer.out_features))
     x = rng.normal(size=(6, 5))
     t = rng.dirichlet(np.ones(3), size=6)  # rows sum to 1, as CrossEntropy requires
 
-    value, delta = loss.value_and_delta(net.backend, net.forward(x), net.backend.asarray(t),
-                                        output)
+    value, delta = loss.value_and_delta(net.backend, net.forward(x), net.backend.asarray(t), output)
     net.backward(delta)
     assert float(value) == pytest.approx(_loss_of(net, loss, x, t), rel=1e-12)
 
@@ -53,5 +56,6 @@ def test_backprop_matches_finite_differences(backend_name, hidden, output, loss)
                     p.data = net.backend.asarray(shifted)
                     numeric[idx] += sign * _loss_of(net, loss, x, t) / (2 * eps)
             p.data = net.backend.asarray(base)
-            np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-8,
-                                       err_msg=f"{p.name} of {layer!r}")
+            np.testing.assert_allclose(
+                analytic, numeric, rtol=1e-5, atol=1e-8, err_msg=f"{p.name} of {layer!r}"
+            )

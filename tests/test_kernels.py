@@ -22,8 +22,13 @@ ACTS = {
 
 
 def _naive_dense(x, W, b, activation):
-    z = [[sum(x[i][k] * W[j][k] for k in range(len(W[0]))) + (b[j] if b is not None else 0.0)
-          for j in range(len(W))] for i in range(len(x))]
+    z = [
+        [
+            sum(x[i][k] * W[j][k] for k in range(len(W[0]))) + (b[j] if b is not None else 0.0)
+            for j in range(len(W))
+        ]
+        for i in range(len(x))
+    ]
     if activation == "softmax":
         out = []
         for row in z:
@@ -35,13 +40,17 @@ def _naive_dense(x, W, b, activation):
 
 
 @settings(max_examples=40, deadline=None)
-@given(batch=st.integers(1, 7), n_in=st.integers(1, 9), n_out=st.integers(1, 6),
-       activation=st.sampled_from([*ACTS, "softmax"]), bias=st.booleans(),
-       seed=st.integers(0, 2**16))
+@given(
+    batch=st.integers(1, 7),
+    n_in=st.integers(1, 9),
+    n_out=st.integers(1, 6),
+    activation=st.sampled_from([*ACTS, "softmax"]),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_dense_forward_matches_the_formula(batch, n_in, n_out, activation, bias, seed):
     rng = np.random.default_rng(seed)
-    x, W, b = rng.normal(size=(batch, n_in)), rng.normal(size=(n_out, n_in)), rng.normal(
-        size=n_out)
+    x, W, b = rng.normal(size=(batch, n_in)), rng.normal(size=(n_out, n_in)), rng.normal(size=n_out)
     B = tn.get_backend()
     y = B.dense_forward(B.asarray(x), B.asarray(W), B.asarray(b) if bias else None, activation)
     assert y.shape == (batch, n_out)
@@ -103,8 +112,11 @@ def test_losses_and_their_gradients(backend_name):
     loss, dz = B.softmax_cross_entropy(B.asarray(y), B.asarray(t), "sum")
     assert float(loss) == pytest.approx(ce, rel=1e-14)
     # A probability that underflowed to 0 gives a large finite loss, not inf or NaN.
-    loss, _ = B.softmax_cross_entropy(B.asarray(np.array([[0.0, 1.0]], np.float32)),
-                                      B.asarray(np.array([[1.0, 0.0]], np.float32)), "mean")
+    loss, _ = B.softmax_cross_entropy(
+        B.asarray(np.array([[0.0, 1.0]], np.float32)),
+        B.asarray(np.array([[1.0, 0.0]], np.float32)),
+        "mean",
+    )
     assert math.isfinite(float(loss)) and float(loss) > 80
 
 

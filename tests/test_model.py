@@ -36,15 +36,17 @@ def test_dense_follows_nn_linear_conventions():
         tn.Dense(3, 2).set_weights(np.ones((2, 3)))
 
 
-@pytest.mark.parametrize(("init", "bound"), [("glorot_uniform", (6 / 1100) ** 0.5),
-                                             ("uniform", 1000**-0.5)])
+@pytest.mark.parametrize(
+    ("init", "bound"), [("glorot_uniform", (6 / 1100) ** 0.5), ("uniform", 1000**-0.5)]
+)
 def test_uniform_inits_stay_in_their_documented_bounds(init, bound):
     W, _ = tn.Dense(1000, 100, init=init, seed=0, dtype="float64").get_weights()
     assert np.abs(W).max() <= bound and np.abs(W).max() > 0.95 * bound
 
 
-@pytest.mark.parametrize(("init", "std"), [("he_normal", (2 / 1000) ** 0.5),
-                                           ("normal", 1000**-0.5)])
+@pytest.mark.parametrize(
+    ("init", "std"), [("he_normal", (2 / 1000) ** 0.5), ("normal", 1000**-0.5)]
+)
 def test_normal_inits_have_their_documented_spread(init, std):
     W, _ = tn.Dense(1000, 100, init=init, seed=0, dtype="float64").get_weights()
     assert W.std() == pytest.approx(std, rel=0.02)
@@ -55,16 +57,29 @@ def test_fit_learns_and_is_deterministic(backend_name):
     histories, weights = [], []
     for _ in range(2):
         net = tn.MLP.from_sizes([4, 8, 3], "tanh", "softmax", seed=3)
-        h = net.fit(X, y, tn.CrossEntropy(), tn.SGD(0.1, momentum=0.5), epochs=5,
-                    batch_size=16, seed=11, validation_data=(X, y))
+        h = net.fit(
+            X,
+            y,
+            tn.CrossEntropy(),
+            tn.SGD(0.1, momentum=0.5),
+            epochs=5,
+            batch_size=16,
+            seed=11,
+            validation_data=(X, y),
+        )
         histories.append(h)
         weights.append(net.get_weights()[0][0])
     assert histories[0]["loss"] == histories[1]["loss"]
     np.testing.assert_array_equal(weights[0], weights[1])
     assert histories[0]["loss"][-1] < histories[0]["loss"][0] / 2
     assert histories[0]["val_accuracy"][-1] > 0.95
-    assert set(histories[0].history) == {"loss", "time", "samples_per_s", "val_loss",
-                                         "val_accuracy"}
+    assert set(histories[0].history) == {
+        "loss",
+        "time",
+        "samples_per_s",
+        "val_loss",
+        "val_accuracy",
+    }
     scores = net.evaluate(X, y, tn.CrossEntropy())
     assert scores["accuracy"] == pytest.approx(histories[1]["val_accuracy"][-1])
     assert scores["loss"] == pytest.approx(histories[1]["val_loss"][-1], rel=1e-5)
@@ -86,10 +101,12 @@ def test_mean_reduction_averages_the_batch():
     x = np.array([[0.3, -0.2], [0.1, 0.9]])
     t = np.array([[1.0, 0.0], [0.0, 1.0]])
     net = tn.MLP.from_sizes([2, 2], output_activation="sigmoid", seed=0, dtype="float64")
-    per_sample = [tn.SquaredError(reduction="sum")(net.predict(x[i : i + 1]), t[i : i + 1])
-                  for i in range(2)]
+    per_sample = [
+        tn.SquaredError(reduction="sum")(net.predict(x[i : i + 1]), t[i : i + 1]) for i in range(2)
+    ]
     assert tn.SquaredError(reduction="mean")(net.predict(x), t) == pytest.approx(
-        np.mean(per_sample))
+        np.mean(per_sample)
+    )
     assert tn.SquaredError(reduction="sum")(net.predict(x), t) == pytest.approx(sum(per_sample))
 
 
@@ -139,8 +156,9 @@ def test_uint8_inputs_go_through_rescaling():
 
 
 def test_save_and_load_round_trip(tmp_path, backend_name):
-    net = tn.MLP.from_sizes([4, 6, 3], "relu", "softmax", seed=1, rescale=(0.5, 0.1),
-                            dtype="float64")
+    net = tn.MLP.from_sizes(
+        [4, 6, 3], "relu", "softmax", seed=1, rescale=(0.5, 0.1), dtype="float64"
+    )
     net.layers[2].freeze("bias")
     path = tmp_path / "model.npz"
     net.save(path)
@@ -232,13 +250,15 @@ def test_non_positive_learning_rate(lr):
         tn.SGD(lr)
 
 
-@pytest.mark.parametrize(("field", "value"), [("batch_size", 0), ("batch_size", -3),
-                                              ("epochs", 0), ("batch_size", 2.5)])
+@pytest.mark.parametrize(
+    ("field", "value"), [("batch_size", 0), ("batch_size", -3), ("epochs", 0), ("batch_size", 2.5)]
+)
 def test_non_positive_batch_size_or_epochs(field, value):
     net = tn.MLP.from_sizes([2, 2])
     with pytest.raises(tn.InvalidInputError, match=field):
-        net.fit(np.zeros((2, 2)), np.array([0, 1]), tn.CrossEntropy(), tn.SGD(0.1),
-                **{field: value})
+        net.fit(
+            np.zeros((2, 2)), np.array([0, 1]), tn.CrossEntropy(), tn.SGD(0.1), **{field: value}
+        )
 
 
 def test_unknown_names():

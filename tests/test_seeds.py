@@ -32,8 +32,12 @@ T0 = [0.01, 0.99]
 
 
 def seed000_net(dtype="float64") -> tn.MLP:
-    net = tn.MLP([tn.Dense(3, 3, "sigmoid", bias=False, dtype=dtype),
-                  tn.Dense(3, 2, "sigmoid", bias=False, dtype=dtype)])
+    net = tn.MLP(
+        [
+            tn.Dense(3, 3, "sigmoid", bias=False, dtype=dtype),
+            tn.Dense(3, 2, "sigmoid", bias=False, dtype=dtype),
+        ]
+    )
     net.layers[0].set_weights(np.array(W_IH), None)
     net.layers[1].set_weights(np.array(W_HO), None)
     return net
@@ -44,8 +48,9 @@ def test_seed000_hidden_input_erratum(backend_name):
     # 0.8*0.9 + 0.1*0.1 + 0.9*0.8 = 0.72 + 0.01 + 0.72 = 1.45 (erratum: 0.62 in the seed), and so
     # O_hidden3 = sigmoid(1.45) = 0.810, not the seed's 0.650.
     net = seed000_net()
-    z = net.backend.to_numpy(net.backend.matmul(net.backend.asarray(np.array([X0])),
-                                                net.layers[0].weight.data.T))
+    z = net.backend.to_numpy(
+        net.backend.matmul(net.backend.asarray(np.array([X0])), net.layers[0].weight.data.T)
+    )
     np.testing.assert_allclose(z[0], [1.16, 0.42, 1.45], rtol=1e-12)
     hidden = tn.MLP([net.layers[0]]).predict(np.array([X0]))
     np.testing.assert_allclose(hidden[0], [0.761, 0.603, 0.810], atol=5e-4)
@@ -100,7 +105,7 @@ def test_seed000_backprop_full_network(backend_name):
     #   value is a leftover from the output layer.
     # So the seed's 0.0624363156 and 0.894889865 are not what backprop gives; we test the values
     # computed by hand above, with the correct forward pass.
-    oo, E, g_ho, g_ih, d_oh = _hand_seed000()
+    oo, E, g_ho, g_ih, _d_oh = _hand_seed000()
     net = seed000_net()
     loss = tn.SquaredError(scale=1.0, reduction="sum")
     np.testing.assert_allclose(net.predict(np.array([X0]))[0], oo, rtol=1e-12)
@@ -115,7 +120,7 @@ def test_seed000_backprop_full_network(backend_name):
     np.testing.assert_allclose(W_ho_new, np.array(W_HO) - 0.5 * np.array(g_ho), rtol=1e-12)
     # The seed's own recipe with the erratum fixed: dE/dO_h1 = 1.432*0.198924*0.3 + (-0.116599104)
     # * 0.6 with its rounded values; close to the exact value of the (correct) forward pass.
-    assert 1.432 * 0.198924 * 0.3 - 0.116599104 * 0.6 == pytest.approx(0.0154983, abs=1e-6)
+    assert pytest.approx(0.0154983, abs=1e-6) == 1.432 * 0.198924 * 0.3 - 0.116599104 * 0.6
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,8 +136,12 @@ T4 = [0.01, 0.99]
 
 
 def seed004_net(dtype="float64") -> tn.MLP:
-    net = tn.MLP([tn.Dense(2, 2, activation="sigmoid", dtype=dtype),
-                  tn.Dense(2, 2, activation="sigmoid", dtype=dtype)])
+    net = tn.MLP(
+        [
+            tn.Dense(2, 2, activation="sigmoid", dtype=dtype),
+            tn.Dense(2, 2, activation="sigmoid", dtype=dtype),
+        ]
+    )
     net.layers[0].set_weights(np.array(W1), np.array(B1))
     net.layers[1].set_weights(np.array(W2), np.array(B2))
     net.freeze("bias")
@@ -154,7 +163,7 @@ def _hand_seed004_step(w1, w2):
 def test_seed004_forward(backend_name):
     net = seed004_net()
     h = tn.MLP([net.layers[0]]).predict(np.array([X4]))[0]
-    assert 0.15 * 0.05 + 0.2 * 0.1 + 0.35 == pytest.approx(0.3775)  # net_h1 as printed
+    assert pytest.approx(0.3775) == 0.15 * 0.05 + 0.2 * 0.1 + 0.35  # net_h1 as printed
     np.testing.assert_allclose(h, [0.593269992, 0.596884378], atol=1e-9)
     o = net.predict(np.array([X4]))[0]
     np.testing.assert_allclose(o, [0.75136507, 0.772928465], atol=1e-8)
@@ -162,7 +171,8 @@ def test_seed004_forward(backend_name):
     # Erratum: the seed prints E_o1 = 0.298371109, which is E_total; E_o1 = 0.274811083.
     np.testing.assert_allclose(per_output, [0.274811083, 0.023560026], atol=1e-9)
     assert tn.SquaredError(scale=0.5)(o[None], np.array([T4])) == pytest.approx(
-        0.298371109, abs=1e-9)
+        0.298371109, abs=1e-9
+    )
 
 
 def test_seed004_one_step_and_ten_thousand(backend_name):
@@ -196,13 +206,12 @@ def test_seed004_one_step_and_ten_thousand(backend_name):
 
 def test_api_snippet_prints_the_issue_values(backend_name):
     # The snippet of the core issue, unchanged (default dtype float32).
-    net = tn.MLP([tn.Dense(2, 2, activation="sigmoid"),
-                  tn.Dense(2, 2, activation="sigmoid")])
-    net.layers[0].set_weights(np.array([[.15, .20], [.25, .30]]), np.array([.35, .35]))
-    net.layers[1].set_weights(np.array([[.40, .45], [.50, .55]]), np.array([.60, .60]))
+    net = tn.MLP([tn.Dense(2, 2, activation="sigmoid"), tn.Dense(2, 2, activation="sigmoid")])
+    net.layers[0].set_weights(np.array([[0.15, 0.20], [0.25, 0.30]]), np.array([0.35, 0.35]))
+    net.layers[1].set_weights(np.array([[0.40, 0.45], [0.50, 0.55]]), np.array([0.60, 0.60]))
     net.freeze("bias")
     loss, opt = tn.SquaredError(scale=0.5), tn.SGD(lr=0.5)
-    x, t = np.array([[.05, .10]]), np.array([[.01, .99]])
+    x, t = np.array([[0.05, 0.10]]), np.array([[0.01, 0.99]])
     assert f"{float(loss(net.predict(x), t)):.8f}" == "0.29837110"
     net.train_step(x, t, loss, opt)
     W, b = net.layers[1].get_weights()

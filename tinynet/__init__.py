@@ -1,8 +1,8 @@
 """tinynet: multi-layer perceptrons trained by backpropagation, on NumPy, Numba or CuPy.
 
-    import tinynet as tn
-    net = tn.MLP.from_sizes([784, 128, 10], activation="relu", output_activation="softmax")
-    net.fit(X, labels, tn.CrossEntropy(), tn.SGD(lr=0.1), epochs=5, batch_size=64)
+import tinynet as tn
+net = tn.MLP.from_sizes([784, 128, 10], activation="relu", output_activation="softmax")
+net.fit(X, labels, tn.CrossEntropy(), tn.SGD(lr=0.1), epochs=5, batch_size=64)
 """
 
 from tinynet import datasets, losses, system
@@ -54,8 +54,10 @@ __all__ = [
     "datasets",
     "get_backend",
     "load",
+    "losses",
     "one_hot",
     "set_backend",
+    "system",
     "to_numpy",
     "use_backend",
 ]

@@ -21,12 +21,34 @@ from tinynet.errors import InvalidInputError, TinynetError
 # MNIST); `seed` is the tutorials' classic network, trained one sample at a time, with their
 # update -(t - o) o (1 - o) x, which is the gradient of 0.5 * sum (t - o)^2 (loss_scale 0.5).
 RECIPES: dict[str, dict[str, Any]] = {
-    "default": dict(hidden=[256, 128], activation="relu", loss="cross_entropy", epochs=12,
-                    batch_size=64, lr=0.05, momentum=0.9, init="auto", bias=True,
-                    targets=(0.0, 1.0), inputs=(1 / 255, 0.0), loss_scale=1.0),
-    "seed": dict(hidden=[200], activation="sigmoid", loss="squared_error", epochs=5,
-                 batch_size=1, lr=0.1, momentum=0.0, init="normal", bias=False,
-                 targets=(0.01, 0.99), inputs=(0.99 / 255, 0.01), loss_scale=0.5),
+    "default": dict(
+        hidden=[256, 128],
+        activation="relu",
+        loss="cross_entropy",
+        epochs=12,
+        batch_size=64,
+        lr=0.05,
+        momentum=0.9,
+        init="auto",
+        bias=True,
+        targets=(0.0, 1.0),
+        inputs=(1 / 255, 0.0),
+        loss_scale=1.0,
+    ),
+    "seed": dict(
+        hidden=[200],
+        activation="sigmoid",
+        loss="squared_error",
+        epochs=5,
+        batch_size=1,
+        lr=0.1,
+        momentum=0.0,
+        init="normal",
+        bias=False,
+        targets=(0.01, 0.99),
+        inputs=(0.99 / 255, 0.01),
+        loss_scale=0.5,
+    ),
 }
 
 
@@ -40,8 +62,12 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train an MLP on MNIST and report test accuracy")
-    train.add_argument("--recipe", choices=sorted(RECIPES), default="default",
-                       help="settings the other flags override (default: %(default)s)")
+    train.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="default",
+        help="settings the other flags override (default: %(default)s)",
+    )
     train.add_argument("--backend", help="numpy, auto, ... (default: $TINYNET_BACKEND or auto)")
     train.add_argument("--hidden", type=int, nargs="+", help="hidden layer sizes, e.g. 256 128")
     train.add_argument("--activation", help="hidden activation: " + ", ".join(tn.ACTIVATIONS))
@@ -54,8 +80,9 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     train.add_argument("--data-dir", help="folder with the MNIST IDX files (raw or .gz)")
     train.add_argument("--no-download", action="store_true", help="never download MNIST")
-    train.add_argument("--sample", action="store_true",
-                       help="use the small MNIST sample shipped in the package")
+    train.add_argument(
+        "--sample", action="store_true", help="use the small MNIST sample shipped in the package"
+    )
     train.add_argument("--plot", metavar="PNG", help="save the training curve (matplotlib)")
     train.add_argument("--save", metavar="NPZ", help="save the trained model")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -73,12 +100,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _data(args: argparse.Namespace):
     if args.sample:
-        return (tn.datasets.mnist_sample("train"), tn.datasets.mnist_sample("test"),
-                tn.datasets.mnist.SAMPLE_NAME)
+        return (
+            tn.datasets.mnist_sample("train"),
+            tn.datasets.mnist_sample("test"),
+            tn.datasets.mnist_loader.SAMPLE_NAME,
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train, test, source = tn.datasets.load_mnist(args.data_dir, not args.no_download,
-                                                     progress=True)
+        train, test, source = tn.datasets.load_mnist(
+            args.data_dir, not args.no_download, progress=True
+        )
     for w in caught:
         print(f"\n*** WARNING: {w.message} ***\n", file=sys.stderr)
     return train, test, source
@@ -100,8 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError as exc:
-            raise InvalidInputError(
-                "--plot needs matplotlib: pip install 'tinynet[plot]'") from exc
+            raise InvalidInputError("--plot needs matplotlib: pip install 'tinynet[plot]'") from exc
     if args.backend:
         tn.set_backend(args.backend)
     backend = tn.get_backend()
@@ -113,33 +143,59 @@ def cmd_train(args: argparse.Namespace) -> int:
     (x_train, y_train), (x_test, y_test), source = _data(args)
     out_act = "softmax" if isinstance(loss, tn.CrossEntropy) else "sigmoid"
     net = tn.MLP.from_sizes(
-        [x_train.shape[1], *opt["hidden"], 10], opt["activation"], out_act, bias=opt["bias"],
-        init=opt["init"], dtype=args.dtype, seed=args.seed, rescale=opt["inputs"])
+        [x_train.shape[1], *opt["hidden"], 10],
+        opt["activation"],
+        out_act,
+        bias=opt["bias"],
+        init=opt["init"],
+        dtype=args.dtype,
+        seed=args.seed,
+        rescale=opt["inputs"],
+    )
     off, on = opt["targets"]
     t_train = tn.one_hot(y_train, 10, on=on, off=off, dtype=args.dtype)
     t_test = tn.one_hot(y_test, 10, on=on, off=off, dtype=args.dtype)
 
-    print(f"tinynet {tn.__version__}  backend: {backend.name}  data: {source} "
-          f"({len(x_train):,} train / {len(x_test):,} test)")
-    print(f"recipe {args.recipe}: {net.in_features}-{'-'.join(map(str, opt['hidden']))}-10 "
-          f"{opt['activation']}, {loss!r}, {optimizer!r}, batch {opt['batch_size']}, "
-          f"{opt['epochs']} epochs, {args.dtype}")
+    print(
+        f"tinynet {tn.__version__}  backend: {backend.name}  data: {source} "
+        f"({len(x_train):,} train / {len(x_test):,} test)"
+    )
+    print(
+        f"recipe {args.recipe}: {net.in_features}-{'-'.join(map(str, opt['hidden']))}-10 "
+        f"{opt['activation']}, {loss!r}, {optimizer!r}, batch {opt['batch_size']}, "
+        f"{opt['epochs']} epochs, {args.dtype}"
+    )
 
     def report(epoch: int, r: dict[str, float]) -> None:
-        print(f"epoch {epoch:2d}/{opt['epochs']}  loss {r['loss']:.4f}  "
-              f"test acc {100 * r['val_accuracy']:.2f}%  {r['time']:.2f} s  "
-              f"{r['samples_per_s']:,.0f} samples/s", flush=True)
+        print(
+            f"epoch {epoch:2d}/{opt['epochs']}  loss {r['loss']:.4f}  "
+            f"test acc {100 * r['val_accuracy']:.2f}%  {r['time']:.2f} s  "
+            f"{r['samples_per_s']:,.0f} samples/s",
+            flush=True,
+        )
 
     started = time.perf_counter()
-    history = net.fit(x_train, t_train, loss, optimizer, opt["epochs"], opt["batch_size"],
-                      shuffle=True, seed=args.seed, validation_data=(x_test, t_test),
-                      progress=not args.quiet, on_epoch_end=report)
+    history = net.fit(
+        x_train,
+        t_train,
+        loss,
+        optimizer,
+        opt["epochs"],
+        opt["batch_size"],
+        shuffle=True,
+        seed=args.seed,
+        validation_data=(x_test, t_test),
+        progress=not args.quiet,
+        on_epoch_end=report,
+    )
     wall = time.perf_counter() - started
     accuracy = history["val_accuracy"][-1]
     train_time = sum(history["time"])
-    print(f"test accuracy {100 * accuracy:.2f}% on {source}; training {train_time:.1f} s "
-          f"({train_time / opt['epochs']:.2f} s/epoch, "
-          f"{opt['epochs'] * len(x_train) / train_time:,.0f} samples/s), wall {wall:.1f} s")
+    print(
+        f"test accuracy {100 * accuracy:.2f}% on {source}; training {train_time:.1f} s "
+        f"({train_time / opt['epochs']:.2f} s/epoch, "
+        f"{opt['epochs'] * len(x_train) / train_time:,.0f} samples/s), wall {wall:.1f} s"
+    )
     if args.save:
         net.save(args.save)
         print(f"model saved to {args.save}")
@@ -161,8 +217,13 @@ def _plot(history: tn.History, path: str, title: str) -> None:
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("training loss", color="tab:blue")
     ax_acc = ax_loss.twinx()
-    ax_acc.plot(epochs, 100 * np.array(history["val_accuracy"]), "s-", color="tab:red",
-                label="test accuracy")
+    ax_acc.plot(
+        epochs,
+        100 * np.array(history["val_accuracy"]),
+        "s-",
+        color="tab:red",
+        label="test accuracy",
+    )
     ax_acc.set_ylabel("test accuracy (%)", color="tab:red")
     ax_loss.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -265,8 +265,12 @@ class Rescaling(Layer):
         return dy * self.scale if need_input_grad else None
 
     def config(self) -> dict[str, Any]:
-        return {"type": "Rescaling", "scale": self.scale, "offset": self.offset,
-                "dtype": self.dtype.name}
+        return {
+            "type": "Rescaling",
+            "scale": self.scale,
+            "offset": self.offset,
+            "dtype": self.dtype.name,
+        }
 
     def __repr__(self) -> str:
         return f"Rescaling(scale={self.scale:g}, offset={self.offset:g})"

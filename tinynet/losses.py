@@ -16,9 +16,7 @@ REDUCTIONS = ("mean", "sum")
 
 def _check_reduction(reduction: str) -> str:
     if reduction not in REDUCTIONS:
-        raise InvalidInputError(
-            f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}"
-        )
+        raise InvalidInputError(f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
     return reduction
 
 

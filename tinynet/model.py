@@ -8,6 +8,7 @@ below multiplies by its own f'(z) to get its delta.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -38,7 +39,7 @@ class MLP:
         dense = [layer for layer in layers if isinstance(layer, Dense)]
         if not isinstance(layers[-1], Dense):
             raise InvalidInputError("the last layer of an MLP must be Dense")
-        for a, b in zip(dense, dense[1:], strict=False):
+        for a, b in itertools.pairwise(dense):
             if a.out_features != b.in_features:
                 raise ShapeError(
                     f"layer sizes do not chain: {a!r} gives {a.out_features} features but "
@@ -80,7 +81,7 @@ class MLP:
         layers: list[Layer] = []
         if rescale is not None:
             layers.append(Rescaling(*rescale, dtype=dtype))
-        for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
             last = i == len(sizes) - 2
             act = output_activation if last else activation
             layers.append(Dense(n_in, n_out, act, bias=bias, init=init, dtype=dtype, seed=rng))
@@ -210,8 +211,20 @@ class MLP:
         """Train for ``epochs`` passes over (X, T) in mini-batches; see ``tinynet.training.fit``."""
         from tinynet.training import fit
 
-        return fit(self, X, T, loss, optimizer, epochs, batch_size, shuffle, seed,
-                   validation_data, progress, on_epoch_end)
+        return fit(
+            self,
+            X,
+            T,
+            loss,
+            optimizer,
+            epochs,
+            batch_size,
+            shuffle,
+            seed,
+            validation_data,
+            progress,
+            on_epoch_end,
+        )
 
     def evaluate(
         self, X: Any, T: Any, loss: Loss | None = None, batch_size: int = 4096
@@ -280,8 +293,9 @@ def load(path: str | os.PathLike) -> MLP:
     return MLP(layers)
 
 
-def one_hot(labels: Any, num_classes: int, on: float = 1.0, off: float = 0.0,
-            dtype: Any = "float32") -> np.ndarray:
+def one_hot(
+    labels: Any, num_classes: int, on: float = 1.0, off: float = 0.0, dtype: Any = "float32"
+) -> np.ndarray:
     """Integer labels (n,) -> rows (n, num_classes) with ``on`` at the label and ``off`` elsewhere.
 
     ``one_hot(y, 10, on=0.99, off=0.01)`` gives the seeds' targets for sigmoid outputs.
@@ -297,4 +311,3 @@ def one_hot(labels: Any, num_classes: int, on: float = 1.0, off: float = 0.0,
     out = np.full((labels.size, num_classes), off, dtype=dtype)
     out[np.arange(labels.size), labels] = on
     return out
-

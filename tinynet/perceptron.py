@@ -34,7 +34,7 @@ class Perceptron:
         seed: int | None = None,
         dtype: Any = "float64",
     ):
-        if not (isinstance(lr, int | float) and math.isfinite(lr) and 0 < lr):
+        if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
             raise InvalidInputError(f"learning rate must be a positive number, got {lr!r}")
         self.n_inputs = int(n_inputs)
         self.lr = float(lr)

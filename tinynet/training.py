@@ -87,8 +87,15 @@ def fit(
         order = B.asarray(rng.permutation(n)) if shuffle else None
         total = B.xp.zeros((), dtype=model.dtype)
         start_time = time.perf_counter()
-        bar = tqdm(total=n, desc=f"epoch {epoch}/{epochs}", unit="sample", unit_scale=True,
-                   disable=not progress, leave=False, mininterval=0.5)
+        bar = tqdm(
+            total=n,
+            desc=f"epoch {epoch}/{epochs}",
+            unit="sample",
+            unit_scale=True,
+            disable=not progress,
+            leave=False,
+            mininterval=0.5,
+        )
         next_refresh = start_time
         with bar:
             for start in range(0, n, batch_size):
@@ -106,8 +113,11 @@ def fit(
                     if now >= next_refresh:
                         next_refresh = now + 0.5
                         rate = stop / max(now - start_time, 1e-9)
-                        bar.set_postfix(loss=f"{float(total) / stop:.4f}",
-                                        samples_s=f"{rate:,.0f}", refresh=False)
+                        bar.set_postfix(
+                            loss=f"{float(total) / stop:.4f}",
+                            samples_s=f"{rate:,.0f}",
+                            refresh=False,
+                        )
         mean_loss = float(total) / n
         elapsed = time.perf_counter() - start_time
         if not math.isfinite(mean_loss):
@@ -149,8 +159,9 @@ def _evaluate_arrays(model: MLP, X: Any, T: Any, loss: Loss | None, batch_size: 
     return scores
 
 
-def evaluate(model: MLP, X: Any, T: Any, loss: Loss | None = None, batch_size: int = 4096
-             ) -> dict[str, float]:
+def evaluate(
+    model: MLP, X: Any, T: Any, loss: Loss | None = None, batch_size: int = 4096
+) -> dict[str, float]:
     """``{"accuracy": ...}`` and, with ``loss``, the mean per-sample ``"loss"`` over (X, T)."""
     batch_size = _positive_int("batch_size", batch_size)
     X = model._input(X)

@@ -61,8 +61,7 @@ def parse_idx(payload: bytes, name: str = "<bytes>") -> np.ndarray:
     if len(payload) != expected:
         what = "truncated" if len(payload) < expected else "oversized"
         raise DataFileError(
-            f"{what} IDX file: {name} has {len(payload)} bytes, its header {dims} "
-            f"needs {expected}"
+            f"{what} IDX file: {name} has {len(payload)} bytes, its header {dims} needs {expected}"
         )
     data = np.frombuffer(payload, dtype, offset=header).reshape(dims)
     return data.astype(dtype.newbyteorder("="))  # native byte order, and a writable copy
@@ -76,6 +75,7 @@ def read_idx(path: str | os.PathLike, sha256: str | None = None) -> np.ndarray:
     corrupt, not IDX or fails the checksum.
     """
     payload = read_bytes(path)
+    array = parse_idx(payload, os.fspath(path))  # first, for the more telling message
     if sha256 is not None:
         digest = hashlib.sha256(payload).hexdigest()
         if digest != sha256.lower():
@@ -83,4 +83,4 @@ def read_idx(path: str | os.PathLike, sha256: str | None = None) -> np.ndarray:
                 f"checksum mismatch for {os.fspath(path)}: SHA-256 of its contents is "
                 f"{digest}, expected {sha256}"
             )
-    return parse_idx(payload, os.fspath(path))
+    return array

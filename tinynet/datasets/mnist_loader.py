@@ -82,8 +82,14 @@ def _fetch(url: str, timeout: float, progress: bool) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         size = int(response.headers.get("Content-Length") or 0)
         chunks = []
-        with tqdm(total=size or None, unit="B", unit_scale=True, disable=not progress,
-                  desc=url.rsplit("/", 1)[-1], leave=False) as bar:
+        with tqdm(
+            total=size or None,
+            unit="B",
+            unit_scale=True,
+            disable=not progress,
+            desc=url.rsplit("/", 1)[-1],
+            leave=False,
+        ) as bar:
             while chunk := response.read(1 << 16):
                 chunks.append(chunk)
                 bar.update(len(chunk))
@@ -93,8 +99,9 @@ def _fetch(url: str, timeout: float, progress: bool) -> bytes:
     return body
 
 
-def download(name: str, target_dir: Path, mirrors: list[str], timeout: float = 30.0,
-             progress: bool = False) -> Path:
+def download(
+    name: str, target_dir: Path, mirrors: list[str], timeout: float = 30.0, progress: bool = False
+) -> Path:
     """Fetch ``name``.gz from the first mirror whose copy passes the checksum; save atomically."""
     failures = []
     for mirror in mirrors:
@@ -123,8 +130,13 @@ def download(name: str, target_dir: Path, mirrors: list[str], timeout: float = 3
     raise DataFileError(f"could not download {name}: " + "; ".join(failures))
 
 
-def mnist_file(name: str, data_dir: str | os.PathLike | None = None, download_: bool = True,
-               mirrors: list[str] | None = None, progress: bool = False) -> np.ndarray:
+def mnist_file(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    download_: bool = True,
+    mirrors: list[str] | None = None,
+    progress: bool = False,
+) -> np.ndarray:
     """One verified MNIST file as an array (see the module docstring for where it comes from)."""
     dirs = search_dirs(data_dir)
     path = _find(name, dirs)
@@ -153,9 +165,16 @@ def _check_split(split: str) -> None:
         raise InvalidInputError(f"split must be 'train' or 'test', got {split!r}")
 
 
-def mnist(split: str = "train", data_dir: str | os.PathLike | None = None, download: bool = True,
-          *, flatten: bool = True, as_float: bool = False, mirrors: list[str] | None = None,
-          progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def mnist(
+    split: str = "train",
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    *,
+    flatten: bool = True,
+    as_float: bool = False,
+    mirrors: list[str] | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of the full MNIST ``split``.
 
     images: uint8 (n, 784) (or (n, 28, 28) with ``flatten=False``; float32 in [0, 1] with
@@ -167,13 +186,12 @@ def mnist(split: str = "train", data_dir: str | os.PathLike | None = None, downl
     return _finish(images, labels, flatten, as_float)
 
 
-def mnist_sample(split: str = "train", *, flatten: bool = True, as_float: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def mnist_sample(
+    split: str = "train", *, flatten: bool = True, as_float: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """The sample shipped in the package: the first 5,000 train / 1,000 test images of MNIST."""
     _check_split(split)
-    sums = dict(
-        line.split()[::-1] for line in (SAMPLE_DIR / "SHA256SUMS").read_text().splitlines()
-    )
+    sums = dict(line.split()[::-1] for line in (SAMPLE_DIR / "SHA256SUMS").read_text().splitlines())
     arrays = []
     for kind in ("images", "labels"):
         name = FILES[split, kind]
@@ -181,8 +199,9 @@ def mnist_sample(split: str = "train", *, flatten: bool = True, as_float: bool =
     return _finish(*arrays, flatten, as_float)
 
 
-def load_mnist(data_dir: str | os.PathLike | None = None, download: bool = True,
-               progress: bool = False):
+def load_mnist(
+    data_dir: str | os.PathLike | None = None, download: bool = True, progress: bool = False
+):
     """(train, test, source): full MNIST if it can be found or downloaded, else the sample.
 
     Falling back to the sample warns loudly, and ``source`` says which one was loaded. A file

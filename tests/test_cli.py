@@ -1,0 +1,113 @@
+"""The command line: train on the sample, evaluate the saved model, info, one-line errors."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import subprocess
+import sys
+
+import numpy as np
+
+from tinynet.cli import main
+
+
+def _one_line_error(capsys, argv, *patterns):
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors exit from inside main
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("tinynet: error:")
+    for pattern in patterns:
+        assert re.search(pattern, err), (pattern, err)
+
+
+def test_train_save_plot_evaluate_on_the_sample(tmp_path, capsys):
+    model, plot = tmp_path / "m.npz", tmp_path / "curve.png"
+    code = main(
+        [
+            "train",
+            "--sample",
+            "--hidden",
+            "32",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.1",
+            "--quiet",
+            "--save",
+            str(model),
+            "--plot",
+            str(plot),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "NOT the full MNIST" in out  # never passed off as MNIST
+    assert re.search(r"epoch  2/2 .*samples/s", out)
+    accuracy = float(re.search(r"test accuracy (\d+\.\d+)%", out).group(1))
+    assert accuracy > 80
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["evaluate", str(model), "--sample"]) == 0
+    out = capsys.readouterr().out
+    assert float(re.search(r"test accuracy (\d+\.\d+)%", out).group(1)) == accuracy
+
+
+def test_seed_recipe_runs(capsys):
+    assert main(["train", "--recipe", "seed", "--sample", "--epochs", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "784-200-10 sigmoid" in out and "SquaredError(scale=0.5" in out and "batch 1," in out
+
+
+def test_info_lists_backends(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"numpy\s+ok", out) and "auto  ->" in out and "cores" in out
+
+
+def test_errors_are_one_line(capsys, tmp_path):
+    _one_line_error(
+        capsys, ["train", "--sample", "--backend", "nope"], "unknown backend 'nope'", "valid names"
+    )
+    _one_line_error(capsys, ["train", "--sample", "--lr", "-1"], "learning rate")
+    _one_line_error(
+        capsys, ["train", "--sample", "--batch-size", "0", "--epochs", "1"], "batch_size"
+    )
+    _one_line_error(capsys, ["train", "--sample", "--activation", "swish"], "activation")
+    _one_line_error(capsys, ["train", "--sample", "--loss", "hinge"], "unknown loss 'hinge'")
+    _one_line_error(
+        capsys,
+        ["train", "--sample", "--save", str(tmp_path / "no" / "m.npz")],
+        "folder does not exist",
+    )
+    _one_line_error(capsys, ["evaluate", str(tmp_path / "missing.npz")], "not found")
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    _one_line_error(capsys, ["evaluate", str(tmp_path / "junk.npz")], "not a tinynet model")
+    _one_line_error(capsys, ["train", "--epochs", "x"], "invalid int value")
+
+
+def test_corrupt_data_dir_is_a_one_line_error(capsys, tmp_path):
+    payload = gzip.compress(b"\x00\x00\x08\x01" + np.array([60_000], ">u4").tobytes())
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(payload[:-4])
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x01\x02\x03\x04")
+    _one_line_error(
+        capsys,
+        ["train", "--data-dir", str(tmp_path), "--no-download"],
+        "train-images-idx3-ubyte",
+        "bad magic",
+    )
+
+
+def test_console_entry_point_exits_non_zero_without_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", "tinynet.cli", "train", "--sample", "--backend", "nope"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "unknown backend" in result.stderr

@@ -1,0 +1,179 @@
+"""MNIST: lookup order, checksums, downloads from a local HTTP server, the sample, end to end."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tinynet as tn
+from tinynet.datasets import mnist_loader as mnist_module
+
+LABELS = "t10k-labels-idx1-ubyte"
+
+
+@pytest.fixture
+def no_data_anywhere(tmp_path, monkeypatch):
+    """No TINYNET_DATA_DIR and an empty cache; returns the cache folder."""
+    monkeypatch.delenv("TINYNET_DATA_DIR", raising=False)
+    monkeypatch.delenv("TINYNET_MNIST_MIRRORS", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "tinynet" / "mnist"
+
+
+@pytest.fixture
+def mirrors(mnist_dir):
+    """A local server: /good/ serves the real files, /corrupt/ valid gzip with a flipped byte,
+    /drop/ closes the connection halfway through, /missing/ answers 404."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            kind, name = self.path.strip("/").split("/", 1)
+            source = mnist_dir / name
+            if kind == "missing" or not source.exists():
+                self.send_error(404)
+                return
+            body = source.read_bytes()
+            if kind == "corrupt":
+                payload = bytearray(gzip.decompress(body))
+                payload[-1] ^= 0x01
+                body = gzip.compress(bytes(payload))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if kind == "drop":
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    yield {kind: f"{base}/{kind}/" for kind in ("good", "corrupt", "drop", "missing")}
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_skips_dropped_and_corrupt_mirrors(mirrors, mnist_dir, no_data_anywhere):
+    order = [mirrors["drop"], mirrors["corrupt"], mirrors["missing"], mirrors["good"]]
+    labels = mnist_module.mnist_file(LABELS, mirrors=order)
+    expected = tn.datasets.read_idx(mnist_dir / (LABELS + ".gz"))
+    np.testing.assert_array_equal(labels, expected)
+    assert (no_data_anywhere / (LABELS + ".gz")).is_file()
+    assert [p.name for p in no_data_anywhere.iterdir()] == [LABELS + ".gz"]  # no temp files
+    # now cached: found without any mirror
+    np.testing.assert_array_equal(mnist_module.mnist_file(LABELS, mirrors=[]), expected)
+
+
+def test_download_fails_clearly_when_no_mirror_is_good(mirrors, no_data_anywhere):
+    with pytest.raises(tn.DataFileError) as info:
+        mnist_module.mnist_file(LABELS, mirrors=[mirrors["drop"], mirrors["corrupt"]])
+    message = str(info.value)
+    assert "could not download t10k-labels" in message
+    assert "IncompleteRead" in message or "incomplete" in message.lower()
+    assert "checksum mismatch" in message
+    assert not no_data_anywhere.exists() or not any(no_data_anywhere.iterdir())
+
+
+def test_full_split_downloads_through_the_mirror_env_var(mirrors, no_data_anywhere, monkeypatch):
+    monkeypatch.setenv("TINYNET_MNIST_MIRRORS", f"{mirrors['missing']},{mirrors['good']}")
+    images, labels = tn.datasets.mnist("test")
+    assert images.shape == (10_000, 784) and images.dtype == np.uint8
+    assert labels.shape == (10_000,) and labels[0] == 7  # the first test digit is a 7
+
+
+def test_lookup_order_data_dir_then_env_then_cache(
+    mnist_dir, no_data_anywhere, tmp_path, monkeypatch
+):
+    good = mnist_dir / (LABELS + ".gz")
+    corrupt_payload = bytearray(gzip.decompress(good.read_bytes()))
+    corrupt_payload[100] ^= 0xFF
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    (bad_dir / LABELS).write_bytes(bytes(corrupt_payload))  # raw, not .gz
+    no_data_anywhere.mkdir(parents=True)
+    shutil.copy(good, no_data_anywhere / good.name)
+
+    # cache only
+    assert mnist_module.mnist_file(LABELS, download_=False)[0] == 7
+    # the environment comes before the cache
+    monkeypatch.setenv("TINYNET_DATA_DIR", str(bad_dir))
+    with pytest.raises(tn.DataFileError, match=f"checksum mismatch for {bad_dir}"):
+        mnist_module.mnist_file(LABELS, download_=False)
+    # data_dir comes before the environment
+    monkeypatch.setenv("TINYNET_DATA_DIR", str(no_data_anywhere))
+    with pytest.raises(tn.DataFileError, match=f"checksum mismatch for {bad_dir}"):
+        mnist_module.mnist_file(LABELS, data_dir=bad_dir, download_=False)
+    assert mnist_module.mnist_file(LABELS, data_dir=mnist_dir, download_=False)[0] == 7
+
+
+def test_missing_files_without_download(no_data_anywhere, tmp_path):
+    with pytest.raises(tn.DataFileError, match="not found in .*cache"):
+        tn.datasets.mnist("train", data_dir=tmp_path, download=False)
+    with pytest.raises(tn.InvalidInputError, match="split"):
+        tn.datasets.mnist("validation")
+
+
+def test_falls_back_to_the_sample_loudly(no_data_anywhere, monkeypatch):
+    monkeypatch.setenv("TINYNET_MNIST_MIRRORS", "http://127.0.0.1:9/")  # nothing listens there
+    with pytest.warns(UserWarning, match="full MNIST unavailable.*NOT the full MNIST"):
+        (x, _y), (xt, _yt), source = tn.datasets.load_mnist()
+    assert "NOT the full MNIST" in source and "sample" in source
+    assert x.shape == (5000, 784) and xt.shape == (1000, 784)
+
+
+def test_a_damaged_file_is_an_error_not_a_fallback(tmp_path, no_data_anywhere):
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03garbage")
+    with pytest.raises(tn.DataFileError, match="train-images"):
+        tn.datasets.load_mnist(tmp_path, download=False)
+
+
+def test_sample_matches_the_head_of_full_mnist(mnist_dir):
+    full_x, full_y = tn.datasets.mnist("train", data_dir=mnist_dir, download=False)
+    x, y = tn.datasets.mnist_sample("train")
+    np.testing.assert_array_equal(x, full_x[:5000])
+    np.testing.assert_array_equal(y, full_y[:5000])
+    test_x, _ = tn.datasets.mnist_sample("test", flatten=False, as_float=True)
+    assert test_x.shape == (1000, 28, 28) and test_x.dtype == np.float32
+    assert test_x.min() == 0.0 and test_x.max() == 1.0
+
+
+def test_sample_ships_its_licence_credit():
+    credit = (mnist_module.SAMPLE_DIR / "README.md").read_text()
+    assert "CC BY-SA 3.0" in credit and "LeCun" in credit and "Cortes" in credit
+
+
+def test_train_on_the_embedded_sample(backend_name):
+    (x, y), (xt, yt) = tn.datasets.mnist_sample("train"), tn.datasets.mnist_sample("test")
+    net = tn.MLP.from_sizes([784, 64, 10], "relu", "softmax", seed=0, rescale=(1 / 255, 0))
+    history = net.fit(
+        x, y, tn.CrossEntropy(), tn.SGD(0.1, momentum=0.9), epochs=3, batch_size=32, seed=0
+    )
+    assert history["loss"][-1] < history["loss"][0]
+    assert net.evaluate(xt, yt)["accuracy"] > 0.88
+
+
+def test_full_mnist_end_to_end(mnist_dir, backend_name):
+    (x, y) = tn.datasets.mnist("train", data_dir=mnist_dir, download=False)
+    (xt, yt) = tn.datasets.mnist("test", data_dir=mnist_dir, download=False)
+    assert x.shape == (60_000, 784) and x.dtype == np.uint8 and y[0] == 5
+    assert np.bincount(y).tolist()[:2] == [5923, 6742]  # the known class counts of 0 and 1
+    net = tn.MLP.from_sizes([784, 128, 10], "relu", "softmax", seed=0, rescale=(1 / 255, 0))
+    net.fit(x, y, tn.CrossEntropy(), tn.SGD(0.05, momentum=0.9), epochs=1, batch_size=64, seed=0)
+    assert net.evaluate(xt, yt)["accuracy"] > 0.95
+
+
+def test_sample_folder_is_small():
+    size = sum(p.stat().st_size for p in Path(mnist_module.SAMPLE_DIR).iterdir())
+    assert size <= 1_000_000
