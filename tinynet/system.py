@@ -6,6 +6,8 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import shutil
+import subprocess
 
 
 def blas_info() -> dict[str, str]:
@@ -59,6 +61,24 @@ def cupy_version() -> str | None:
     return "installed"
 
 
+def gpu_info() -> str:
+    """NVIDIA GPUs as nvidia-smi lists them (name, driver, memory), or why there are none."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return "none detected (no nvidia-smi)"
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"none usable (nvidia-smi failed: {exc})"
+    return "; ".join(out.splitlines()) or "none detected"
+
+
 def machine_info() -> dict[str, str]:
     return {
         "cpu": cpu_model(),
@@ -67,5 +87,6 @@ def machine_info() -> dict[str, str]:
         "numpy": package_version("numpy") or "?",
         "numba": package_version("numba") or "not installed",
         "cupy": cupy_version() or "not installed",
+        "gpu": gpu_info(),
         **blas_info(),
     }
