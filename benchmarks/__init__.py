@@ -1,0 +1,1 @@
+"""Benchmarks: ``pytest --benchmark`` runs them, ``python -m benchmarks.report`` renders them."""

@@ -1,0 +1,111 @@
+"""Benchmark fixtures: thread limits, MNIST batches, the contenders usable on this machine."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import pytest
+
+import tinynet as tn
+from benchmarks.contenders import NETWORKS, Network, TinynetContender, TorchContender
+from tinynet import backend as backend_module
+from tinynet.system import cpu_count, machine_info
+
+# One thread count for everyone: BLAS (NumPy), Numba and PyTorch. Default: the cores we may use.
+THREADS = int(os.environ.get("TINYNET_BENCH_THREADS") or cpu_count())
+
+
+def _tinynet_backends() -> list[str]:
+    usable = []
+    for name in tn.available_backends():
+        if name == "auto":
+            continue
+        try:
+            backend_module._resolve(name)
+            usable.append(name)
+        except tn.BackendError:
+            pass
+    return usable
+
+
+def contender_params() -> list:
+    params = [pytest.param(name, id=name) for name in _tinynet_backends()]
+    torch_missing = importlib.util.find_spec("torch") is None
+    mark = (
+        pytest.mark.skip(reason="PyTorch not installed (pip install torch)")
+        if torch_missing
+        else ()
+    )
+    params.append(pytest.param("pytorch", id="pytorch", marks=mark))
+    return params
+
+
+def make_contender(name: str, net: Network, dtype: str, weights: list):
+    if name == "pytorch":
+        return TorchContender(net, dtype, weights)
+    return TinynetContender(name, net, dtype, weights)
+
+
+def thread_settings() -> dict[str, int]:
+    """Apply THREADS to every library that has a pool; returns what was set."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=THREADS)  # OpenBLAS/MKL/OpenMP pools loaded so far
+    settings = {"blas": THREADS}
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.set_num_threads(THREADS)
+        threadpool_limits(limits=THREADS)  # and the pools torch brought in
+        settings["pytorch"] = torch.get_num_threads()
+    return settings
+
+
+@pytest.fixture(scope="session", autouse=True)
+def threads() -> dict[str, int]:
+    return thread_settings()
+
+
+@dataclass
+class TrainingData:
+    x: np.ndarray  # uint8 (n, 784), in a fixed shuffled order
+    labels: np.ndarray
+    source: str  # "MNIST", or the sample's label when full MNIST is absent
+
+    @cache  # noqa: B019 (one instance per session)
+    def targets(self, dtype: str) -> np.ndarray:
+        return tn.one_hot(self.labels, 10, dtype=dtype)
+
+
+@pytest.fixture(scope="session")
+def mnist_train() -> TrainingData:
+    try:
+        x, y = tn.datasets.mnist("train", download=False)
+        source = "MNIST"
+    except tn.DataFileError:
+        x, y = tn.datasets.mnist_sample("train")
+        source = tn.datasets.mnist_loader.SAMPLE_NAME
+    order = np.random.default_rng(0).permutation(len(x))
+    return TrainingData(x[order], y[order], source)
+
+
+def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
+    info = machine_info_for_report()
+    machine_info["tinynet"] = info
+
+
+def machine_info_for_report() -> dict[str, str]:
+    info = machine_info()
+    info["threads"] = ", ".join(f"{k} {v}" for k, v in thread_settings().items())
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        info["pytorch"] = torch.__version__
+    return info
+
+
+__all__ = ["NETWORKS", "TrainingData", "contender_params", "make_contender"]
