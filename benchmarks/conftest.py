@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 import pytest
@@ -76,9 +75,14 @@ class TrainingData:
     labels: np.ndarray
     source: str  # "MNIST", or the sample's label when full MNIST is absent
 
-    @cache  # noqa: B019 (one instance per session)
     def targets(self, dtype: str) -> np.ndarray:
-        return tn.one_hot(self.labels, 10, dtype=dtype)
+        """One-hot rows (n, 10), made once per dtype."""
+        if dtype not in self._targets:
+            self._targets[dtype] = tn.one_hot(self.labels, 10, dtype=dtype)
+        return self._targets[dtype]
+
+    def __post_init__(self) -> None:
+        self._targets: dict[str, np.ndarray] = {}
 
 
 @pytest.fixture(scope="session")

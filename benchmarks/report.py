@@ -2,7 +2,8 @@
 
     python -m benchmarks.report [results.json] [--out PREFIX]
 
-writes PREFIX.md and PREFIX.png (PREFIX defaults to the JSON's path without ``.json``). Training
+writes PREFIX.md, PREFIX.png and PREFIX.json (the input without the raw timings, small enough to
+commit); PREFIX defaults to ``benchmarks/results/`` plus the input's name. Training
 rows give samples/s (median over the alternating repeats of each repeat's median round) and the
 ratio against the NumPy reference and PyTorch measured in the same run; kernel rows give the
 median time per call.
@@ -138,7 +139,12 @@ def render(json_path: Path, prefix: Path) -> str:
     text = "\n".join(
         [*header, *train_lines, "", "## Kernels (float32)", "", *kernel_table(rows), ""]
     )
+    prefix.parent.mkdir(parents=True, exist_ok=True)
     prefix.with_suffix(".md").write_text(text)
+    slim = json.loads(json_path.read_text())
+    for bench in slim["benchmarks"]:
+        bench["stats"].pop("data", None)  # every raw timing: megabytes, not needed to compare
+    prefix.with_suffix(".json").write_text(json.dumps(slim, indent=1))
     if speeds:
         chart(
             speeds,
@@ -155,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("json", nargs="?", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--out", type=Path, help="prefix for the .md and .png files")
     args = parser.parse_args(argv)
-    prefix = args.out or args.json.with_suffix("")
+    prefix = args.out or Path("benchmarks/results") / args.json.stem
     print(render(args.json, prefix))
 
 

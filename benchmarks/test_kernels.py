@@ -60,7 +60,9 @@ def test_kernel(benchmark, kernel, shape, batch, contender):
         else _tinynet_kernel(contender, kernel, a)
     )
     reference = tn.to_numpy(_tinynet_kernel("numpy", kernel, a)())
-    np.testing.assert_allclose(np.asarray(fn()), reference, rtol=1e-4, atol=1e-5)
+    # float32 sums over up to 1024 terms in another order: tolerance relative to the output scale
+    scale = float(np.abs(reference).max())
+    np.testing.assert_allclose(np.asarray(fn()), reference, rtol=1e-4, atol=1e-5 * scale)
     benchmark.group = f"kernel {kernel} {shape} batch {batch}"
     benchmark.extra_info.update(
         kind="kernel",

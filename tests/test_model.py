@@ -36,6 +36,15 @@ def test_dense_follows_nn_linear_conventions():
         tn.Dense(3, 2).set_weights(np.ones((2, 3)))
 
 
+def test_set_weights_copies_the_callers_arrays(backend_name):
+    W, b = np.full((2, 2), 0.5), np.zeros(2)  # float64, the layer's own dtype
+    net = tn.MLP([tn.Dense(2, 2, "sigmoid", dtype="float64")])
+    net.layers[0].set_weights(W, b)
+    net.train_step(np.ones((1, 2)), np.array([[1.0, 0.0]]), tn.SquaredError(), tn.SGD(1.0))
+    assert W.tolist() == [[0.5, 0.5], [0.5, 0.5]] and b.tolist() == [0.0, 0.0]
+    assert not np.array_equal(net.layers[0].get_weights()[0], W)
+
+
 @pytest.mark.parametrize(
     ("init", "bound"), [("glorot_uniform", (6 / 1100) ** 0.5), ("uniform", 1000**-0.5)]
 )

@@ -220,9 +220,10 @@ class Dense(Layer):
         for name, arr in (("weights", W), ("bias", b)):
             if arr is not None and not np.all(np.isfinite(arr)):
                 raise InvalidInputError(f"{name} contain NaN or inf")
-        self.weight.data = self.backend.asarray(W, self.dtype)
+        # Copies: training must never write into the caller's arrays.
+        self.weight.data = self.backend.xp.array(W, dtype=self.dtype, copy=True)
         if self.bias is not None:
-            self.bias.data = self.backend.asarray(b, self.dtype)
+            self.bias.data = self.backend.xp.array(b, dtype=self.dtype, copy=True)
 
     def config(self) -> dict[str, Any]:
         return {
