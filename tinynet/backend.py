@@ -21,6 +21,7 @@ import importlib
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ DEFAULT = "auto"
 # name -> (module, class). The modules live in the top-level kernels/ folder.
 _REGISTRY: dict[str, tuple[str, str]] = {
     "numpy": ("tinynet.kernels.numpy_backend", "NumpyBackend"),
+    "numba": ("tinynet.kernels.numba_backend", "NumbaBackend"),
 }
 # `auto` tries these in order and takes the first that is registered and usable.
 _AUTO_PREFERENCE = ("cupy", "numba", "numpy")
@@ -65,10 +67,16 @@ class Backend:
     ``squared_error`` and ``softmax_cross_entropy`` take ``reduction`` ("mean" or "sum" over the
     batch) and return the loss as a 0-d backend array, so the trainer can add losses up on the
     device without a sync per step.
+
+    A backend with ``fused_epochs = True`` also has ``train_epoch(spec, X, T, order,
+    batch_size) -> float``: train on the rows ``X[order]`` in steps of ``batch_size`` exactly as
+    the kernel-by-kernel loop would (same batches, same updates), in place on the arrays of the
+    :class:`EpochSpec`, and return the sum of the per-sample losses.
     """
 
     name: str = "?"
     xp: Any = np
+    fused_epochs: bool = False
 
     def info(self) -> dict[str, str]:
         """Versions and device, for ``tinynet info`` and benchmark reports."""
@@ -76,6 +84,33 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<tinynet backend {self.name!r}>"
+
+
+@dataclass
+class LayerSpec:
+    """One Dense layer for ``train_epoch``: its live arrays (updated in place) and settings."""
+
+    W: Any  # (out, in)
+    b: Any | None  # (out,), None without bias
+    activation: str
+    train_W: bool  # False when frozen
+    train_b: bool
+    vW: Any | None = None  # momentum velocities, same shapes, when momentum > 0
+    vb: Any | None = None
+
+
+@dataclass
+class EpochSpec:
+    """Everything ``train_epoch`` needs, as arrays and numbers (no tinynet objects)."""
+
+    layers: list[LayerSpec]
+    in_scale: float  # inputs are X * in_scale + in_offset (a Rescaling layer, or 1 and 0)
+    in_offset: float
+    loss: str  # "squared_error" or "cross_entropy" (after a softmax)
+    loss_scale: float
+    reduction: str  # "mean" or "sum" over each batch
+    lr: float
+    momentum: float
 
 
 def available_backends() -> list[str]:

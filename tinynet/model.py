@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tinynet.backend import EpochSpec, LayerSpec
 from tinynet.errors import InvalidInputError, ModelFileError, ShapeError
 from tinynet.layers import Dense, Layer, Parameter, Rescaling, SeedLike
-from tinynet.losses import Loss
+from tinynet.losses import CrossEntropy, Loss, SquaredError
 from tinynet.optim import SGD
 
 if TYPE_CHECKING:
@@ -187,6 +188,45 @@ class MLP:
         self.backward(delta)
         optimizer.step(self.parameters(), self.backend)
         return value
+
+    def epoch_spec(self, loss: Loss, optimizer: SGD) -> EpochSpec | None:
+        """This model, loss and optimizer as arrays for a backend's ``train_epoch``; None when
+        the model is not [Rescaling] + Dense layers or the loss/optimizer are not the built-in
+        ones (then the trainer runs its kernel-by-kernel loop)."""
+        layers = self.layers
+        scale, offset = 1.0, 0.0
+        if isinstance(layers[0], Rescaling):
+            scale, offset, layers = layers[0].scale, layers[0].offset, layers[1:]
+        if not all(isinstance(layer, Dense) for layer in layers) or type(optimizer) is not SGD:
+            return None
+        if type(loss) not in (SquaredError, CrossEntropy):
+            return None
+        B = self.backend
+        specs = []
+        for layer in layers:
+            b = layer.bias
+            specs.append(
+                LayerSpec(
+                    W=layer.weight.data,
+                    b=None if b is None else b.data,
+                    activation=layer.activation,
+                    train_W=not layer.weight.frozen,
+                    train_b=b is not None and not b.frozen,
+                    vW=optimizer.velocity(layer.weight, B),
+                    vb=None if b is None else optimizer.velocity(b, B),
+                )
+            )
+        is_ce = isinstance(loss, CrossEntropy)
+        return EpochSpec(
+            specs,
+            scale,
+            offset,
+            "cross_entropy" if is_ce else "squared_error",
+            1.0 if is_ce else loss.scale,
+            loss.reduction,
+            optimizer.lr,
+            optimizer.momentum,
+        )
 
     def train_step(self, x: Any, t: Any, loss: Loss, optimizer: SGD) -> float:
         """Forward, backpropagate and update once on (x, t); returns the loss before the update."""

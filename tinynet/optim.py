@@ -25,16 +25,20 @@ class SGD:
         self.momentum = float(momentum)
         self._velocity: dict[Parameter, Any] = {}
 
+    def velocity(self, p: Parameter, backend: Any) -> Any:
+        """The momentum buffer of ``p`` (zeros at first), or None without momentum."""
+        if not self.momentum:
+            return None
+        v = self._velocity.get(p)
+        if v is None:
+            v = self._velocity[p] = backend.xp.zeros_like(p.data)
+        return v
+
     def step(self, params: Iterable[Parameter], backend: Any) -> None:
         for p in params:
             if p.frozen or p.grad is None:
                 continue
-            v = None
-            if self.momentum:
-                v = self._velocity.get(p)
-                if v is None:
-                    v = self._velocity[p] = backend.xp.zeros_like(p.data)
-            backend.sgd_update(p.data, p.grad, self.lr, v, self.momentum)
+            backend.sgd_update(p.data, p.grad, self.lr, self.velocity(p, backend), self.momentum)
 
     def __repr__(self) -> str:
         return f"SGD(lr={self.lr:g}, momentum={self.momentum:g})"

@@ -83,9 +83,14 @@ def fit(
     rng = np.random.default_rng(seed)
     history = History()
     per_sample = loss.reduction == "mean"
+    # A backend with fused epochs takes whole stretches of the epoch (a whole number of batches,
+    # so the batches are the same as below); between them the progress bar moves.
+    spec = model.epoch_spec(loss, optimizer) if B.fused_epochs else None
+    chunk = batch_size * max(1, n // (batch_size * 100)) if spec is not None else batch_size
     for epoch in range(1, epochs + 1):
-        order = B.asarray(rng.permutation(n)) if shuffle else None
-        total = B.xp.zeros((), dtype=model.dtype)
+        order = rng.permutation(n) if shuffle else None
+        order_on_device = B.asarray(order) if order is not None and spec is None else None
+        total = B.xp.zeros((), dtype=np.float64)
         start_time = time.perf_counter()
         bar = tqdm(
             total=n,
@@ -98,15 +103,19 @@ def fit(
         )
         next_refresh = start_time
         with bar:
-            for start in range(0, n, batch_size):
-                stop = min(start + batch_size, n)
-                if order is None:
-                    xb, tb = X[start:stop], T[start:stop]
+            for start in range(0, n, chunk):
+                stop = min(start + chunk, n)
+                if spec is not None:
+                    idx = order[start:stop] if order is not None else np.arange(start, stop)
+                    total += B.train_epoch(spec, X, T, idx, batch_size)
                 else:
-                    idx = order[start:stop]
-                    xb, tb = X[idx], T[idx]
-                value = model._step(xb, tb, loss, optimizer)
-                total += value * (stop - start) if per_sample else value
+                    if order_on_device is None:
+                        xb, tb = X[start:stop], T[start:stop]
+                    else:
+                        idx = order_on_device[start:stop]
+                        xb, tb = X[idx], T[idx]
+                    value = model._step(xb, tb, loss, optimizer)
+                    total += value * (stop - start) if per_sample else value
                 if progress:
                     bar.update(stop - start)
                     now = time.perf_counter()

@@ -1,0 +1,496 @@
+"""The Numba CPU backend: the reference's kernels compiled and fused, whole epochs in one call.
+
+Choices, each measured on the 2-core Zen 4 machine (benchmarks/results/):
+
+* GEMMs go to BLAS (``np.dot``, inside and outside compiled code: the same OpenBLAS NumPy uses).
+  Our own compiled loops (``_matmul_loops``) only win for a single row, where BLAS's call
+  overhead dominates; ``matmul`` picks by shape (see ``MATMUL_LOOPS_MAX_ROWS``).
+* Every elementwise step is one pass: bias + activation in place over z; activation gradient
+  times delta; loss value and gradient; the SGD (or momentum) update.
+* ``train_epoch`` runs a whole stretch of an epoch in one compiled call, reading the uint8 images
+  directly: per-sample SGD with matrix-vector loops that read each weight row once per sample
+  for the backward product and the update together; mini-batches with BLAS GEMMs into
+  preallocated buffers and the fused elementwise passes between them.
+* float32 stays float32: Numba widens ``float32 op <Python float>`` to float64, so constants come
+  from ``one = np.ones(1, dtype)[0]`` and scalar arguments are cast before the call.
+* fastmath is limited to {reassoc, contract, nsz, arcp} (vectorised sums, FMAs): never nnan/ninf,
+  so NaN and inf behave as in NumPy, e.g. sigmoid(-1000) = 1/(1+inf) = 0 exactly.
+* Threads: compiled code here runs on one thread; BLAS uses its own pool. Running Numba's
+  parallel loops next to busy-waiting OpenBLAS threads on two cores was many times slower.
+* All kernels live in this one file with ``cache=True``: Numba's on-disk cache is keyed per source
+  file, so kernels that call each other stay consistent when any of them changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+from numba import njit
+from numba.typed import List
+from tinynet.kernels.numpy_backend import NumpyBackend
+
+from tinynet.backend import EpochSpec
+
+FAST = {"reassoc", "contract", "nsz", "arcp"}
+ACT = {"identity": 0, "step": 1, "sigmoid": 2, "tanh": 3, "relu": 4, "softmax": 5}
+IDENTITY, STEP, SIGMOID, TANH, RELU, SOFTMAX = range(6)
+SQUARED_ERROR, CROSS_ENTROPY = 0, 1
+# A product with at most this many rows of `a` runs through our loops, more through BLAS.
+MATMUL_LOOPS_MAX_ROWS = 1
+
+jit = njit(cache=True, fastmath=FAST, nogil=True)
+
+
+# -- elementwise building blocks (one row at a time, so rows stay in L1) -------------------------
+@jit
+def _bias_act_row(row, b, act):
+    """row <- f(row + b) in place."""
+    one = np.ones(1, row.dtype)[0]
+    zero = one - one
+    n = row.shape[0]
+    if act == SIGMOID:
+        for j in range(n):
+            row[j] = one / (one + np.exp(-(row[j] + b[j])))
+    elif act == TANH:
+        for j in range(n):
+            row[j] = np.tanh(row[j] + b[j])
+    elif act == RELU:
+        for j in range(n):
+            v = row[j] + b[j]
+            row[j] = zero if v < zero else v  # NaN stays NaN, as np.maximum
+    elif act == STEP:
+        for j in range(n):
+            row[j] = one if row[j] + b[j] >= zero else zero
+    elif act == SOFTMAX:
+        m = row[0] + b[0]
+        for j in range(n):
+            row[j] += b[j]
+            m = max(m, row[j])
+        s = zero
+        for j in range(n):
+            e = np.exp(row[j] - m)
+            row[j] = e
+            s += e
+        inv = one / s
+        for j in range(n):
+            row[j] *= inv
+    else:
+        for j in range(n):
+            row[j] += b[j]
+
+
+@jit
+def _act_grad_row(y, dy, act, out):
+    """out <- dy * f'(z), from the saved output y; ``out`` may be ``dy``."""
+    one = np.ones(1, y.dtype)[0]
+    zero = one - one
+    n = y.shape[0]
+    if act == SIGMOID:
+        for j in range(n):
+            out[j] = dy[j] * y[j] * (one - y[j])
+    elif act == TANH:
+        for j in range(n):
+            out[j] = dy[j] * (one - y[j] * y[j])
+    elif act == RELU:
+        for j in range(n):
+            out[j] = dy[j] if y[j] > zero else zero
+    elif act == STEP:
+        for j in range(n):
+            out[j] = zero
+    elif act == SOFTMAX:
+        s = zero
+        for j in range(n):
+            s += dy[j] * y[j]
+        for j in range(n):
+            out[j] = y[j] * (dy[j] - s)
+    else:
+        for j in range(n):
+            out[j] = dy[j]
+
+
+@jit
+def _bias_act(z, b, act):
+    for i in range(z.shape[0]):
+        _bias_act_row(z[i], b, act)
+
+
+@jit
+def _act_grad(y, dy, act, out):
+    for i in range(y.shape[0]):
+        _act_grad_row(y[i], dy[i], act, out[i])
+
+
+@jit
+def _loss_delta_row(y, t, kind, scale, inv_n, delta):
+    """Per-sample loss (float64) and delta = dE/dy (squared error) or p - t (softmax CE), / n."""
+    one = np.ones(1, y.dtype)[0]
+    loss = 0.0
+    if kind == CROSS_ENTROPY:
+        tiny = np.finfo(y.dtype).tiny
+        for k in range(y.shape[0]):
+            loss -= t[k] * np.log(max(y[k], tiny))
+            delta[k] = (y[k] - t[k]) * inv_n
+    else:
+        two_scale = (one + one) * scale * inv_n
+        for k in range(y.shape[0]):
+            diff = y[k] - t[k]
+            loss += diff * diff
+            delta[k] = two_scale * diff
+        loss *= scale
+    return loss
+
+
+@jit
+def _loss_delta(y, t, kind, scale, inv_n, delta):
+    total = 0.0
+    for i in range(y.shape[0]):
+        total += _loss_delta_row(y[i], t[i], kind, scale, inv_n, delta[i])
+    return total
+
+
+@jit
+def _sgd(w, g, lr, v, momentum):
+    """w <- w - lr g, or v <- momentum v + g; w <- w - lr v. Flat, contiguous arrays."""
+    if v.shape[0]:
+        for j in range(w.shape[0]):
+            v[j] = momentum * v[j] + g[j]
+            w[j] -= lr * v[j]
+    else:
+        for j in range(w.shape[0]):
+            w[j] -= lr * g[j]
+
+
+@jit
+def _column_sums(dz, out):
+    out[:] = 0
+    for i in range(dz.shape[0]):
+        for j in range(dz.shape[1]):
+            out[j] += dz[i, j]
+
+
+@jit
+def _rescale(x, scale, offset, out):
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = x[i, j] * scale + offset
+
+
+@jit
+def _matmul_loops(a, bt, out):
+    """out = a @ bt.T with both operands row-major: each entry a contiguous dot product."""
+    zero = np.zeros(1, out.dtype)[0]
+    for i in range(a.shape[0]):
+        for j in range(bt.shape[0]):
+            acc = zero
+            for k in range(a.shape[1]):
+                acc += a[i, k] * bt[j, k]
+            out[i, j] = acc
+
+
+# -- whole epochs -------------------------------------------------------------------------------
+@jit
+def _epoch_per_sample(
+    X,
+    order,
+    T,
+    in_scale,
+    in_offset,
+    Ws,
+    bs,
+    acts,
+    train_w,
+    train_b,
+    kind,
+    scale,
+    lr,
+    momentum,
+    vWs,
+    vbs,
+    A,
+    D,
+):
+    """Per-sample SGD over X[order]; returns the sum of the per-sample losses.
+
+    A[0] is the input buffer, A[l + 1] the output of layer l, D[l] its delta. Each weight row
+    is read once in the backward pass: the product W^T delta for the layer below and the update
+    W -= lr delta x^T share the loop. Frozen weights/biases have train_w/train_b False; bias-free
+    layers carry a zero bias that is never trained. With momentum, vWs/vbs hold the velocities.
+    """
+    n_layers = len(Ws)
+    one = np.ones(1, A[0].dtype)[0]
+    zero = one - one
+    use_momentum = momentum != zero
+    total = 0.0
+    for s in range(order.shape[0]):
+        idx = order[s]
+        x = A[0]
+        for j in range(x.shape[0]):
+            x[j] = X[idx, j] * in_scale + in_offset
+        for layer in range(n_layers):
+            W, a_in, a_out = Ws[layer], A[layer], A[layer + 1]
+            for i in range(W.shape[0]):
+                acc = zero
+                for j in range(W.shape[1]):
+                    acc += W[i, j] * a_in[j]
+                a_out[i] = acc
+            _bias_act_row(a_out, bs[layer], acts[layer])
+        last = n_layers - 1
+        total += _loss_delta_row(A[n_layers], T[idx], kind, scale, one, D[last])
+        if kind != CROSS_ENTROPY:
+            _act_grad_row(A[n_layers], D[last], acts[last], D[last])
+        for layer in range(last, -1, -1):
+            W, b, d, a_in = Ws[layer], bs[layer], D[layer], A[layer]
+            below = layer > 0
+            if below:
+                g = D[layer - 1]
+                g[:] = zero
+            for i in range(W.shape[0]):
+                di = d[i]
+                if train_w[layer] and use_momentum:
+                    v = vWs[layer]
+                    for j in range(W.shape[1]):
+                        w = W[i, j]
+                        if below:
+                            g[j] += di * w
+                        v[i, j] = momentum * v[i, j] + di * a_in[j]
+                        W[i, j] = w - lr * v[i, j]
+                elif train_w[layer]:
+                    step = lr * di
+                    if below:
+                        for j in range(W.shape[1]):
+                            w = W[i, j]
+                            g[j] += di * w
+                            W[i, j] = w - step * a_in[j]
+                    else:
+                        for j in range(W.shape[1]):
+                            W[i, j] -= step * a_in[j]
+                elif below:
+                    for j in range(W.shape[1]):
+                        g[j] += di * W[i, j]
+                if train_b[layer]:
+                    if use_momentum:
+                        vb = vbs[layer]
+                        vb[i] = momentum * vb[i] + di
+                        b[i] -= lr * vb[i]
+                    else:
+                        b[i] -= lr * di
+            if below:
+                _act_grad_row(A[layer], g, acts[layer - 1], g)
+    return total
+
+
+@jit
+def _epoch_minibatch(
+    X,
+    order,
+    T,
+    in_scale,
+    in_offset,
+    Ws,
+    bs,
+    acts,
+    train_w,
+    train_b,
+    kind,
+    scale,
+    mean,
+    lr,
+    momentum,
+    vWs,
+    vbs,
+    A,
+    D,
+    G,
+    gb,
+    batch,
+):
+    """Mini-batch SGD over X[order] in steps of ``batch``; returns the sum of per-sample losses.
+
+    A[l] (batch, width) hold the activations, D[l] the deltas, G[l]/gb[l] the gradients; the
+    GEMMs write into them through BLAS, everything else is fused loops.
+    """
+    n_layers = len(Ws)
+    one = np.ones(1, A[0].dtype)[0]
+    one - one
+    n = order.shape[0]
+    total = 0.0
+    for start in range(0, n, batch):
+        nb = min(batch, n - start)
+        count = np.full(1, nb, A[0].dtype)  # nb as the float dtype, so 1/nb stays float32
+        inv_n = one / count[0] if mean else one
+        x = A[0][:nb]
+        for r in range(nb):
+            row = X[order[start + r]]
+            for j in range(x.shape[1]):
+                x[r, j] = row[j] * in_scale + in_offset
+        for layer in range(n_layers):
+            z = A[layer + 1][:nb]
+            np.dot(A[layer][:nb], Ws[layer].T, z)
+            _bias_act(z, bs[layer], acts[layer])
+        last = n_layers - 1
+        y = A[n_layers][:nb]
+        for r in range(nb):
+            total += _loss_delta_row(y[r], T[order[start + r]], kind, scale, inv_n, D[last][r])
+        if kind != CROSS_ENTROPY:
+            _act_grad(y, D[last][:nb], acts[last], D[last][:nb])
+        for layer in range(last, -1, -1):
+            d, a_in, W = D[layer][:nb], A[layer][:nb], Ws[layer]
+            if layer > 0:  # the delta below, with the weights before this step's update
+                g = D[layer - 1][:nb]
+                np.dot(d, W, g)
+                _act_grad(A[layer][:nb], g, acts[layer - 1], g)
+            if train_w[layer]:
+                np.dot(d.T, a_in, G[layer])
+                _sgd(W.reshape(-1), G[layer].reshape(-1), lr, vWs[layer].reshape(-1), momentum)
+            if train_b[layer]:
+                _column_sums(d, gb[layer])
+                _sgd(bs[layer], gb[layer], lr, vbs[layer], momentum)
+    return total
+
+
+class NumbaBackend(NumpyBackend):
+    """NumPy arrays, Numba-compiled kernels. Inherits the reference for what it does not fuse."""
+
+    name = "numba"
+    fused_epochs = True
+
+    def __init__(self) -> None:
+        self._buffers: dict = {}  # train_epoch's work arrays, per (dtype, widths, batch)
+
+    def info(self) -> dict[str, str]:
+        info = super().info()
+        info.update(
+            backend=self.name, numba=numba.__version__, numba_threads=str(numba.get_num_threads())
+        )
+        return info
+
+    # -- forward ----------------------------------------------------------------------------
+    def matmul(self, a: Any, b: Any) -> Any:
+        if a.shape[0] <= MATMUL_LOOPS_MAX_ROWS and b.T.flags.c_contiguous:
+            out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+            _matmul_loops(np.ascontiguousarray(a), b.T, out)
+            return out
+        return np.dot(a, b)
+
+    def dense_forward(self, x: Any, W: Any, b: Any, activation: str) -> Any:
+        z = self.matmul(x, W.T)
+        bias = b if b is not None else np.zeros(W.shape[0], z.dtype)
+        _bias_act(z, bias, ACT[activation])
+        return z
+
+    def activate(self, z: Any, activation: str) -> Any:
+        _bias_act(z, np.zeros(z.shape[1], z.dtype), ACT[activation])
+        return z
+
+    # -- backward ---------------------------------------------------------------------------
+    def activation_backward(self, activation: str, y: Any, dy: Any) -> Any:
+        out = np.empty_like(dy)
+        _act_grad(y, dy, ACT[activation], out)
+        return out
+
+    def bias_grad(self, dz: Any) -> Any:
+        out = np.empty(dz.shape[1], dz.dtype)
+        _column_sums(dz, out)
+        return out
+
+    # -- losses -----------------------------------------------------------------------------
+    def _loss(self, kind: int, y: Any, t: Any, scale: float, reduction: str, grad: bool):
+        dtype = np.result_type(y, t)  # as NumPy: float32 outputs vs float64 targets -> float64
+        y, t = np.ascontiguousarray(y, dtype), np.ascontiguousarray(t, dtype)
+        dt = dtype.type
+        inv_n = dt(1 / y.shape[0]) if reduction == "mean" else dt(1)
+        delta = np.empty_like(y)
+        total = _loss_delta(y, t, kind, dt(scale), inv_n, delta)
+        loss = np.asarray(total * float(inv_n), dtype)
+        return loss, (delta if grad else None)
+
+    def squared_error(self, y: Any, t: Any, scale: float, reduction: str, grad: bool = True):
+        return self._loss(SQUARED_ERROR, y, t, scale, reduction, grad)
+
+    def softmax_cross_entropy(self, p: Any, t: Any, reduction: str, grad: bool = True):
+        return self._loss(CROSS_ENTROPY, p, t, 1.0, reduction, grad)
+
+    # -- update and data --------------------------------------------------------------------
+    def sgd_update(
+        self, w: Any, g: Any, lr: float, velocity: Any = None, momentum: float = 0.0
+    ) -> None:
+        dt = w.dtype.type
+        v = velocity.reshape(-1) if velocity is not None else np.empty(0, w.dtype)
+        _sgd(w.reshape(-1), np.ascontiguousarray(g, w.dtype).reshape(-1), dt(lr), v, dt(momentum))
+
+    def rescale(self, x: Any, scale: float, offset: float, dtype: Any) -> Any:
+        out = np.empty(x.shape, dtype)
+        dt = out.dtype.type
+        _rescale(np.ascontiguousarray(x), dt(scale), dt(offset), out)
+        return out
+
+    # -- whole epochs -----------------------------------------------------------------------
+    def train_epoch(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int) -> float:
+        """Train on X[order] (in steps of batch_size) in compiled code; sum of per-sample losses."""
+        dtype = spec.layers[0].W.dtype
+        dt = dtype.type
+        widths = [spec.layers[0].W.shape[1]] + [layer.W.shape[0] for layer in spec.layers]
+        rows = 1 if batch_size == 1 else batch_size
+        key = (dtype, tuple(widths), rows)
+        buffers = self._buffers.get(key)
+        if buffers is None:
+            A = List([np.zeros((rows, w), dtype) for w in widths])
+            D = List([np.zeros((rows, w), dtype) for w in widths[1:]])
+            G = List([np.zeros_like(layer.W) for layer in spec.layers])
+            gb = List([np.zeros(layer.W.shape[0], dtype) for layer in spec.layers])
+            buffers = self._buffers[key] = (A, D, G, gb)
+        A, D, G, gb = buffers
+        empty2, empty1 = np.zeros((0, 0), dtype), np.zeros(0, dtype)
+        Ws = List([layer.W for layer in spec.layers])
+        bs = List(
+            [
+                layer.b if layer.b is not None else np.zeros(layer.W.shape[0], dtype)
+                for layer in spec.layers
+            ]
+        )
+        vWs = List([layer.vW if layer.vW is not None else empty2 for layer in spec.layers])
+        vbs = List([layer.vb if layer.vb is not None else empty1 for layer in spec.layers])
+        acts = np.array([ACT[layer.activation] for layer in spec.layers], np.int64)
+        train_w = np.array([layer.train_W for layer in spec.layers])
+        train_b = np.array([layer.train_b and layer.b is not None for layer in spec.layers])
+        kind = CROSS_ENTROPY if spec.loss == "cross_entropy" else SQUARED_ERROR
+        order = np.ascontiguousarray(order, np.int64)
+        args = (
+            X,
+            order,
+            np.ascontiguousarray(T, dtype),
+            dt(spec.in_scale),
+            dt(spec.in_offset),
+            Ws,
+            bs,
+            acts,
+            train_w,
+            train_b,
+            kind,
+            dt(spec.loss_scale),
+        )
+        if batch_size == 1:
+            return _epoch_per_sample(
+                *args,
+                dt(spec.lr),
+                dt(spec.momentum),
+                vWs,
+                vbs,
+                List([a[0] for a in A]),
+                List([d[0] for d in D]),
+            )
+        return _epoch_minibatch(
+            *args,
+            spec.reduction == "mean",
+            dt(spec.lr),
+            dt(spec.momentum),
+            vWs,
+            vbs,
+            A,
+            D,
+            G,
+            gb,
+            batch_size,
+        )
