@@ -191,6 +191,90 @@ def _matmul_loops(a, bt, out):
 
 # -- whole epochs -------------------------------------------------------------------------------
 @jit
+def _load_input(X, idx, in_scale, in_offset, x):
+    for j in range(x.shape[0]):
+        x[j] = X[idx, j] * in_scale + in_offset
+
+
+@jit
+def _matvec(W, x, z):
+    zero = np.zeros(1, z.dtype)[0]
+    for i in range(W.shape[0]):
+        acc = zero
+        for j in range(W.shape[1]):
+            acc += W[i, j] * x[j]
+        z[i] = acc
+
+
+@jit
+def _update_bias(b, i, di, lr, momentum, vb):
+    if vb.shape[0]:
+        vb[i] = momentum * vb[i] + di
+        b[i] -= lr * vb[i]
+    else:
+        b[i] -= lr * di
+
+
+@jit
+def _backward_update(W, b, d, a_in, g, train_w, train_b, lr, momentum, vW, vb):
+    """Update a layer from its delta d, and g = W^T d (old W) for the layer below; one pass."""
+    zero = np.zeros(1, W.dtype)[0]
+    g[:] = zero
+    for i in range(W.shape[0]):
+        di = d[i]
+        if train_w and momentum != zero:
+            for j in range(W.shape[1]):
+                w = W[i, j]
+                g[j] += di * w
+                vW[i, j] = momentum * vW[i, j] + di * a_in[j]
+                W[i, j] = w - lr * vW[i, j]
+        elif train_w:
+            step = lr * di
+            for j in range(W.shape[1]):
+                w = W[i, j]
+                g[j] += di * w
+                W[i, j] = w - step * a_in[j]
+        else:
+            for j in range(W.shape[1]):
+                g[j] += di * W[i, j]
+        if train_b:
+            _update_bias(b, i, di, lr, momentum, vb)
+
+
+@jit
+def _first_layer_update_and_next_forward(
+    W, b, d, x, x_next, z_next, train_w, train_b, lr, momentum, vW, vb
+):
+    """Update the first layer with (d, x) and, in the same pass over W, z_next = W_new x_next.
+
+    A per-sample step is bound by streaming the first layer's weights through the cache; this
+    reads and writes each weight once per sample instead of twice.
+    """
+    zero = np.zeros(1, W.dtype)[0]
+    for i in range(W.shape[0]):
+        di = d[i]
+        acc = zero
+        if train_w and momentum != zero:
+            for j in range(W.shape[1]):
+                vW[i, j] = momentum * vW[i, j] + di * x[j]
+                w = W[i, j] - lr * vW[i, j]
+                W[i, j] = w
+                acc += w * x_next[j]
+        elif train_w:
+            step = lr * di
+            for j in range(W.shape[1]):
+                w = W[i, j] - step * x[j]
+                W[i, j] = w
+                acc += w * x_next[j]
+        else:
+            for j in range(W.shape[1]):
+                acc += W[i, j] * x_next[j]
+        z_next[i] = acc
+        if train_b:
+            _update_bias(b, i, di, lr, momentum, vb)
+
+
+@jit
 def _epoch_per_sample(
     X,
     order,
@@ -210,74 +294,64 @@ def _epoch_per_sample(
     vbs,
     A,
     D,
+    x_spare,
 ):
     """Per-sample SGD over X[order]; returns the sum of the per-sample losses.
 
-    A[0] is the input buffer, A[l + 1] the output of layer l, D[l] its delta. Each weight row
-    is read once in the backward pass: the product W^T delta for the layer below and the update
-    W -= lr delta x^T share the loop. Frozen weights/biases have train_w/train_b False; bias-free
-    layers carry a zero bias that is never trained. With momentum, vWs/vbs hold the velocities.
+    A[0] is the input buffer (x_spare takes the next sample's input), A[l + 1] the output of
+    layer l, D[l] its delta. Frozen weights/biases have train_w/train_b False; bias-free layers
+    carry a zero bias that is never trained. With momentum, vWs/vbs hold the velocities.
     """
     n_layers = len(Ws)
+    last = n_layers - 1
     one = np.ones(1, A[0].dtype)[0]
-    zero = one - one
-    use_momentum = momentum != zero
     total = 0.0
-    for s in range(order.shape[0]):
-        idx = order[s]
-        x = A[0]
-        for j in range(x.shape[0]):
-            x[j] = X[idx, j] * in_scale + in_offset
-        for layer in range(n_layers):
-            W, a_in, a_out = Ws[layer], A[layer], A[layer + 1]
-            for i in range(W.shape[0]):
-                acc = zero
-                for j in range(W.shape[1]):
-                    acc += W[i, j] * a_in[j]
-                a_out[i] = acc
-            _bias_act_row(a_out, bs[layer], acts[layer])
-        last = n_layers - 1
-        total += _loss_delta_row(A[n_layers], T[idx], kind, scale, one, D[last])
+    n = order.shape[0]
+    x, x_next = A[0], x_spare
+    if n:
+        _load_input(X, order[0], in_scale, in_offset, x)
+        _matvec(Ws[0], x, A[1])  # later samples get this from the previous update pass
+    for s in range(n):
+        _bias_act_row(A[1], bs[0], acts[0])
+        for layer in range(1, n_layers):
+            _matvec(Ws[layer], A[layer], A[layer + 1])
+            _bias_act_row(A[layer + 1], bs[layer], acts[layer])
+        total += _loss_delta_row(A[n_layers], T[order[s]], kind, scale, one, D[last])
         if kind != CROSS_ENTROPY:
             _act_grad_row(A[n_layers], D[last], acts[last], D[last])
-        for layer in range(last, -1, -1):
-            W, b, d, a_in = Ws[layer], bs[layer], D[layer], A[layer]
-            below = layer > 0
-            if below:
-                g = D[layer - 1]
-                g[:] = zero
-            for i in range(W.shape[0]):
-                di = d[i]
-                if train_w[layer] and use_momentum:
-                    v = vWs[layer]
-                    for j in range(W.shape[1]):
-                        w = W[i, j]
-                        if below:
-                            g[j] += di * w
-                        v[i, j] = momentum * v[i, j] + di * a_in[j]
-                        W[i, j] = w - lr * v[i, j]
-                elif train_w[layer]:
-                    step = lr * di
-                    if below:
-                        for j in range(W.shape[1]):
-                            w = W[i, j]
-                            g[j] += di * w
-                            W[i, j] = w - step * a_in[j]
-                    else:
-                        for j in range(W.shape[1]):
-                            W[i, j] -= step * a_in[j]
-                elif below:
-                    for j in range(W.shape[1]):
-                        g[j] += di * W[i, j]
-                if train_b[layer]:
-                    if use_momentum:
-                        vb = vbs[layer]
-                        vb[i] = momentum * vb[i] + di
-                        b[i] -= lr * vb[i]
-                    else:
-                        b[i] -= lr * di
-            if below:
-                _act_grad_row(A[layer], g, acts[layer - 1], g)
+        for layer in range(last, 0, -1):
+            g = D[layer - 1]
+            _backward_update(
+                Ws[layer],
+                bs[layer],
+                D[layer],
+                A[layer],
+                g,
+                train_w[layer],
+                train_b[layer],
+                lr,
+                momentum,
+                vWs[layer],
+                vbs[layer],
+            )
+            _act_grad_row(A[layer], g, acts[layer - 1], g)
+        # the last sample's "next" input is its own: a harmless extra forward
+        _load_input(X, order[min(s + 1, n - 1)], in_scale, in_offset, x_next)
+        _first_layer_update_and_next_forward(
+            Ws[0],
+            bs[0],
+            D[0],
+            x,
+            x_next,
+            A[1],
+            train_w[0],
+            train_b[0],
+            lr,
+            momentum,
+            vWs[0],
+            vbs[0],
+        )
+        x, x_next = x_next, x
     return total
 
 
@@ -440,8 +514,9 @@ class NumbaBackend(NumpyBackend):
             D = List([np.zeros((rows, w), dtype) for w in widths[1:]])
             G = List([np.zeros_like(layer.W) for layer in spec.layers])
             gb = List([np.zeros(layer.W.shape[0], dtype) for layer in spec.layers])
-            buffers = self._buffers[key] = (A, D, G, gb)
-        A, D, G, gb = buffers
+            spare = np.zeros(widths[0], dtype)
+            buffers = self._buffers[key] = (A, D, G, gb, spare)
+        A, D, G, gb, spare = buffers
         empty2, empty1 = np.zeros((0, 0), dtype), np.zeros(0, dtype)
         Ws = List([layer.W for layer in spec.layers])
         bs = List(
@@ -480,6 +555,7 @@ class NumbaBackend(NumpyBackend):
                 vbs,
                 List([a[0] for a in A]),
                 List([d[0] for d in D]),
+                spare,
             )
         return _epoch_minibatch(
             *args,
