@@ -2,21 +2,23 @@
 
 Choices, each measured on the 2-core Zen 4 machine (benchmarks/results/):
 
-* GEMMs go to BLAS (``np.dot``, inside and outside compiled code: the same OpenBLAS NumPy uses).
-  Our own compiled loops (``_matmul_loops``) only win for a single row, where BLAS's call
-  overhead dominates; ``matmul`` picks by shape (see ``MATMUL_LOOPS_MAX_ROWS``).
+* GEMMs go to NumPy's BLAS. Our own compiled loops (``_matmul_loops``) only win for a single
+  row, where BLAS's call overhead dominates; ``matmul`` picks by shape (MATMUL_LOOPS_MAX_ROWS).
 * Every elementwise step is one pass: bias + activation in place over z; activation gradient
   times delta; loss value and gradient; the SGD (or momentum) update.
-* ``train_epoch`` runs a whole stretch of an epoch in one compiled call, reading the uint8 images
-  directly: per-sample SGD with matrix-vector loops that read each weight row once per sample
-  for the backward product and the update together; mini-batches with BLAS GEMMs into
-  preallocated buffers and the fused elementwise passes between them.
+* ``train_epoch`` runs per-sample SGD (the tutorials' way) over a stretch of an epoch in one
+  compiled call, reading the uint8 images directly, with matrix-vector loops and no BLAS. The
+  first layer's update and the next sample's forward pass share one pass over its weights, the
+  bound of a per-sample step. Mini-batches stay on the kernel path: a compiled mini-batch epoch
+  calling BLAS through ``np.dot`` inside Numba (SciPy's second OpenBLAS) measured 0.40 s/epoch
+  against 0.26 s on the kernel path at batch 512 (784-128-10), and the same at batch 32.
 * float32 stays float32: Numba widens ``float32 op <Python float>`` to float64, so constants come
   from ``one = np.ones(1, dtype)[0]`` and scalar arguments are cast before the call.
 * fastmath is limited to {reassoc, contract, nsz, arcp} (vectorised sums, FMAs): never nnan/ninf,
   so NaN and inf behave as in NumPy, e.g. sigmoid(-1000) = 1/(1+inf) = 0 exactly.
-* Threads: compiled code here runs on one thread; BLAS uses its own pool. Running Numba's
-  parallel loops next to busy-waiting OpenBLAS threads on two cores was many times slower.
+* Threads: compiled code here runs on one thread; BLAS uses its own pool, so the two never
+  compete for the cores. Splitting the first layer's rows over two cores with ``prange`` in the
+  per-sample loop measured within noise of one thread (0.77 vs 0.79 s/epoch), so it stays serial.
 * All kernels live in this one file with ``cache=True``: Numba's on-disk cache is keyed per source
   file, so kernels that call each other stay consistent when any of them changes.
 """
@@ -355,83 +357,14 @@ def _epoch_per_sample(
     return total
 
 
-@jit
-def _epoch_minibatch(
-    X,
-    order,
-    T,
-    in_scale,
-    in_offset,
-    Ws,
-    bs,
-    acts,
-    train_w,
-    train_b,
-    kind,
-    scale,
-    mean,
-    lr,
-    momentum,
-    vWs,
-    vbs,
-    A,
-    D,
-    G,
-    gb,
-    batch,
-):
-    """Mini-batch SGD over X[order] in steps of ``batch``; returns the sum of per-sample losses.
-
-    A[l] (batch, width) hold the activations, D[l] the deltas, G[l]/gb[l] the gradients; the
-    GEMMs write into them through BLAS, everything else is fused loops.
-    """
-    n_layers = len(Ws)
-    one = np.ones(1, A[0].dtype)[0]
-    one - one
-    n = order.shape[0]
-    total = 0.0
-    for start in range(0, n, batch):
-        nb = min(batch, n - start)
-        count = np.full(1, nb, A[0].dtype)  # nb as the float dtype, so 1/nb stays float32
-        inv_n = one / count[0] if mean else one
-        x = A[0][:nb]
-        for r in range(nb):
-            row = X[order[start + r]]
-            for j in range(x.shape[1]):
-                x[r, j] = row[j] * in_scale + in_offset
-        for layer in range(n_layers):
-            z = A[layer + 1][:nb]
-            np.dot(A[layer][:nb], Ws[layer].T, z)
-            _bias_act(z, bs[layer], acts[layer])
-        last = n_layers - 1
-        y = A[n_layers][:nb]
-        for r in range(nb):
-            total += _loss_delta_row(y[r], T[order[start + r]], kind, scale, inv_n, D[last][r])
-        if kind != CROSS_ENTROPY:
-            _act_grad(y, D[last][:nb], acts[last], D[last][:nb])
-        for layer in range(last, -1, -1):
-            d, a_in, W = D[layer][:nb], A[layer][:nb], Ws[layer]
-            if layer > 0:  # the delta below, with the weights before this step's update
-                g = D[layer - 1][:nb]
-                np.dot(d, W, g)
-                _act_grad(A[layer][:nb], g, acts[layer - 1], g)
-            if train_w[layer]:
-                np.dot(d.T, a_in, G[layer])
-                _sgd(W.reshape(-1), G[layer].reshape(-1), lr, vWs[layer].reshape(-1), momentum)
-            if train_b[layer]:
-                _column_sums(d, gb[layer])
-                _sgd(bs[layer], gb[layer], lr, vbs[layer], momentum)
-    return total
-
-
 class NumbaBackend(NumpyBackend):
     """NumPy arrays, Numba-compiled kernels. Inherits the reference for what it does not fuse."""
 
     name = "numba"
-    fused_epochs = True
+    fused_max_batch = 1
 
     def __init__(self) -> None:
-        self._buffers: dict = {}  # train_epoch's work arrays, per (dtype, widths, batch)
+        self._buffers: dict = {}  # train_epoch's work arrays, per (dtype, layer widths)
 
     def info(self) -> dict[str, str]:
         info = super().info()
@@ -502,71 +435,45 @@ class NumbaBackend(NumpyBackend):
 
     # -- whole epochs -----------------------------------------------------------------------
     def train_epoch(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int) -> float:
-        """Train on X[order] (in steps of batch_size) in compiled code; sum of per-sample losses."""
+        """Per-sample SGD on X[order] in one compiled call; the sum of the per-sample losses."""
+        if batch_size > self.fused_max_batch:
+            raise ValueError(f"train_epoch runs batch_size 1, got {batch_size}")
         dtype = spec.layers[0].W.dtype
         dt = dtype.type
         widths = [spec.layers[0].W.shape[1]] + [layer.W.shape[0] for layer in spec.layers]
-        rows = 1 if batch_size == 1 else batch_size
-        key = (dtype, tuple(widths), rows)
-        buffers = self._buffers.get(key)
-        if buffers is None:
-            A = List([np.zeros((rows, w), dtype) for w in widths])
-            D = List([np.zeros((rows, w), dtype) for w in widths[1:]])
-            G = List([np.zeros_like(layer.W) for layer in spec.layers])
-            gb = List([np.zeros(layer.W.shape[0], dtype) for layer in spec.layers])
-            spare = np.zeros(widths[0], dtype)
-            buffers = self._buffers[key] = (A, D, G, gb, spare)
-        A, D, G, gb, spare = buffers
-        empty2, empty1 = np.zeros((0, 0), dtype), np.zeros(0, dtype)
-        Ws = List([layer.W for layer in spec.layers])
-        bs = List(
-            [
-                layer.b if layer.b is not None else np.zeros(layer.W.shape[0], dtype)
-                for layer in spec.layers
-            ]
-        )
-        vWs = List([layer.vW if layer.vW is not None else empty2 for layer in spec.layers])
-        vbs = List([layer.vb if layer.vb is not None else empty1 for layer in spec.layers])
-        acts = np.array([ACT[layer.activation] for layer in spec.layers], np.int64)
-        train_w = np.array([layer.train_W for layer in spec.layers])
-        train_b = np.array([layer.train_b and layer.b is not None for layer in spec.layers])
-        kind = CROSS_ENTROPY if spec.loss == "cross_entropy" else SQUARED_ERROR
-        order = np.ascontiguousarray(order, np.int64)
-        args = (
+        key = (dtype, tuple(widths))
+        if key not in self._buffers:  # activations A, deltas D, the next sample's input
+            self._buffers[key] = (
+                List([np.zeros(w, dtype) for w in widths]),
+                List([np.zeros(w, dtype) for w in widths[1:]]),
+                np.zeros(widths[0], dtype),
+            )
+        A, D, spare = self._buffers[key]
+        no_velocity_W, no_velocity_b = np.zeros((0, 0), dtype), np.zeros(0, dtype)
+        layers = spec.layers
+        return _epoch_per_sample(
             X,
-            order,
+            np.ascontiguousarray(order, np.int64),
             np.ascontiguousarray(T, dtype),
             dt(spec.in_scale),
             dt(spec.in_offset),
-            Ws,
-            bs,
-            acts,
-            train_w,
-            train_b,
-            kind,
+            List([layer.W for layer in layers]),
+            List(
+                [
+                    layer.b if layer.b is not None else np.zeros(layer.W.shape[0], dtype)
+                    for layer in layers
+                ]
+            ),
+            np.array([ACT[layer.activation] for layer in layers], np.int64),
+            np.array([layer.train_W for layer in layers]),
+            np.array([layer.train_b and layer.b is not None for layer in layers]),
+            CROSS_ENTROPY if spec.loss == "cross_entropy" else SQUARED_ERROR,
             dt(spec.loss_scale),
-        )
-        if batch_size == 1:
-            return _epoch_per_sample(
-                *args,
-                dt(spec.lr),
-                dt(spec.momentum),
-                vWs,
-                vbs,
-                List([a[0] for a in A]),
-                List([d[0] for d in D]),
-                spare,
-            )
-        return _epoch_minibatch(
-            *args,
-            spec.reduction == "mean",
             dt(spec.lr),
             dt(spec.momentum),
-            vWs,
-            vbs,
+            List([layer.vW if layer.vW is not None else no_velocity_W for layer in layers]),
+            List([layer.vb if layer.vb is not None else no_velocity_b for layer in layers]),
             A,
             D,
-            G,
-            gb,
-            batch_size,
+            spare,
         )

@@ -85,7 +85,7 @@ def fit(
     per_sample = loss.reduction == "mean"
     # A backend with fused epochs takes whole stretches of the epoch (a whole number of batches,
     # so the batches are the same as below); between them the progress bar moves.
-    spec = model.epoch_spec(loss, optimizer) if B.fused_epochs else None
+    spec = model.epoch_spec(loss, optimizer) if batch_size <= B.fused_max_batch else None
     chunk = batch_size * max(1, n // (batch_size * 100)) if spec is not None else batch_size
     for epoch in range(1, epochs + 1):
         order = rng.permutation(n) if shuffle else None
