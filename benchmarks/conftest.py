@@ -55,6 +55,12 @@ def thread_settings() -> dict[str, int]:
 
     threadpool_limits(limits=THREADS)  # OpenBLAS/MKL/OpenMP pools loaded so far
     settings = {"blas": THREADS}
+    if "numba" in _tinynet_backends():
+        import numba
+
+        # tinynet's Numba kernels run on one thread next to BLAS; this only caps Numba's pool.
+        numba.set_num_threads(min(THREADS, numba.config.NUMBA_NUM_THREADS))
+        settings["numba"] = numba.get_num_threads()
     if importlib.util.find_spec("torch") is not None:
         import torch
 

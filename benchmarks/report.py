@@ -87,6 +87,19 @@ def kernel_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def startup_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| backend | import | first calls, cold cache (compile) | first calls, warm cache |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in sorted((r for r in rows if r.get("kind") == "startup"), key=lambda r: r["contender"]):
+        lines.append(
+            f"| {r['contender']} | {r['import_s']:.2f} s | "
+            f"{r['cold_first_calls_s']:.2f} s | {r['warm_first_calls_s']:.2f} s |"
+        )
+    return lines
+
+
 def chart(speeds: dict, path: Path, title: str) -> None:
     import matplotlib
 
@@ -136,8 +149,17 @@ def render(json_path: Path, prefix: Path) -> str:
         "compilation.",
         "",
     ]
+    startup = [
+        "## Startup",
+        "",
+        "A fresh process: import, then the first per-sample and mini-batch training calls and a "
+        "prediction; the warm-cache figure is the last of 3 runs.",
+        "",
+        *startup_table(rows),
+        "",
+    ]
     text = "\n".join(
-        [*header, *train_lines, "", "## Kernels (float32)", "", *kernel_table(rows), ""]
+        [*header, *train_lines, "", *startup, "## Kernels (float32)", "", *kernel_table(rows), ""]
     )
     prefix.parent.mkdir(parents=True, exist_ok=True)
     prefix.with_suffix(".md").write_text(text)

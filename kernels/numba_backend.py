@@ -31,7 +31,6 @@ from typing import Any
 import numba
 import numpy as np
 from numba import njit
-from numba.typed import List
 from tinynet.kernels.numpy_backend import NumpyBackend
 
 from tinynet.backend import EpochSpec
@@ -424,8 +423,8 @@ class NumbaBackend(NumpyBackend):
         key = (dtype, tuple(widths))
         if key not in self._buffers:  # activations A, deltas D, the next sample's input
             self._buffers[key] = (
-                List([np.zeros(w, dtype) for w in widths]),
-                List([np.zeros(w, dtype) for w in widths[1:]]),
+                tuple([np.zeros(w, dtype) for w in widths]),
+                tuple([np.zeros(w, dtype) for w in widths[1:]]),
                 np.zeros(widths[0], dtype),
             )
         A, D, spare = self._buffers[key]
@@ -437,8 +436,8 @@ class NumbaBackend(NumpyBackend):
             np.ascontiguousarray(T, dtype),
             dt(spec.in_scale),
             dt(spec.in_offset),
-            List([layer.W for layer in layers]),
-            List(
+            tuple([layer.W for layer in layers]),
+            tuple(
                 [
                     layer.b if layer.b is not None else np.zeros(layer.W.shape[0], dtype)
                     for layer in layers
@@ -451,8 +450,8 @@ class NumbaBackend(NumpyBackend):
             dt(spec.loss_scale),
             dt(spec.lr),
             dt(spec.momentum),
-            List([layer.vW if layer.vW is not None else no_velocity_W for layer in layers]),
-            List([layer.vb if layer.vb is not None else no_velocity_b for layer in layers]),
+            tuple([layer.vW if layer.vW is not None else no_velocity_W for layer in layers]),
+            tuple([layer.vb if layer.vb is not None else no_velocity_b for layer in layers]),
             A,
             D,
             spare,
