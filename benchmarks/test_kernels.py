@@ -28,12 +28,19 @@ def _arrays(n_in: int, n_out: int, batch: int):
 def _tinynet_kernel(backend_name: str, kernel: str, a: dict):
     with tn.use_backend(backend_name) as B:
         x, W, b, y, dy = (B.asarray(a[k]) for k in ("x", "W", "b", "y", "dy"))
-    return {
+    run = {
         "matmul": lambda: B.matmul(x, W.T),
         "dense_sigmoid": lambda: B.dense_forward(x, W, b, "sigmoid"),
         "sigmoid_grad": lambda: B.activation_backward("sigmoid", y, dy),
         "weight_grad": lambda: B.weight_grad(dy, x),
     }[kernel]
+
+    def timed():  # a GPU kernel is only done when the device says so
+        out = run()
+        B.synchronize()
+        return out
+
+    return timed
 
 
 def _torch_kernel(kernel: str, a: dict):
@@ -62,7 +69,7 @@ def test_kernel(benchmark, kernel, shape, batch, contender):
     reference = tn.to_numpy(_tinynet_kernel("numpy", kernel, a)())
     # float32 sums over up to 1024 terms in another order: tolerance relative to the output scale
     scale = float(np.abs(reference).max())
-    np.testing.assert_allclose(np.asarray(fn()), reference, rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(tn.to_numpy(fn()), reference, rtol=1e-4, atol=1e-5 * scale)
     benchmark.group = f"kernel {kernel} {shape} batch {batch}"
     benchmark.extra_info.update(
         kind="kernel",

@@ -14,10 +14,17 @@ from functools import cache
 
 import pytest
 
-from benchmarks.conftest import NETWORKS, THREADS, contender_params, make_contender
+from benchmarks.conftest import (
+    NETWORKS,
+    THREADS,
+    _tinynet_backends,
+    contender_params,
+    make_contender,
+)
 from benchmarks.contenders import initial_weights
 
-BATCHES = (1, 32, 128, 512)
+# On a GPU also 1024 and 4096.
+BATCHES = (1, 32, 128, 512) + ((1024, 4096) if "cupy" in _tinynet_backends() else ())
 REPEATS = 3
 ROUNDS = 3
 

@@ -37,6 +37,7 @@ DEFAULT = "auto"
 _REGISTRY: dict[str, tuple[str, str]] = {
     "numpy": ("tinynet.kernels.numpy_backend", "NumpyBackend"),
     "numba": ("tinynet.kernels.numba_backend", "NumbaBackend"),
+    "cupy": ("tinynet.kernels.cupy_backend", "CupyBackend"),
 }
 # `auto` tries these in order and takes the first that is registered and usable.
 _AUTO_PREFERENCE = ("cupy", "numba", "numpy")
@@ -81,6 +82,9 @@ class Backend:
     def info(self) -> dict[str, str]:
         """Versions and device, for ``tinynet info`` and benchmark reports."""
         return {"backend": self.name}
+
+    def synchronize(self) -> None:
+        """Wait until queued device work is done (timing); a no-op on the CPU."""
 
     def __repr__(self) -> str:
         return f"<tinynet backend {self.name!r}>"
