@@ -31,9 +31,9 @@ from typing import Any
 import numba
 import numpy as np
 from numba import njit
-from tinynet.kernels.numpy_backend import NumpyBackend
 
 from tinynet.backend import EpochSpec
+from tinynet.kernels.numpy_backend import NumpyBackend
 
 FAST = {"reassoc", "contract", "nsz", "arcp"}
 ACT = {"identity": 0, "step": 1, "sigmoid": 2, "tanh": 3, "relu": 4, "softmax": 5}
