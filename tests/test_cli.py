@@ -79,6 +79,7 @@ def test_errors_are_one_line(capsys, tmp_path):
         capsys, ["train", "--sample", "--batch-size", "0", "--epochs", "1"], "batch_size"
     )
     _one_line_error(capsys, ["train", "--sample", "--activation", "swish"], "activation")
+    _one_line_error(capsys, ["train", "--sample", "--lr-decay", "1.5"], "lr-decay")
     _one_line_error(capsys, ["train", "--sample", "--loss", "hinge"], "unknown loss 'hinge'")
     _one_line_error(
         capsys,

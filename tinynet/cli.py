@@ -28,6 +28,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         epochs=12,
         batch_size=64,
         lr=0.05,
+        lr_decay=0.8,  # lr *= 0.8 after each epoch
         momentum=0.9,
         init="auto",
         bias=True,
@@ -42,6 +43,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         epochs=5,
         batch_size=1,
         lr=0.1,
+        lr_decay=1.0,
         momentum=0.0,
         init="normal",
         bias=False,
@@ -76,6 +78,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float, help="learning rate")
     train.add_argument("--momentum", type=float)
+    train.add_argument("--lr-decay", type=float, help="multiply lr by this after each epoch")
     train.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     train.add_argument("--data-dir", help="folder with the MNIST IDX files (raw or .gz)")
@@ -125,6 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = RECIPES[args.recipe]
     opt = {k: getattr(args, k, None) for k in recipe}
     opt = {k: recipe[k] if v is None else v for k, v in opt.items()}
+    if not 0 < opt["lr_decay"] <= 1:
+        raise InvalidInputError(f"--lr-decay must be in (0, 1], got {opt['lr_decay']}")
     _check_output_path(args.save, "the model to")
     _check_output_path(args.plot, "the plot to")
     if args.plot:
@@ -162,11 +167,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print(
         f"recipe {args.recipe}: {net.in_features}-{'-'.join(map(str, opt['hidden']))}-10 "
-        f"{opt['activation']}, {loss!r}, {optimizer!r}, batch {opt['batch_size']}, "
+        f"{opt['activation']}, {loss!r}, {optimizer!r} (lr x{opt['lr_decay']:g} per epoch), "
+        f"batch {opt['batch_size']}, "
         f"{opt['epochs']} epochs, {args.dtype}"
     )
 
-    def report(epoch: int, r: dict[str, float]) -> None:
+    def end_of_epoch(epoch: int, r: dict[str, float]) -> None:
+        optimizer.lr *= opt["lr_decay"]
         print(
             f"epoch {epoch:2d}/{opt['epochs']}  loss {r['loss']:.4f}  "
             f"test acc {100 * r['val_accuracy']:.2f}%  {r['time']:.2f} s  "
@@ -186,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         validation_data=(x_test, t_test),
         progress=not args.quiet,
-        on_epoch_end=report,
+        on_epoch_end=end_of_epoch,
     )
     wall = time.perf_counter() - started
     accuracy = history["val_accuracy"][-1]
