@@ -227,3 +227,41 @@ def test_whole_training_runs_match_the_reference(
         )
     if freeze == "bias":  # the frozen first layer's biases never moved from their zeros
         assert not weights[0][1].any() and not weights_ref[0][1].any()
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_learning_rate_changed_between_epochs_applies_on_every_path(other, batch):
+    (x, y) = tn.datasets.mnist_sample("train")
+    results = []
+    for name in ("numpy", other.name):
+        with tn.use_backend(name):
+            net = tn.MLP.from_sizes(
+                [784, 16, 10], "tanh", "softmax", seed=0, dtype="float64", rescale=(1 / 255, 0.0)
+            )
+            opt = tn.SGD(0.05)
+
+            def halve(epoch, record, opt=opt):
+                opt.lr /= 2
+
+            history = net.fit(
+                x[:300],
+                y[:300],
+                tn.CrossEntropy(),
+                opt,
+                epochs=3,
+                batch_size=batch,
+                seed=0,
+                on_epoch_end=halve,
+            )
+            results.append((history["loss"], net.get_weights()[0][0]))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-9)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-8, atol=1e-12)
+    # and the halving mattered: a constant lr gives different weights
+    with tn.use_backend(other.name):
+        net = tn.MLP.from_sizes(
+            [784, 16, 10], "tanh", "softmax", seed=0, dtype="float64", rescale=(1 / 255, 0.0)
+        )
+        net.fit(
+            x[:300], y[:300], tn.CrossEntropy(), tn.SGD(0.05), epochs=3, batch_size=batch, seed=0
+        )
+    assert not np.allclose(net.get_weights()[0][0], results[1][1])
