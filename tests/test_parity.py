@@ -205,6 +205,8 @@ def _train(
         (1, 0.9, "float64", tn.CrossEntropy(), "relu", "softmax", True, "bias"),
         (1, 0.0, "float32", tn.SquaredError(1.0, "sum"), "tanh", "softmax", True, "weights"),
         (32, 0.0, "float32", tn.CrossEntropy(), "relu", "softmax", True, None),
+        (7, 0.9, "float32", tn.CrossEntropy(), "relu", "softmax", True, "weights"),
+        (5, 0.0, "float64", tn.SquaredError(0.5, "sum"), "tanh", "sigmoid", False, None),
         (32, 0.9, "float64", tn.SquaredError(0.5), "sigmoid", "sigmoid", True, None),
         (100, 0.5, "float32", tn.CrossEntropy("sum"), "tanh", "softmax", False, None),
         (512, 0.0, "float32", tn.SquaredError(0.5, "sum"), "relu", "identity", True, "bias"),

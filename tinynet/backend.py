@@ -69,19 +69,22 @@ class Backend:
     batch) and return the loss as a 0-d backend array, so the trainer can add losses up on the
     device without a sync per step.
 
-    A backend with ``fused_max_batch > 0`` also has ``train_epoch(spec, X, T, order,
-    batch_size) -> float`` for ``batch_size <= fused_max_batch``: train on the rows ``X[order]``
-    in steps of ``batch_size`` as the kernel-by-kernel loop would (same batches, same updates),
-    in place on the arrays of the :class:`EpochSpec`, and return the sum of per-sample losses.
+    A backend whose ``fuses(spec, batch_size)`` says True also has ``train_epoch(spec, X, T,
+    order, batch_size) -> float``: train on the rows ``X[order]`` in steps of ``batch_size`` as
+    the kernel-by-kernel loop would (same batches, same updates), in place on the arrays of the
+    :class:`EpochSpec`, and return the sum of the per-sample losses.
     """
 
     name: str = "?"
     xp: Any = np
-    fused_max_batch: int = 0
 
     def info(self) -> dict[str, str]:
         """Versions and device, for ``tinynet info`` and benchmark reports."""
         return {"backend": self.name}
+
+    def fuses(self, spec: EpochSpec, batch_size: int) -> bool:
+        """Whether ``train_epoch`` should run this model at this batch size (it is faster)."""
+        return False
 
     def synchronize(self) -> None:
         """Wait until queued device work is done (timing); a no-op on the CPU."""

@@ -85,11 +85,12 @@ def fit(
     per_sample = loss.reduction == "mean"
     # A backend with fused epochs takes whole stretches of the epoch (a whole number of batches,
     # so the batches are the same as below); between them the progress bar moves.
-    fused = batch_size <= B.fused_max_batch
-    chunk = batch_size * max(1, n // (batch_size * 100)) if fused else batch_size
     for epoch in range(1, epochs + 1):
         # per epoch, so a learning rate changed between epochs (on_epoch_end) takes effect
-        spec = model.epoch_spec(loss, optimizer) if fused else None
+        spec = model.epoch_spec(loss, optimizer)
+        if spec is not None and not B.fuses(spec, batch_size):
+            spec = None
+        chunk = batch_size * max(1, n // (batch_size * 100)) if spec is not None else batch_size
         order = rng.permutation(n) if shuffle else None
         order_on_device = B.asarray(order) if order is not None and spec is None else None
         total = B.xp.zeros((), dtype=np.float64)
