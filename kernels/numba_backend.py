@@ -7,12 +7,14 @@ Choices, each measured on the 2-core Zen 4 machine (benchmarks/results/):
   57 vs 32 us at 1x784x1024, 19 vs 9 us at 4x784x128, 186 vs 77 us at 32x784x128.
 * Every elementwise step is one pass: bias + activation in place over z; activation gradient
   times delta; loss value and gradient; the SGD (or momentum) update.
-* ``train_epoch`` runs per-sample SGD (the tutorials' way) over a stretch of an epoch in one
-  compiled call, reading the uint8 images directly, with matrix-vector loops and no BLAS. The
-  first layer's update and the next sample's forward pass share one pass over its weights, the
-  bound of a per-sample step. Mini-batches stay on the kernel path: a compiled mini-batch epoch
-  calling BLAS through ``np.dot`` inside Numba (SciPy's second OpenBLAS) measured 0.40 s/epoch
-  against 0.26 s on the kernel path at batch 512 (784-128-10), and the same at batch 32.
+* ``train_epoch`` runs stretches of an epoch in one compiled call, reading the uint8 images
+  directly, without BLAS (``fuses`` says when). Per-sample SGD (the tutorials' way) uses
+  matrix-vector loops in which the first layer's update and the next sample's forward pass share
+  one pass over its weights, the bound of a per-sample step. Small batches use 4 x 4 register
+  tiles split over the cores, and add the weight gradient straight into the weights. Larger
+  batches stay on the BLAS kernel path; a compiled mini-batch epoch calling BLAS through
+  ``np.dot`` inside Numba (SciPy's second OpenBLAS) measured 0.40 s/epoch against 0.26 s on the
+  kernel path at batch 512 (784-128-10), and was dropped.
 * float32 stays float32: Numba widens ``float32 op <Python float>`` to float64, so constants come
   from ``one = np.ones(1, dtype)[0]`` and scalar arguments are cast before the call.
 * fastmath is limited to {reassoc, contract, nsz, arcp} (vectorised sums, FMAs): never nnan/ninf,
