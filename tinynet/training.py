@@ -3,7 +3,9 @@
 A batch flows like this: the data stay where they are (uint8 images are not converted to a float
 copy), each step gathers ``batch_size`` rows by index, ``MLP._step`` runs forward, loss,
 backward and the optimizer through the backend's kernels, and the loss is added up on the
-device so the loop never waits for it except to refresh the progress bar.
+device so the loop never waits for it except to refresh the progress bar. Where the backend
+``fuses`` the model at this batch size (Numba: per-sample and small batches), the same batches go
+to its compiled ``train_epoch`` instead, a stretch of the epoch per call.
 """
 
 from __future__ import annotations
@@ -83,10 +85,10 @@ def fit(
     rng = np.random.default_rng(seed)
     history = History()
     per_sample = loss.reduction == "mean"
-    # A backend with fused epochs takes whole stretches of the epoch (a whole number of batches,
-    # so the batches are the same as below); between them the progress bar moves.
     for epoch in range(1, epochs + 1):
-        # per epoch, so a learning rate changed between epochs (on_epoch_end) takes effect
+        # A backend that fuses this model and batch size takes stretches of the epoch (a whole
+        # number of batches, the same batches as below) and the progress bar moves between them.
+        # Built per epoch, so a learning rate changed in on_epoch_end takes effect.
         spec = model.epoch_spec(loss, optimizer)
         if spec is not None and not B.fuses(spec, batch_size):
             spec = None
