@@ -425,27 +425,26 @@ def _dot_block(W, A, Z, i0, r0):
     Z[r0, i0 + 3], Z[r0 + 1, i0 + 3], Z[r0 + 2, i0 + 3], Z[r0 + 3, i0 + 3] = a30, a31, a32, a33
 
 
-@parallel_jit
-def _forward_rows(W, A, Z):
-    """Z = A @ W.T for the rows of A and Z: blocks of 4 weight rows per task (split over the
-    cores), 4 x 4 register tiles inside, plain dot products for the ragged edges."""
+@jit
+def _forward_block(W, A, Z, blk):
+    """Z[:, 4 blk : 4 blk + 4] = A @ W[4 blk : 4 blk + 4].T: 4 x 4 register tiles, plain dot
+    products for the ragged edges."""
     zero = np.zeros(1, Z.dtype)[0]
     n_out, n_in = W.shape
     n_rows = Z.shape[0]
-    for blk in numba.prange((n_out + 3) // 4):
-        i0 = blk * 4
-        i1 = min(i0 + 4, n_out)
-        r = 0
-        if i1 - i0 == 4:
-            while r + 4 <= n_rows:
-                _dot_block(W, A, Z, i0, r)
-                r += 4
-        for rr in range(r, n_rows):
-            for i in range(i0, i1):
-                acc = zero
-                for j in range(n_in):
-                    acc += W[i, j] * A[rr, j]
-                Z[rr, i] = acc
+    i0 = blk * 4
+    i1 = min(i0 + 4, n_out)
+    r = 0
+    if i1 - i0 == 4:
+        while r + 4 <= n_rows:
+            _dot_block(W, A, Z, i0, r)
+            r += 4
+    for rr in range(r, n_rows):
+        for i in range(i0, i1):
+            acc = zero
+            for j in range(n_in):
+                acc += W[i, j] * A[rr, j]
+            Z[rr, i] = acc
 
 
 @jit
@@ -495,35 +494,57 @@ def _add_outer_rows(target, D, A, i0, i1, coef):
                 target[i, j] += si * A[rr, j]
 
 
-@parallel_jit
-def _update_rows(W, b, D, A, train_w, train_b, lr, momentum, vW, vb):
-    """W -= lr D^T A, b -= lr sum_r D[r] (with momentum: vW <- m vW + D^T A; W -= lr vW),
-    accumulating straight into the weights: no gradient array. 4 rows per task."""
+@jit
+def _update_block(W, b, D, A, blk, train_w, train_b, lr, momentum, vW, vb):
+    """Rows 4 blk .. 4 blk + 3: W -= lr D^T A, b -= lr sum_r D[r] (with momentum: vW <- m vW +
+    D^T A; W -= lr vW), added straight into the weights: no gradient array."""
     one = np.ones(1, W.dtype)[0]
     zero = one - one
     n_out, n_in = W.shape
-    for blk in numba.prange((n_out + 3) // 4):
-        i0 = blk * 4
-        i1 = min(i0 + 4, n_out)
-        if train_w and momentum != zero:
-            for i in range(i0, i1):
-                for j in range(n_in):
-                    vW[i, j] *= momentum
-            _add_outer_rows(vW, D, A, i0, i1, one)
-            for i in range(i0, i1):
-                for j in range(n_in):
-                    W[i, j] -= lr * vW[i, j]
-        elif train_w:
-            _add_outer_rows(W, D, A, i0, i1, -lr)
-        if train_b:
-            for i in range(i0, i1):
-                g = zero
-                for r in range(D.shape[0]):
-                    g += D[r, i]
-                _update_bias(b, i, g, lr, momentum, vb)
+    i0 = blk * 4
+    i1 = min(i0 + 4, n_out)
+    if train_w and momentum != zero:
+        for i in range(i0, i1):
+            for j in range(n_in):
+                vW[i, j] *= momentum
+        _add_outer_rows(vW, D, A, i0, i1, one)
+        for i in range(i0, i1):
+            for j in range(n_in):
+                W[i, j] -= lr * vW[i, j]
+    elif train_w:
+        _add_outer_rows(W, D, A, i0, i1, -lr)
+    if train_b:
+        for i in range(i0, i1):
+            g = zero
+            for r in range(D.shape[0]):
+                g += D[r, i]
+            _update_bias(b, i, g, lr, momentum, vb)
 
 
 @jit
+def _batch_scale(like, nb, mean):
+    """1/nb ("mean") or 1, in the dtype of ``like``, so float32 stays float32."""
+    one = np.ones(1, like.dtype)[0]
+    count = np.full(1, nb, like.dtype)
+    return one / count[0] if mean else one
+
+
+@jit
+def _delta_below(D, W, Y, act, G):
+    """G = (D W) * f'(Y): the delta of the layer below, from the weights before the update."""
+    zero = np.zeros(1, G.dtype)[0]
+    for r in range(D.shape[0]):
+        g = G[r]
+        for j in range(g.shape[0]):
+            g[j] = zero
+        for i in range(W.shape[0]):
+            di = D[r, i]
+            for j in range(W.shape[1]):
+                g[j] += di * W[i, j]
+        _act_grad_row(Y[r], g, act, g)
+
+
+@parallel_jit
 def _epoch_small_batch(
     X,
     order,
@@ -548,26 +569,29 @@ def _epoch_small_batch(
 ):
     """Mini-batch SGD over X[order] in steps of ``batch``, one compiled call for all of it.
 
-    A[l] (batch, width) hold the activations, D[l] the deltas. Layer products run in
-    ``_forward_rows`` and updates in ``_update_rows`` (both split over the cores); the delta for
-    the layer below, D[l-1] = D[l] W (old W), is formed before W changes. Returns the sum of the
+    A[l] (batch, width) hold the activations, D[l] the deltas. Layer products and updates run in
+    blocks of 4 weight rows split over the cores (``prange``); the delta for the layer below,
+    D[l-1] = D[l] W (old W), is formed before W changes. This is the module's only parallel
+    function, and it calls only plain ones: a cached function calling a cached parallel one
+    crashed here once the cache held several processes' signatures. Returns the sum of the
     per-sample losses.
     """
+    # Only the two prange loops may run in parallel here: with parallel=True Numba would also
+    # turn array statements (g[:] = 0, np.full) into parallel loops, one launch per row, so all
+    # other work sits in plain helpers.
     n_layers = len(Ws)
     last = n_layers - 1
-    one = np.ones(1, A[0].dtype)[0]
-    zero = one - one
     n = order.shape[0]
     total = 0.0
     for start in range(0, n, batch):
         nb = min(batch, n - start)
-        count = np.full(1, nb, A[0].dtype)  # nb in the float dtype, so 1/nb stays float32
-        inv_n = one / count[0] if mean else one
+        inv_n = _batch_scale(A[0], nb, mean)
         for r in range(nb):
             _load_input(X, order[start + r], in_scale, in_offset, A[0][r])
         for layer in range(n_layers):
-            Z = A[layer + 1][:nb]
-            _forward_rows(Ws[layer], A[layer][:nb], Z)
+            W, Z, A_in = Ws[layer], A[layer + 1][:nb], A[layer][:nb]
+            for blk in numba.prange((W.shape[0] + 3) // 4):  # blocks of 4 rows over the cores
+                _forward_block(W, A_in, Z, blk)
             for r in range(nb):
                 _bias_act_row(Z[r], bs[layer], acts[layer])
         for r in range(nb):
@@ -578,27 +602,12 @@ def _epoch_small_batch(
         for layer in range(last, -1, -1):
             W, Dl = Ws[layer], D[layer][:nb]
             if layer > 0:
-                G = D[layer - 1][:nb]
-                for r in range(nb):
-                    g = G[r]
-                    g[:] = zero
-                    for i in range(W.shape[0]):
-                        di = Dl[r, i]
-                        for j in range(W.shape[1]):
-                            g[j] += di * W[i, j]
-                    _act_grad_row(A[layer][r], g, acts[layer - 1], g)
-            _update_rows(
-                W,
-                bs[layer],
-                Dl,
-                A[layer][:nb],
-                train_w[layer],
-                train_b[layer],
-                lr,
-                momentum,
-                vWs[layer],
-                vbs[layer],
-            )
+                _delta_below(Dl, W, A[layer][:nb], acts[layer - 1], D[layer - 1][:nb])
+            A_in, b, vW, vb = A[layer][:nb], bs[layer], vWs[layer], vbs[layer]
+            for blk in numba.prange((W.shape[0] + 3) // 4):
+                _update_block(
+                    W, b, Dl, A_in, blk, train_w[layer], train_b[layer], lr, momentum, vW, vb
+                )
     return total
 
 
