@@ -19,16 +19,7 @@ THREADS = int(os.environ.get("TINYNET_BENCH_THREADS") or cpu_count())
 
 
 def _tinynet_backends() -> list[str]:
-    usable = []
-    for name in tn.available_backends():
-        if name == "auto":
-            continue
-        try:
-            backend_module._resolve(name)
-            usable.append(name)
-        except tn.BackendError:
-            pass
-    return usable
+    return [name for name, why in backend_module.backend_status().items() if why is None]
 
 
 def contender_params() -> list:

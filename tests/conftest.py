@@ -11,22 +11,16 @@ import tinynet as tn
 from tinynet import backend as backend_module
 
 
-def _usable_backends() -> list:
+def backend_params(exclude: tuple[str, ...] = ()) -> list:
     """One pytest param per registered backend; those that cannot run here skip with the reason."""
-    params = []
-    for name in tn.available_backends():
-        if name == "auto":
-            continue
-        try:
-            backend_module._resolve(name)
-            marks = ()
-        except tn.BackendError as exc:
-            marks = pytest.mark.skip(reason=f"backend {name} unavailable here: {exc}")
-        params.append(pytest.param(name, marks=marks, id=name))
-    return params
+    return [
+        pytest.param(name, id=name, marks=pytest.mark.skip(reason=why) if why else ())
+        for name, why in backend_module.backend_status().items()
+        if name not in exclude
+    ]
 
 
-@pytest.fixture(params=_usable_backends())
+@pytest.fixture(params=backend_params())
 def backend_name(request) -> str:
     """Runs the test once per backend, with that backend active."""
     with tn.use_backend(request.param):

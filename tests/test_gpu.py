@@ -12,11 +12,8 @@ import pytest
 import tinynet as tn
 from tinynet import backend as backend_module
 
-try:
-    backend_module._resolve("cupy")
-    GPU, WHY_NOT = True, ""
-except tn.BackendError as exc:
-    GPU, WHY_NOT = False, str(exc)
+WHY_NOT = backend_module.backend_status()["cupy"]
+GPU = WHY_NOT is None
 
 needs_gpu = pytest.mark.skipif(not GPU, reason=f"no usable GPU here: {WHY_NOT}")
 

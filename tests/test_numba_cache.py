@@ -10,14 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import tinynet as tn
 from tinynet import backend as backend_module
 
-try:
-    backend_module._resolve("numba")
-    NUMBA, WHY_NOT = True, ""
-except tn.BackendError as exc:
-    NUMBA, WHY_NOT = False, str(exc)
+WHY_NOT = backend_module.backend_status()["numba"]
+NUMBA = WHY_NOT is None
 
 
 @pytest.mark.skipif(not NUMBA, reason=f"numba backend unavailable: {WHY_NOT}")

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinynet as tn
+from tests.conftest import backend_params
 from tinynet import backend as backend_module
 
 TOL = {"float32": dict(rtol=1e-4, atol=1e-5), "float64": dict(rtol=1e-10, atol=1e-12)}
@@ -19,21 +20,7 @@ ACTIVATIONS = ["identity", "step", "sigmoid", "tanh", "relu", "softmax"]
 SIZES = [1, 7, 784, 1030]
 
 
-def _others() -> list:
-    """Every usable backend except the reference; a skip with the reason for the rest."""
-    params = []
-    for name in tn.available_backends():
-        if name in ("auto", "numpy"):
-            continue
-        try:
-            backend_module._resolve(name)
-            params.append(pytest.param(name, id=name))
-        except tn.BackendError as exc:
-            params.append(pytest.param(name, id=name, marks=pytest.mark.skip(reason=str(exc))))
-    return params
-
-
-@pytest.fixture(params=_others())
+@pytest.fixture(params=backend_params(exclude=("numpy",)))
 def other(request):
     return backend_module._resolve(request.param)
 
@@ -145,9 +132,8 @@ def test_sgd_update_and_rescale(other, dtype, momentum):
 def test_dense_layer_parity_any_shape(batch, n_in, n_out, activation, dtype):
     rng = np.random.default_rng(batch * 10_000 + n_in * 100 + n_out)
     x, W, b = _data(rng, batch, n_in, n_out, dtype)
-    for param in _others():
-        name = param.values[0]
-        if param.marks:
+    for name, why in backend_module.backend_status().items():
+        if name == "numpy" or why:
             continue
         B = backend_module._resolve(name)
         y = B.dense_forward(

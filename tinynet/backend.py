@@ -120,6 +120,18 @@ class EpochSpec:
     momentum: float
 
 
+def backend_status() -> dict[str, str | None]:
+    """Every registered backend: None where it can run here, else the reason it cannot."""
+    status: dict[str, str | None] = {}
+    for name in _REGISTRY:
+        try:
+            _instantiate(name)
+            status[name] = None
+        except BackendError as exc:
+            status[name] = str(exc)
+    return status
+
+
 def available_backends() -> list[str]:
     """Names that ``set_backend`` accepts, ``auto`` included."""
     return ["auto", *_REGISTRY]

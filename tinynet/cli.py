@@ -253,15 +253,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     for key, value in tn.system.machine_info().items():
         print(f"  {key:12s} {value}")
     print("backends:")
-    for name in tn.available_backends():
-        if name == "auto":
+    for name, why in tn.backend.backend_status().items():
+        if why:
+            print(f"  {name:8s} unavailable: {why}")
             continue
-        try:
-            info = tn.backend._resolve(name).info()
-            details = ", ".join(f"{k} {v}" for k, v in info.items() if k != "backend")
-            print(f"  {name:8s} ok      {details}")
-        except TinynetError as exc:
-            print(f"  {name:8s} unavailable: {exc}")
+        info = tn.backend._resolve(name).info()
+        details = ", ".join(f"{k} {v}" for k, v in info.items() if k != "backend")
+        print(f"  {name:8s} ok      {details}")
     try:
         print(f"  auto  -> {tn.backend._resolve('auto').name}")
     except TinynetError as exc:
