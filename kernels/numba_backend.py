@@ -33,6 +33,7 @@ Choices, each measured on the 2-core Zen 4 machine (benchmarks/results/):
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from typing import Any
 
@@ -624,6 +625,13 @@ class NumbaBackend(NumpyBackend):
     FUSED_MAX_WEIGHT_BYTES = 1 << 20
 
     def __init__(self) -> None:
+        cache = _cache_root()
+        if not numba.config.CACHE_DIR and not (os.path.isdir(cache) and os.listdir(cache)):
+            logging.getLogger("tinynet").info(
+                "compiling Numba kernels on first use (once per tinynet version, about 10 s "
+                "on 2 cores); cached in %s",
+                cache,
+            )
         self._buffers: dict = {}  # train_epoch's work arrays, per (dtype, layer widths)
 
     def info(self) -> dict[str, str]:

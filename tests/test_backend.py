@@ -14,7 +14,7 @@ from tinynet import backend as backend_module
 
 
 def test_default_is_auto_and_says_which(caplog):
-    with caplog.at_level(logging.INFO, logger="tinynet"):
+    with caplog.at_level(logging.DEBUG, logger="tinynet"):
         chosen = tn.get_backend()
     assert chosen.name in tn.available_backends()
     assert f"selected {chosen.name!r}" in caplog.text

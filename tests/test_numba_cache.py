@@ -25,11 +25,29 @@ def test_kernel_cache_lives_under_the_source_hash(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     env["XDG_CACHE_HOME"] = str(tmp_path)
     code = (
+        "import logging; logging.basicConfig(level=logging.INFO);"
         "import numpy as np, tinynet as tn; tn.set_backend('numba');"
         "net = tn.MLP.from_sizes([3, 2], 'sigmoid', 'sigmoid', seed=0);"
         "net.fit(np.eye(3), np.eye(3)[:, :2], tn.SquaredError(), tn.SGD(0.1), batch_size=1)"
     )
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    first = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        check=True,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    assert "compiling Numba kernels on first use" in first.stderr  # said while the cache is empty
+    again = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        check=True,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    assert "compiling" not in again.stderr
     cached = {p.suffix for p in expected.iterdir()}
     assert {".nbi", ".nbc"} <= cached
     assert [p.name for p in (tmp_path / "tinynet" / "numba").iterdir()] == [expected.name]

@@ -166,7 +166,7 @@ def _resolve(name: str) -> Backend:
                 reasons.append(str(exc))
                 continue
             skipped = f" (skipped: {'; '.join(reasons)})" if reasons else ""
-            log.info("tinynet: backend 'auto' selected %r%s", backend.name, skipped)
+            log.debug("backend 'auto' selected %r%s", backend.name, skipped)
             return backend
         raise BackendError("no usable backend: " + "; ".join(reasons))
     if name not in _REGISTRY:

@@ -6,6 +6,7 @@ Every deliberate error ends with one line on stderr and exit code 2, never a tra
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -270,6 +271,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     command = {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info}[args.command]
+    # tinynet's own notes (which backend auto chose, a first compilation) go to stderr
+    log, handler = logging.getLogger("tinynet"), logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("tinynet: %(message)s"))
+    log.addHandler(handler)
+    level, log.level = log.level, logging.INFO
     try:
         return command(args)
     except TinynetError as exc:
@@ -278,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tinynet: interrupted", file=sys.stderr)
         return 130
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 if __name__ == "__main__":
