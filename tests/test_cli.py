@@ -92,6 +92,16 @@ def test_errors_are_one_line(capsys, tmp_path):
     _one_line_error(capsys, ["train", "--epochs", "x"], "invalid int value")
 
 
+def test_plot_without_matplotlib_fails_before_training(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    _one_line_error(
+        capsys,
+        ["train", "--sample", "--plot", str(tmp_path / "c.png")],
+        r"--plot needs matplotlib: pip install 'tinynet\[plot\]'",
+    )
+    assert not (tmp_path / "c.png").exists()
+
+
 def test_corrupt_data_dir_is_a_one_line_error(capsys, tmp_path):
     payload = gzip.compress(b"\x00\x00\x08\x01" + np.array([60_000], ">u4").tobytes())
     (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(payload[:-4])
