@@ -18,12 +18,12 @@ from tinynet.system import cpu_count, machine_info
 THREADS = int(os.environ.get("TINYNET_BENCH_THREADS") or cpu_count())
 
 
-def _tinynet_backends() -> list[str]:
+def tinynet_backends() -> list[str]:
     return [name for name, why in backend_module.backend_status().items() if why is None]
 
 
 def contender_params() -> list:
-    params = [pytest.param(name, id=name) for name in _tinynet_backends()]
+    params = [pytest.param(name, id=name) for name in tinynet_backends()]
     torch_missing = importlib.util.find_spec("torch") is None
     mark = (
         pytest.mark.skip(reason="PyTorch not installed (pip install torch)")
@@ -46,7 +46,7 @@ def thread_settings() -> dict[str, int]:
 
     threadpool_limits(limits=THREADS)  # OpenBLAS/MKL/OpenMP pools loaded so far
     settings = {"blas": THREADS}
-    if "numba" in _tinynet_backends():
+    if "numba" in tinynet_backends():
         import numba
 
         # tinynet's Numba kernels run on one thread next to BLAS; this only caps Numba's pool.

@@ -17,14 +17,14 @@ import pytest
 from benchmarks.conftest import (
     NETWORKS,
     THREADS,
-    _tinynet_backends,
     contender_params,
     make_contender,
+    tinynet_backends,
 )
 from benchmarks.contenders import initial_weights
 
 # On a GPU also 1024 and 4096.
-BATCHES = (1, 32, 128, 512) + ((1024, 4096) if "cupy" in _tinynet_backends() else ())
+BATCHES = (1, 32, 128, 512) + ((1024, 4096) if "cupy" in tinynet_backends() else ())
 REPEATS = 3
 ROUNDS = 3
 

@@ -30,24 +30,20 @@ def test_kernel_cache_lives_under_the_source_hash(tmp_path):
         "net = tn.MLP.from_sizes([3, 2], 'sigmoid', 'sigmoid', seed=0);"
         "net.fit(np.eye(3), np.eye(3)[:, :2], tn.SquaredError(), tn.SGD(0.1), batch_size=1)"
     )
-    first = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        check=True,
-        timeout=300,
-        capture_output=True,
-        text=True,
-    )
-    assert "compiling Numba kernels on first use" in first.stderr  # said while the cache is empty
-    again = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        check=True,
-        timeout=300,
-        capture_output=True,
-        text=True,
-    )
-    assert "compiling" not in again.stderr
+
+    def run() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            check=True,
+            timeout=300,
+            capture_output=True,
+            text=True,
+        )
+        return done.stderr
+
+    assert "compiling Numba kernels on first use" in run()  # said while the cache is empty
+    assert "compiling" not in run()
     cached = {p.suffix for p in expected.iterdir()}
     assert {".nbi", ".nbc"} <= cached
     assert [p.name for p in (tmp_path / "tinynet" / "numba").iterdir()] == [expected.name]

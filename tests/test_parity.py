@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinynet as tn
-from tests.conftest import backend_params
+from tests.backends import backend_params
 from tinynet import backend as backend_module
 
 TOL = {"float32": dict(rtol=1e-4, atol=1e-5), "float64": dict(rtol=1e-10, atol=1e-12)}
