@@ -35,14 +35,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numba
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from tinynet.backend import EpochSpec
 from tinynet.kernels.numpy_backend import NumpyBackend
+from tinynet.system import cpu_count
 
 _THIS_FILE = os.path.abspath(__file__)
 with open(_THIS_FILE, "rb") as _f:
@@ -92,6 +96,57 @@ SQUARED_ERROR, CROSS_ENTROPY = 0, 1
 
 jit = njit(cache=True, fastmath=FAST, nogil=True)
 parallel_jit = njit(cache=True, fastmath=FAST, nogil=True, parallel=True)
+
+
+# -- a team of threads in one compiled loop ---------------------------------------------------
+# A compiled epoch split over cores runs as one nogil call per thread (see ``_run_team``), each
+# thread owning a slice of the first layer's rows. They meet once per step: thread t publishes
+# "I have written my part of step s" by storing s into progress[t * FLAG_STRIDE] (release), and
+# waits until every thread's counter reaches s (acquire). Numba has no atomics on the CPU, so the
+# two accesses are LLVM atomic instructions; a plain load could be hoisted out of the wait loop.
+FLAG_STRIDE = 16  # int64 counters 128 bytes apart: no two threads' counters share a cache line
+
+
+def _flag_pointer(context, builder, signature, args):
+    flags_type, index_type = signature.args[0], signature.args[1]
+    flags = context.make_array(flags_type)(context, builder, args[0])
+    index = context.cast(builder, args[1], index_type, types.intp)
+    return cgutils.get_item_pointer(context, builder, flags_type, flags, [index])
+
+
+@intrinsic
+def _load_acquire(typingctx, flags, index):
+    """flags[index], an int64 another thread stores with ``_store_release``."""
+
+    def codegen(context, builder, signature, args):
+        return builder.load_atomic(_flag_pointer(context, builder, signature, args), "acquire", 8)
+
+    return types.int64(flags, index), codegen
+
+
+@intrinsic
+def _store_release(typingctx, flags, index, value):
+    """flags[index] = value, after (as other threads see it) every write this thread made."""
+
+    def codegen(context, builder, signature, args):
+        value = context.cast(builder, args[2], signature.args[2], types.int64)
+        builder.store_atomic(value, _flag_pointer(context, builder, signature, args), "release", 8)
+        return context.get_dummy_value()
+
+    return types.void(flags, index, value), codegen
+
+
+@jit
+def _publish(progress, rank, step):
+    _store_release(progress, rank * FLAG_STRIDE, step)
+
+
+@jit
+def _wait_for_team(progress, step):
+    """Spin until every thread has published ``step``; the team never outnumbers the cores."""
+    for t in range(progress.shape[0] // FLAG_STRIDE):
+        while _load_acquire(progress, t * FLAG_STRIDE) < step:
+            pass
 
 
 # -- elementwise building blocks (one row at a time, so rows stay in L1) -------------------------
@@ -282,15 +337,17 @@ def _backward_update(W, b, d, a_in, g, train_w, train_b, lr, momentum, vW, vb):
 
 @jit
 def _first_layer_update_and_next_forward(
-    W, b, d, x, x_next, z_next, train_w, train_b, lr, momentum, vW, vb
+    W, b, act, d, x, x_next, h_next, r0, r1, train_w, train_b, lr, momentum, vW, vb
 ):
-    """Update the first layer with (d, x) and, in the same pass over W, z_next = W_new x_next.
+    """Rows r0..r1 of the first layer: update them with (d, x) and, in the same pass over W,
+    h_next[r0:r1] = f(W_new x_next + b_new) for the next sample.
 
     A per-sample step is bound by streaming the first layer's weights through the cache; this
-    reads and writes each weight once per sample instead of twice.
+    reads and writes each weight once per sample instead of twice. With train_w and train_b
+    False it is the plain forward pass of those rows.
     """
     zero = np.zeros(1, W.dtype)[0]
-    for i in range(W.shape[0]):
+    for i in range(r0, r1):
         di = d[i]
         acc = zero
         if train_w and momentum != zero:
@@ -308,13 +365,18 @@ def _first_layer_update_and_next_forward(
         else:
             for j in range(W.shape[1]):
                 acc += W[i, j] * x_next[j]
-        z_next[i] = acc
+        h_next[i] = acc
         if train_b:
             _update_bias(b, i, di, lr, momentum, vb)
+    _bias_act_row(h_next[r0:r1], b[r0:r1], act)
 
 
 @jit
 def _epoch_per_sample(
+    rank,
+    progress,
+    r0,
+    r1,
     X,
     order,
     T,
@@ -334,24 +396,34 @@ def _epoch_per_sample(
     A,
     D,
     x_spare,
+    H,
 ):
-    """Per-sample SGD over X[order]; returns the sum of the per-sample losses.
+    """Per-sample SGD over X[order] as thread ``rank`` of a team; the sum of the per-sample losses.
 
-    A[0] is the input buffer (x_spare takes the next sample's input), A[l + 1] the output of
-    layer l, D[l] its delta. Frozen weights/biases have train_w/train_b False; bias-free layers
-    carry a zero bias that is never trained. With momentum, vWs/vbs hold the velocities.
+    The thread owns rows r0..r1 of the first layer (W, b, their velocities) and writes those rows
+    of H[s % 2], the first layer's output for sample s. Every later layer is the thread's own copy
+    (rank 0's are the model's arrays), updated identically by every thread from the same inputs,
+    so the team meets once per sample. A[0] is the input (x_spare takes the next sample's), A[l]
+    the input of layer l, D[l] the delta of layer l. Frozen weights/biases have train_w/train_b
+    False; bias-free layers carry a zero bias that is never trained. With momentum, vWs/vbs hold
+    the velocities.
     """
     n_layers = len(Ws)
     last = n_layers - 1
     one = np.ones(1, A[0].dtype)[0]
-    total = 0.0
     n = order.shape[0]
+    total = 0.0
+    if n == 0:
+        return total
     x, x_next = A[0], x_spare
-    if n:
-        _load_input(X, order[0], in_scale, in_offset, x)
-        _matvec(Ws[0], x, A[1])  # later samples get this from the previous update pass
+    _load_input(X, order[0], in_scale, in_offset, x)
+    _first_layer_update_and_next_forward(
+        Ws[0], bs[0], acts[0], D[0], x, x, H[0], r0, r1, False, False, lr, momentum, vWs[0], vbs[0]
+    )
+    _publish(progress, rank, 1)
     for s in range(n):
-        _bias_act_row(A[1], bs[0], acts[0])
+        _wait_for_team(progress, s + 1)
+        A[1][:] = H[s % 2]
         for layer in range(1, n_layers):
             _matvec(Ws[layer], A[layer], A[layer + 1])
             _bias_act_row(A[layer + 1], bs[layer], acts[layer])
@@ -379,10 +451,13 @@ def _epoch_per_sample(
         _first_layer_update_and_next_forward(
             Ws[0],
             bs[0],
+            acts[0],
             D[0],
             x,
             x_next,
-            A[1],
+            H[(s + 1) % 2],
+            r0,
+            r1,
             train_w[0],
             train_b[0],
             lr,
@@ -390,6 +465,7 @@ def _epoch_per_sample(
             vWs[0],
             vbs[0],
         )
+        _publish(progress, rank, s + 2)
         x, x_next = x_next, x
     return total
 
@@ -612,6 +688,31 @@ def _epoch_small_batch(
     return total
 
 
+_TEAM_POOL: ThreadPoolExecutor | None = None
+
+
+def _run_team(kernel, per_rank_args: list[tuple]) -> float:
+    """kernel(*per_rank_args[t]) on len(per_rank_args) threads at once (rank 0 on this one);
+    rank 0's result. Ranks > 0 run on a pool kept for the process."""
+    global _TEAM_POOL
+    if len(per_rank_args) == 1:
+        return kernel(*per_rank_args[0])
+    if _TEAM_POOL is None or _TEAM_POOL._max_workers < len(per_rank_args) - 1:
+        _TEAM_POOL = ThreadPoolExecutor(len(per_rank_args) - 1, thread_name_prefix="tinynet")
+    others = [_TEAM_POOL.submit(kernel, *args) for args in per_rank_args[1:]]
+    result = kernel(*per_rank_args[0])
+    for future in others:
+        future.result()
+    return result
+
+
+def _split_rows(rows: int, parts: int, align: int = 16) -> list[int]:
+    """Bounds of ``parts`` near-equal row ranges, cut at multiples of ``align`` rows so no two
+    threads write into one cache line of a float32 row."""
+    cuts = [min(rows, round(rows * k / parts / align) * align) for k in range(1, parts)]
+    return [0, *cuts, rows]
+
+
 class NumbaBackend(NumpyBackend):
     """NumPy arrays, Numba-compiled kernels. Inherits the reference for what it does not fuse."""
 
@@ -632,7 +733,8 @@ class NumbaBackend(NumpyBackend):
                 "on 2 cores); cached in %s",
                 cache,
             )
-        self._buffers: dict = {}  # train_epoch's work arrays, per (dtype, layer widths)
+        self._buffers: dict = {}  # train_epoch's work arrays, see _work_arrays
+        self._compiled: set = set()  # (dtype, layers) the per-sample epoch was compiled for
 
     def info(self) -> dict[str, str]:
         info = super().info()
@@ -709,15 +811,7 @@ class NumbaBackend(NumpyBackend):
         dtype = spec.layers[0].W.dtype
         dt = dtype.type
         layers = spec.layers
-        widths = [layers[0].W.shape[1]] + [layer.W.shape[0] for layer in layers]
-        key = (dtype, tuple(widths), batch_size)
-        if key not in self._buffers:  # activations A, deltas D, the next sample's input
-            self._buffers[key] = (
-                tuple([np.zeros((batch_size, w), dtype) for w in widths]),
-                tuple([np.zeros((batch_size, w), dtype) for w in widths[1:]]),
-                np.zeros(widths[0], dtype),
-            )
-        A, D, spare = self._buffers[key]
+        A, D, _ = self._work_arrays(dtype, layers, batch_size)
         no_velocity_W, no_velocity_b = np.zeros((0, 0), dtype), np.zeros(0, dtype)
         args = (
             X,
@@ -743,15 +837,7 @@ class NumbaBackend(NumpyBackend):
             tuple([layer.vb if layer.vb is not None else no_velocity_b for layer in layers]),
         )
         if batch_size == 1:
-            return _epoch_per_sample(
-                *args,
-                dt(spec.lr),
-                dt(spec.momentum),
-                *velocities,
-                tuple([a[0] for a in A]),
-                tuple([d[0] for d in D]),
-                spare,
-            )
+            return self._per_sample_epoch(spec, args, dt(spec.lr), dt(spec.momentum), velocities)
         return _epoch_small_batch(
             *args,
             spec.reduction == "mean",
@@ -762,3 +848,56 @@ class NumbaBackend(NumpyBackend):
             D,
             batch_size,
         )
+
+    def team_size(self, spec: EpochSpec) -> int:
+        """Threads for a per-sample epoch: they split the first layer's rows and each repeats
+        the later layers, so only while the first layer holds most of the weights (and it is
+        not a softmax, whose rows depend on each other). At most Numba's thread count
+        (NUMBA_NUM_THREADS, ``numba.set_num_threads``) and the cores we may use, since the
+        threads wait for each other by spinning."""
+        first, *rest = spec.layers
+        if first.activation == "softmax" or first.W.size < sum(layer.W.size for layer in rest):
+            return 1
+        return max(1, min(numba.get_num_threads(), cpu_count(), first.W.shape[0] // 32))
+
+    def _per_sample_epoch(self, spec, args, lr, momentum, velocities) -> float:
+        layers = spec.layers
+        dtype = layers[0].W.dtype
+        size = self.team_size(spec)
+        bounds = _split_rows(layers[0].W.shape[0], size)
+        progress = np.zeros(size * FLAG_STRIDE, np.int64)
+        H = np.zeros((2, layers[0].W.shape[0]), dtype)
+        *data, Ws, bs, acts, train_w, train_b, kind, scale = args  # data: X, order, T, scaling
+        vWs, vbs = velocities
+        settings = (acts, train_w, train_b, kind, scale, lr, momentum)
+
+        def own(arrays):  # rank > 0: the first layer shared, the later layers copied
+            return (arrays[0], *[a.copy() for a in arrays[1:]])
+
+        per_rank = []
+        for rank in range(size):
+            A, D, spare = self._work_arrays(dtype, layers, 1, rank)
+            W, b, vW, vb = (Ws, bs, vWs, vbs) if rank == 0 else map(own, (Ws, bs, vWs, vbs))
+            work = (tuple([a[0] for a in A]), tuple([d[0] for d in D]), spare, H)
+            rows = (bounds[rank], bounds[rank + 1])
+            per_rank.append((rank, progress, *rows, *data, W, b, *settings, vW, vb, *work))
+        if (dtype, len(layers)) not in self._compiled:
+            # compile on this thread first (no samples): a thread of the team that failed to
+            # compile would leave the others waiting for it
+            no_samples = data[1][:0]
+            _epoch_per_sample(*per_rank[0][:5], no_samples, *per_rank[0][6:])
+            self._compiled.add((dtype, len(layers)))
+        return _run_team(_epoch_per_sample, per_rank)
+
+    def _work_arrays(self, dtype, layers, batch_size: int, rank: int = 0) -> tuple:
+        """Activations A[l] (batch, width), deltas D[l] and the next sample's input, kept per
+        dtype, layer widths, batch size and thread."""
+        widths = [layers[0].W.shape[1]] + [layer.W.shape[0] for layer in layers]
+        key = (dtype, tuple(widths), batch_size, rank)
+        if key not in self._buffers:
+            self._buffers[key] = (
+                tuple([np.zeros((batch_size, w), dtype) for w in widths]),
+                tuple([np.zeros((batch_size, w), dtype) for w in widths[1:]]),
+                np.zeros(widths[0], dtype),
+            )
+        return self._buffers[key]

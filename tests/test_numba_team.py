@@ -1,0 +1,103 @@
+"""The Numba backend's team of threads: compiled epochs split over cores give the same numbers as
+one thread (bit for bit: each weight is computed by the same code from the same inputs) and as
+the NumPy reference (within the parity tolerances)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tinynet as tn
+from tinynet import backend as backend_module
+from tinynet.system import cpu_count
+
+numba = pytest.importorskip("numba")
+
+if backend_module.backend_status()["numba"] is not None:
+    pytest.skip(backend_module.backend_status()["numba"], allow_module_level=True)
+
+TWO_THREADS = pytest.mark.skipif(
+    min(cpu_count(), numba.config.NUMBA_NUM_THREADS) < 2,
+    reason="a team needs two cores and NUMBA_NUM_THREADS >= 2",
+)
+
+
+def _train(backend: str, threads: int, sizes, hidden, output, loss, momentum, dtype, freeze):
+    (x, y) = tn.datasets.mnist_sample("train")
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        with tn.use_backend(backend):
+            net = tn.MLP.from_sizes(
+                sizes, hidden, output, seed=0, dtype=dtype, rescale=(1 / 255, 0.0)
+            )
+            if freeze:
+                net.layers[1].freeze(freeze)
+            team = (
+                net.backend.team_size(net.epoch_spec(loss, tn.SGD(0.05)))
+                if backend == "numba"
+                else 0
+            )
+            history = net.fit(
+                x[:500],
+                y[:500],
+                loss,
+                tn.SGD(0.05, momentum=momentum),
+                epochs=2,
+                batch_size=1,
+                seed=1,
+            )
+    finally:
+        numba.set_num_threads(before)
+    return team, history["loss"], net.get_weights()
+
+
+@TWO_THREADS
+@pytest.mark.parametrize(
+    ("sizes", "hidden", "output", "loss", "momentum", "dtype", "freeze"),
+    [
+        ([784, 100, 10], "sigmoid", "sigmoid", tn.SquaredError(0.5), 0.0, "float32", None),
+        ([784, 128, 10], "relu", "softmax", tn.CrossEntropy(), 0.9, "float64", "bias"),
+        ([784, 96, 16, 10], "tanh", "softmax", tn.CrossEntropy(), 0.0, "float32", "weights"),
+        ([784, 64], "sigmoid", "identity", tn.SquaredError(0.5), 0.5, "float64", None),
+    ],
+)
+def test_per_sample_team_matches_one_thread_and_the_reference(
+    sizes, hidden, output, loss, momentum, dtype, freeze
+):
+    args = (sizes, hidden, output, loss, momentum, dtype, freeze)
+    if len(sizes) == 2:  # one layer: the output layer is the first layer, split by rows
+        args = (sizes, output, output, loss, momentum, dtype, None)
+    team1, losses1, weights1 = _train("numba", 1, *args)
+    team2, losses2, weights2 = _train("numba", 2, *args)
+    _, losses_ref, weights_ref = _train("numpy", 1, *args)
+    assert (team1, team2) == (1, 2)
+    assert losses2 == losses1
+    for (W2, b2), (W1, b1), (W_ref, b_ref) in zip(weights2, weights1, weights_ref, strict=True):
+        np.testing.assert_array_equal(W2, W1)
+        np.testing.assert_array_equal(b2, b1)
+        tol = dict(rtol=1e-2, atol=1e-4) if dtype == "float32" else dict(rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(W2, W_ref, **tol)
+        np.testing.assert_allclose(b2, b_ref, **tol)
+    np.testing.assert_allclose(losses2, losses_ref, rtol=1e-3 if dtype == "float32" else 1e-9)
+
+
+def test_team_size_follows_the_model_and_the_thread_setting():
+    B = backend_module._resolve("numba")
+    before = numba.get_num_threads()
+    try:
+        with tn.use_backend("numba"):
+            spec = lambda sizes, output="sigmoid": tn.MLP.from_sizes(  # noqa: E731
+                sizes, "sigmoid", output, seed=0
+            ).epoch_spec(tn.SquaredError(0.5), tn.SGD(0.1))
+            numba.set_num_threads(1)
+            assert B.team_size(spec([784, 128, 10])) == 1
+            if min(cpu_count(), numba.config.NUMBA_NUM_THREADS) >= 2:
+                numba.set_num_threads(2)
+                assert B.team_size(spec([784, 128, 10])) == 2
+            # too few rows to split, a softmax first layer, or later layers that outweigh it
+            assert B.team_size(spec([784, 32, 10])) == 1
+            assert B.team_size(spec([784, 128], "softmax")) == 1
+            assert B.team_size(spec([64, 128, 1024, 10])) == 1
+    finally:
+        numba.set_num_threads(before)
