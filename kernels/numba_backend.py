@@ -95,7 +95,6 @@ IDENTITY, STEP, SIGMOID, TANH, RELU, SOFTMAX = range(6)
 SQUARED_ERROR, CROSS_ENTROPY = 0, 1
 
 jit = njit(cache=True, fastmath=FAST, nogil=True)
-parallel_jit = njit(cache=True, fastmath=FAST, nogil=True, parallel=True)
 
 
 # -- a team of threads in one compiled loop ---------------------------------------------------
@@ -375,8 +374,7 @@ def _first_layer_update_and_next_forward(
 def _epoch_per_sample(
     rank,
     progress,
-    r0,
-    r1,
+    bounds,
     X,
     order,
     T,
@@ -400,18 +398,19 @@ def _epoch_per_sample(
 ):
     """Per-sample SGD over X[order] as thread ``rank`` of a team; the sum of the per-sample losses.
 
-    The thread owns rows r0..r1 of the first layer (W, b, their velocities) and writes those rows
-    of H[s % 2], the first layer's output for sample s. Every later layer is the thread's own copy
-    (rank 0's are the model's arrays), updated identically by every thread from the same inputs,
-    so the team meets once per sample. A[0] is the input (x_spare takes the next sample's), A[l]
-    the input of layer l, D[l] the delta of layer l. Frozen weights/biases have train_w/train_b
-    False; bias-free layers carry a zero bias that is never trained. With momentum, vWs/vbs hold
-    the velocities.
+    The thread owns rows r0..r1 = bounds[0, rank]..bounds[0, rank + 1] of the first layer (W, b,
+    their velocities) and writes those rows of H[s % 2], the first layer's output for sample s.
+    Every later layer is the thread's own copy (rank 0's are the model's arrays), updated
+    identically by every thread from the same inputs, so the team meets once per sample.
+    A[0] is the input (x_spare takes the next sample's), A[l] the input of layer l, D[l] the
+    delta of layer l. Frozen weights/biases have train_w/train_b False; bias-free layers carry a
+    zero bias that is never trained. With momentum, vWs/vbs hold the velocities.
     """
     n_layers = len(Ws)
     last = n_layers - 1
     one = np.ones(1, A[0].dtype)[0]
     n = order.shape[0]
+    r0, r1 = bounds[0, rank], bounds[0, rank + 1]
     total = 0.0
     if n == 0:
         return total
@@ -607,22 +606,34 @@ def _batch_scale(like, nb, mean):
 
 
 @jit
-def _delta_below(D, W, Y, act, G):
-    """G = (D W) * f'(Y): the delta of the layer below, from the weights before the update."""
+def _delta_below(D, W, Y, act, G, c0, c1):
+    """G[:, c0:c1] = (D W)[:, c0:c1] * f'(Y[:, c0:c1]): columns c0..c1 of the delta of the layer
+    below, from the weights before the update (a softmax below needs c0:c1 to be all columns)."""
     zero = np.zeros(1, G.dtype)[0]
     for r in range(D.shape[0]):
-        g = G[r]
+        g = G[r, c0:c1]
         for j in range(g.shape[0]):
             g[j] = zero
         for i in range(W.shape[0]):
             di = D[r, i]
-            for j in range(W.shape[1]):
-                g[j] += di * W[i, j]
-        _act_grad_row(Y[r], g, act, g)
+            for j in range(c1 - c0):
+                g[j] += di * W[i, c0 + j]
+        _act_grad_row(Y[r, c0:c1], g, act, g)
 
 
-@parallel_jit
+@jit
+def _meet(progress, rank, step):
+    """Publish ``step`` and wait for the team to reach it; the next step's number."""
+    _publish(progress, rank, step)
+    _wait_for_team(progress, step)
+    return step + 1
+
+
+@jit
 def _epoch_small_batch(
+    rank,
+    progress,
+    bounds,
     X,
     order,
     T,
@@ -644,71 +655,79 @@ def _epoch_small_batch(
     D,
     batch,
 ):
-    """Mini-batch SGD over X[order] in steps of ``batch``, one compiled call for all of it.
+    """Mini-batch SGD over X[order] in steps of ``batch``, as thread ``rank`` of a team; the sum
+    of the per-sample losses of the samples this thread scored.
 
-    A[l] (batch, width) hold the activations, D[l] the deltas. Layer products and updates run in
-    blocks of 4 weight rows split over the cores (``prange``); the delta for the layer below,
-    D[l-1] = D[l] W (old W), is formed before W changes. This is the module's only parallel
-    function, and it calls only plain ones: a cached function calling a cached parallel one
-    crashed here once the cache held several processes' signatures. Returns the sum of the
-    per-sample losses.
+    Thread ``rank`` owns units bounds[l, rank]..bounds[l, rank + 1] of layer l: it computes
+    those columns of A[l + 1] (the layer's output) and of D[l] (its delta), and updates those
+    rows of W, b and their velocities. The delta for the layer below, D[l-1] = D[l] W (old W),
+    is formed before any thread changes W. Inputs, losses and softmax rows are split by sample.
+    The team meets between the steps that read what another thread wrote.
     """
-    # Only the two prange loops may run in parallel here: with parallel=True Numba would also
-    # turn array statements (g[:] = 0, np.full) into parallel loops, one launch per row, so all
-    # other work sits in plain helpers.
     n_layers = len(Ws)
     last = n_layers - 1
+    team = bounds.shape[1] - 1
     n = order.shape[0]
     total = 0.0
+    step = 1
     for start in range(0, n, batch):
         nb = min(batch, n - start)
         inv_n = _batch_scale(A[0], nb, mean)
-        for r in range(nb):
+        r0, r1 = nb * rank // team, nb * (rank + 1) // team  # this thread's samples
+        for r in range(r0, r1):
             _load_input(X, order[start + r], in_scale, in_offset, A[0][r])
+        step = _meet(progress, rank, step)
         for layer in range(n_layers):
-            W, Z, A_in = Ws[layer], A[layer + 1][:nb], A[layer][:nb]
-            for blk in numba.prange((W.shape[0] + 3) // 4):  # blocks of 4 rows over the cores
+            W, Z, A_in, b, act = Ws[layer], A[layer + 1][:nb], A[layer][:nb], bs[layer], acts[layer]
+            lo, hi = bounds[layer, rank], bounds[layer, rank + 1]
+            for blk in range(lo // 4, (hi + 3) // 4):
                 _forward_block(W, A_in, Z, blk)
-            for r in range(nb):
-                _bias_act_row(Z[r], bs[layer], acts[layer])
-        for r in range(nb):
+            if act == SOFTMAX and team > 1:  # each row's softmax needs all its columns
+                step = _meet(progress, rank, step)
+                for r in range(r0, r1):
+                    _bias_act_row(Z[r], b, act)
+            else:
+                for r in range(nb):
+                    _bias_act_row(Z[r, lo:hi], b[lo:hi], act)
+            step = _meet(progress, rank, step)
+        for r in range(r0, r1):
             y, d = A[n_layers][r], D[last][r]
             total += _loss_delta_row(y, T[order[start + r]], kind, scale, inv_n, d)
             if kind != CROSS_ENTROPY:
                 _act_grad_row(y, d, acts[last], d)
+        step = _meet(progress, rank, step)
         for layer in range(last, -1, -1):
-            W, Dl = Ws[layer], D[layer][:nb]
+            W, Dl, b, vW, vb = Ws[layer], D[layer][:nb], bs[layer], vWs[layer], vbs[layer]
             if layer > 0:
-                _delta_below(Dl, W, A[layer][:nb], acts[layer - 1], D[layer - 1][:nb])
-            A_in, b, vW, vb = A[layer][:nb], bs[layer], vWs[layer], vbs[layer]
-            for blk in numba.prange((W.shape[0] + 3) // 4):
+                c0, c1 = bounds[layer - 1, rank], bounds[layer - 1, rank + 1]
+                _delta_below(Dl, W, A[layer][:nb], acts[layer - 1], D[layer - 1][:nb], c0, c1)
+                step = _meet(progress, rank, step)  # all of D[l-1] formed, W no longer read
+            lo, hi = bounds[layer, rank], bounds[layer, rank + 1]
+            for blk in range(lo // 4, (hi + 3) // 4):
                 _update_block(
-                    W, b, Dl, A_in, blk, train_w[layer], train_b[layer], lr, momentum, vW, vb
+                    W,
+                    b,
+                    Dl,
+                    A[layer][:nb],
+                    blk,
+                    train_w[layer],
+                    train_b[layer],
+                    lr,
+                    momentum,
+                    vW,
+                    vb,
                 )
+        step = _meet(progress, rank, step)  # A[0] is read by the updates until here
     return total
 
 
 _TEAM_POOL: ThreadPoolExecutor | None = None
 
 
-def _run_team(kernel, per_rank_args: list[tuple]) -> float:
-    """kernel(*per_rank_args[t]) on len(per_rank_args) threads at once (rank 0 on this one);
-    rank 0's result. Ranks > 0 run on a pool kept for the process."""
-    global _TEAM_POOL
-    if len(per_rank_args) == 1:
-        return kernel(*per_rank_args[0])
-    if _TEAM_POOL is None or _TEAM_POOL._max_workers < len(per_rank_args) - 1:
-        _TEAM_POOL = ThreadPoolExecutor(len(per_rank_args) - 1, thread_name_prefix="tinynet")
-    others = [_TEAM_POOL.submit(kernel, *args) for args in per_rank_args[1:]]
-    result = kernel(*per_rank_args[0])
-    for future in others:
-        future.result()
-    return result
-
-
-def _split_rows(rows: int, parts: int, align: int = 16) -> list[int]:
-    """Bounds of ``parts`` near-equal row ranges, cut at multiples of ``align`` rows so no two
-    threads write into one cache line of a float32 row."""
+def _split_rows(rows: int, parts: int) -> list[int]:
+    """Bounds of ``parts`` near-equal row ranges, cut at multiples of 16 rows (no two threads
+    write into one cache line of a float32 row), or of 4 (the register tiles) for small layers."""
+    align = 16 if rows >= 32 * parts else 4
     cuts = [min(rows, round(rows * k / parts / align) * align) for k in range(1, parts)]
     return [0, *cuts, rows]
 
@@ -734,7 +753,7 @@ class NumbaBackend(NumpyBackend):
                 cache,
             )
         self._buffers: dict = {}  # train_epoch's work arrays, see _work_arrays
-        self._compiled: set = set()  # (dtype, layers) the per-sample epoch was compiled for
+        self._compiled: set = set()  # (kernel, dtype, layers) compiled for a team, see _run_team
 
     def info(self) -> dict[str, str]:
         info = super().info()
@@ -836,36 +855,55 @@ class NumbaBackend(NumpyBackend):
             tuple([layer.vW if layer.vW is not None else no_velocity_W for layer in layers]),
             tuple([layer.vb if layer.vb is not None else no_velocity_b for layer in layers]),
         )
+        lr, momentum = dt(spec.lr), dt(spec.momentum)
+        size = self.team_size(spec, batch_size)
+        progress = np.zeros(size * FLAG_STRIDE, np.int64)  # see _meet
         if batch_size == 1:
-            return self._per_sample_epoch(spec, args, dt(spec.lr), dt(spec.momentum), velocities)
-        return _epoch_small_batch(
-            *args,
-            spec.reduction == "mean",
-            dt(spec.lr),
-            dt(spec.momentum),
-            *velocities,
-            A,
-            D,
-            batch_size,
-        )
+            return self._per_sample_epoch(spec, size, progress, args, lr, momentum, velocities)
+        bounds = np.array([_split_rows(layer.W.shape[0], size) for layer in layers], np.int64)
+        settings = (spec.reduction == "mean", lr, momentum, *velocities, A, D, batch_size)
+        per_rank = [(rank, progress, bounds, *args, *settings) for rank in range(size)]
+        return sum(self._run_team(_epoch_small_batch, per_rank, (dtype, len(layers))))
 
-    def team_size(self, spec: EpochSpec) -> int:
-        """Threads for a per-sample epoch: they split the first layer's rows and each repeats
-        the later layers, so only while the first layer holds most of the weights (and it is
-        not a softmax, whose rows depend on each other). At most Numba's thread count
-        (NUMBA_NUM_THREADS, ``numba.set_num_threads``) and the cores we may use, since the
-        threads wait for each other by spinning."""
+    def team_size(self, spec: EpochSpec, batch_size: int = 1) -> int:
+        """Threads for a compiled epoch: at most Numba's thread count (NUMBA_NUM_THREADS,
+        ``numba.set_num_threads``) and the cores we may use, since they wait for each other by
+        spinning. Mini-batches split every layer's units and need each hidden layer's units
+        independent (no softmax). Per-sample steps split only the first layer's rows and each
+        thread repeats the later layers, so only while the first layer holds most of the
+        weights, has 32 rows a thread, and is not a softmax."""
         first, *rest = spec.layers
+        threads = min(numba.get_num_threads(), cpu_count())
+        if batch_size > 1:
+            hidden_softmax = any(layer.activation == "softmax" for layer in spec.layers[:-1])
+            return 1 if hidden_softmax else threads
         if first.activation == "softmax" or first.W.size < sum(layer.W.size for layer in rest):
             return 1
-        return max(1, min(numba.get_num_threads(), cpu_count(), first.W.shape[0] // 32))
+        return max(1, min(threads, first.W.shape[0] // 32))
 
-    def _per_sample_epoch(self, spec, args, lr, momentum, velocities) -> float:
+    def _run_team(self, kernel, per_rank: list[tuple], key: tuple) -> list[float]:
+        """kernel(*per_rank[t]) for every rank t at once, rank 0 on this thread and the others on
+        a pool kept for the process; their results. Every kernel takes (rank, progress, bounds,
+        X, order, ...)."""
+        global _TEAM_POOL
+        if len(per_rank) == 1:
+            return [kernel(*per_rank[0])]
+        if (kernel, *key) not in self._compiled:
+            # compile on this thread first, with no samples: a thread of the team that failed
+            # to compile would leave the others waiting for it forever
+            rank, progress, bounds, X, order, *rest = per_rank[0]
+            kernel(rank, progress, bounds, X, order[:0], *rest)
+            self._compiled.add((kernel, *key))
+        if _TEAM_POOL is None or _TEAM_POOL._max_workers < len(per_rank) - 1:
+            _TEAM_POOL = ThreadPoolExecutor(len(per_rank) - 1, thread_name_prefix="tinynet")
+        others = [_TEAM_POOL.submit(kernel, *args) for args in per_rank[1:]]
+        results = [kernel(*per_rank[0])]
+        return results + [future.result() for future in others]
+
+    def _per_sample_epoch(self, spec, size, progress, args, lr, momentum, velocities) -> float:
         layers = spec.layers
         dtype = layers[0].W.dtype
-        size = self.team_size(spec)
-        bounds = _split_rows(layers[0].W.shape[0], size)
-        progress = np.zeros(size * FLAG_STRIDE, np.int64)
+        bounds = np.array([_split_rows(layers[0].W.shape[0], size)], np.int64)
         H = np.zeros((2, layers[0].W.shape[0]), dtype)
         *data, Ws, bs, acts, train_w, train_b, kind, scale = args  # data: X, order, T, scaling
         vWs, vbs = velocities
@@ -879,15 +917,9 @@ class NumbaBackend(NumpyBackend):
             A, D, spare = self._work_arrays(dtype, layers, 1, rank)
             W, b, vW, vb = (Ws, bs, vWs, vbs) if rank == 0 else map(own, (Ws, bs, vWs, vbs))
             work = (tuple([a[0] for a in A]), tuple([d[0] for d in D]), spare, H)
-            rows = (bounds[rank], bounds[rank + 1])
-            per_rank.append((rank, progress, *rows, *data, W, b, *settings, vW, vb, *work))
-        if (dtype, len(layers)) not in self._compiled:
-            # compile on this thread first (no samples): a thread of the team that failed to
-            # compile would leave the others waiting for it
-            no_samples = data[1][:0]
-            _epoch_per_sample(*per_rank[0][:5], no_samples, *per_rank[0][6:])
-            self._compiled.add((dtype, len(layers)))
-        return _run_team(_epoch_per_sample, per_rank)
+            per_rank.append((rank, progress, bounds, *data, W, b, *settings, vW, vb, *work))
+        # every thread scores every sample: rank 0's sum
+        return self._run_team(_epoch_per_sample, per_rank, (dtype, len(layers)))[0]
 
     def _work_arrays(self, dtype, layers, batch_size: int, rank: int = 0) -> tuple:
         """Activations A[l] (batch, width), deltas D[l] and the next sample's input, kept per

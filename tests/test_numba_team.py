@@ -22,7 +22,9 @@ TWO_THREADS = pytest.mark.skipif(
 )
 
 
-def _train(backend: str, threads: int, sizes, hidden, output, loss, momentum, dtype, freeze):
+def _train(
+    backend: str, threads: int, sizes, hidden, output, loss, momentum, dtype, freeze, batch=1
+):
     (x, y) = tn.datasets.mnist_sample("train")
     before = numba.get_num_threads()
     numba.set_num_threads(threads)
@@ -34,7 +36,7 @@ def _train(backend: str, threads: int, sizes, hidden, output, loss, momentum, dt
             if freeze:
                 net.layers[1].freeze(freeze)
             team = (
-                net.backend.team_size(net.epoch_spec(loss, tn.SGD(0.05)))
+                net.backend.team_size(net.epoch_spec(loss, tn.SGD(0.05)), batch)
                 if backend == "numba"
                 else 0
             )
@@ -44,7 +46,7 @@ def _train(backend: str, threads: int, sizes, hidden, output, loss, momentum, dt
                 loss,
                 tn.SGD(0.05, momentum=momentum),
                 epochs=2,
-                batch_size=1,
+                batch_size=batch,
                 seed=1,
             )
     finally:
@@ -95,9 +97,42 @@ def test_team_size_follows_the_model_and_the_thread_setting():
             if min(cpu_count(), numba.config.NUMBA_NUM_THREADS) >= 2:
                 numba.set_num_threads(2)
                 assert B.team_size(spec([784, 128, 10])) == 2
-            # too few rows to split, a softmax first layer, or later layers that outweigh it
+            # per sample: too few rows to split, a softmax first layer, or later layers that
+            # outweigh it; mini-batches: a softmax before the last layer
             assert B.team_size(spec([784, 32, 10])) == 1
             assert B.team_size(spec([784, 128], "softmax")) == 1
             assert B.team_size(spec([64, 128, 1024, 10])) == 1
+            assert B.team_size(spec([784, 128, 10], "softmax"), 32) == numba.get_num_threads()
+            softmax_hidden = tn.MLP.from_sizes([784, 128, 10], "softmax", "sigmoid", seed=0)
+            spec_hidden = softmax_hidden.epoch_spec(tn.SquaredError(0.5), tn.SGD(0.1))
+            assert B.team_size(spec_hidden, 32) == 1
     finally:
         numba.set_num_threads(before)
+
+
+@TWO_THREADS
+@pytest.mark.parametrize(
+    ("batch", "sizes", "hidden", "output", "loss", "momentum", "dtype", "freeze"),
+    [
+        (32, [784, 100, 10], "sigmoid", "sigmoid", tn.SquaredError(0.5), 0.0, "float32", None),
+        (7, [784, 64, 30, 10], "relu", "softmax", tn.CrossEntropy(), 0.9, "float64", "bias"),
+        (64, [784, 48, 10], "tanh", "softmax", tn.CrossEntropy("sum"), 0.0, "float32", "weights"),
+    ],
+)
+def test_mini_batch_team_matches_one_thread_and_the_reference(
+    batch, sizes, hidden, output, loss, momentum, dtype, freeze
+):
+    args = (sizes, hidden, output, loss, momentum, dtype, freeze, batch)
+    team1, losses1, weights1 = _train("numba", 1, *args)
+    team2, losses2, weights2 = _train("numba", 2, *args)
+    _, losses_ref, weights_ref = _train("numpy", 1, *args)
+    assert (team1, team2) == (1, 2)
+    # each thread sums the losses of its share of every batch: only the order of the sum differs
+    np.testing.assert_allclose(losses2, losses1, rtol=1e-12)
+    for (W2, b2), (W1, b1), (W_ref, b_ref) in zip(weights2, weights1, weights_ref, strict=True):
+        np.testing.assert_array_equal(W2, W1)
+        np.testing.assert_array_equal(b2, b1)
+        tol = dict(rtol=1e-2, atol=1e-4) if dtype == "float32" else dict(rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(W2, W_ref, **tol)
+        np.testing.assert_allclose(b2, b_ref, **tol)
+    np.testing.assert_allclose(losses2, losses_ref, rtol=1e-3 if dtype == "float32" else 1e-9)
