@@ -16,7 +16,7 @@ Choices, each measured on the 2-core Zen 4 machine (benchmarks/results/):
   ``np.dot`` inside Numba (SciPy's second OpenBLAS) measured 0.40 s/epoch against 0.26 s on the
   kernel path at batch 512 (784-128-10), and was dropped.
 * float32 stays float32: Numba widens ``float32 op <Python float>`` to float64, so constants come
-  from ``one = np.ones(1, dtype)[0]`` and scalar arguments are cast before the call.
+  from ``one = _typed(array, 1.0)`` and scalar arguments are cast before the call.
 * fastmath is limited to {reassoc, contract, nsz, arcp} (vectorised sums, FMAs): never nnan/ninf,
   so NaN and inf behave as in NumPy, e.g. sigmoid(-1000) = 1/(1+inf) = 0 exactly.
 * Threads: the small-batch tiles run on Numba's threads (``NUMBA_NUM_THREADS``), where no BLAS
@@ -148,11 +148,34 @@ def _wait_for_team(progress, step):
             pass
 
 
+@intrinsic
+def _typed(typingctx, like, value):
+    """``value`` as the element type of the array ``like``, so float32 arithmetic stays float32
+    (Numba widens ``float32 op <Python float>`` to float64). An intrinsic, because the obvious
+    ``_typed(like, 1.0)`` costs about 0.3 s of compiling per process and dtype."""
+
+    def codegen(context, builder, signature, args):
+        return context.cast(builder, args[1], signature.args[1], signature.return_type)
+
+    return like.dtype(like, types.unliteral(value)), codegen
+
+
+@intrinsic
+def _tiny(typingctx, like):
+    """The smallest positive normal number of ``like``'s element type (np.finfo(...).tiny)."""
+    tiny = float(np.finfo(np.dtype(str(like.dtype))).tiny)
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(signature.return_type, tiny)
+
+    return like.dtype(like), codegen
+
+
 # -- elementwise building blocks (one row at a time, so rows stay in L1) -------------------------
 @jit
 def _bias_act_row(row, b, act):
     """row <- f(row + b) in place."""
-    one = np.ones(1, row.dtype)[0]
+    one = _typed(row, 1.0)
     zero = one - one
     n = row.shape[0]
     if act == SIGMOID:
@@ -189,7 +212,7 @@ def _bias_act_row(row, b, act):
 @jit
 def _act_grad_row(y, dy, act, out):
     """out <- dy * f'(z), from the saved output y; ``out`` may be ``dy``."""
-    one = np.ones(1, y.dtype)[0]
+    one = _typed(y, 1.0)
     zero = one - one
     n = y.shape[0]
     if act == SIGMOID:
@@ -230,10 +253,10 @@ def _act_grad(y, dy, act, out):
 @jit
 def _loss_delta_row(y, t, kind, scale, inv_n, delta):
     """Per-sample loss (float64) and delta = dE/dy (squared error) or p - t (softmax CE), / n."""
-    one = np.ones(1, y.dtype)[0]
+    one = _typed(y, 1.0)
     loss = 0.0
     if kind == CROSS_ENTROPY:
-        tiny = np.finfo(y.dtype).tiny
+        tiny = _tiny(y)
         for k in range(y.shape[0]):
             loss -= t[k] * np.log(max(y[k], tiny))
             delta[k] = (y[k] - t[k]) * inv_n
@@ -269,7 +292,8 @@ def _sgd(w, g, lr, v, momentum):
 
 @jit
 def _column_sums(dz, out):
-    out[:] = 0
+    for j in range(out.shape[0]):
+        out[j] = 0
     for i in range(dz.shape[0]):
         for j in range(dz.shape[1]):
             out[j] += dz[i, j]
@@ -291,7 +315,7 @@ def _load_input(X, idx, in_scale, in_offset, x):
 
 @jit
 def _matvec(W, x, z):
-    zero = np.zeros(1, z.dtype)[0]
+    zero = _typed(z, 0.0)
     for i in range(W.shape[0]):
         acc = zero
         for j in range(W.shape[1]):
@@ -311,8 +335,9 @@ def _update_bias(b, i, di, lr, momentum, vb):
 @jit
 def _backward_update(W, b, d, a_in, g, train_w, train_b, lr, momentum, vW, vb):
     """Update a layer from its delta d, and g = W^T d (old W) for the layer below; one pass."""
-    zero = np.zeros(1, W.dtype)[0]
-    g[:] = zero
+    zero = _typed(W, 0.0)
+    for j in range(g.shape[0]):
+        g[j] = zero
     for i in range(W.shape[0]):
         di = d[i]
         if train_w and momentum != zero:
@@ -345,7 +370,7 @@ def _first_layer_update_and_next_forward(
     reads and writes each weight once per sample instead of twice. With train_w and train_b
     False it is the plain forward pass of those rows.
     """
-    zero = np.zeros(1, W.dtype)[0]
+    zero = _typed(W, 0.0)
     for i in range(r0, r1):
         di = d[i]
         acc = zero
@@ -408,7 +433,7 @@ def _epoch_per_sample(
     """
     n_layers = len(Ws)
     last = n_layers - 1
-    one = np.ones(1, A[0].dtype)[0]
+    one = _typed(A[0], 1.0)
     n = order.shape[0]
     r0, r1 = bounds[0, rank], bounds[0, rank + 1]
     total = 0.0
@@ -416,13 +441,32 @@ def _epoch_per_sample(
         return total
     x, x_next = A[0], x_spare
     _load_input(X, order[0], in_scale, in_offset, x)
+    # the first sample's forward pass is the update pass with nothing to update; literal
+    # constants as arguments would compile a second copy of a helper, hence the runtime values
+    nothing, first = n < 0, np.int64(1)
     _first_layer_update_and_next_forward(
-        Ws[0], bs[0], acts[0], D[0], x, x, H[0], r0, r1, False, False, lr, momentum, vWs[0], vbs[0]
+        Ws[0],
+        bs[0],
+        acts[0],
+        D[0],
+        x,
+        x,
+        H[0],
+        r0,
+        r1,
+        nothing,
+        nothing,
+        lr,
+        momentum,
+        vWs[0],
+        vbs[0],
     )
-    _publish(progress, rank, 1)
+    _publish(progress, rank, first)
     for s in range(n):
         _wait_for_team(progress, s + 1)
-        A[1][:] = H[s % 2]
+        h, a = H[s % 2], A[1]
+        for j in range(a.shape[0]):  # a loop: Numba compiles a slice assignment for seconds
+            a[j] = h[j]
         for layer in range(1, n_layers):
             _matvec(Ws[layer], A[layer], A[layer + 1])
             _bias_act_row(A[layer + 1], bs[layer], acts[layer])
@@ -473,7 +517,7 @@ def _epoch_per_sample(
 def _dot_block(W, A, Z, i0, r0):
     """Z[r0:r0+4, i0:i0+4] = A[r0:r0+4] @ W[i0:i0+4].T: 16 sums in registers, so every load
     of a weight or an input feeds 4 multiply-adds."""
-    zero = np.zeros(1, Z.dtype)[0]
+    zero = _typed(Z, 0.0)
     a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = zero
     a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = zero
     for j in range(W.shape[1]):
@@ -505,17 +549,15 @@ def _dot_block(W, A, Z, i0, r0):
 def _forward_block(W, A, Z, blk):
     """Z[:, 4 blk : 4 blk + 4] = A @ W[4 blk : 4 blk + 4].T: 4 x 4 register tiles, plain dot
     products for the ragged edges."""
-    zero = np.zeros(1, Z.dtype)[0]
+    zero = _typed(Z, 0.0)
     n_out, n_in = W.shape
     n_rows = Z.shape[0]
     i0 = blk * 4
     i1 = min(i0 + 4, n_out)
-    r = 0
-    if i1 - i0 == 4:
-        while r + 4 <= n_rows:
-            _dot_block(W, A, Z, i0, r)
-            r += 4
-    for rr in range(r, n_rows):
+    tiled = n_rows // 4 * 4 if i1 - i0 == 4 else 0
+    for r in range(0, tiled, 4):
+        _dot_block(W, A, Z, i0, r)
+    for rr in range(tiled, n_rows):
         for i in range(i0, i1):
             acc = zero
             for j in range(n_in):
@@ -574,7 +616,7 @@ def _add_outer_rows(target, D, A, i0, i1, coef):
 def _update_block(W, b, D, A, blk, train_w, train_b, lr, momentum, vW, vb):
     """Rows 4 blk .. 4 blk + 3: W -= lr D^T A, b -= lr sum_r D[r] (with momentum: vW <- m vW +
     D^T A; W -= lr vW), added straight into the weights: no gradient array."""
-    one = np.ones(1, W.dtype)[0]
+    one = _typed(W, 1.0)
     zero = one - one
     n_out, n_in = W.shape
     i0 = blk * 4
@@ -600,16 +642,15 @@ def _update_block(W, b, D, A, blk, train_w, train_b, lr, momentum, vW, vb):
 @jit
 def _batch_scale(like, nb, mean):
     """1/nb ("mean") or 1, in the dtype of ``like``, so float32 stays float32."""
-    one = np.ones(1, like.dtype)[0]
-    count = np.full(1, nb, like.dtype)
-    return one / count[0] if mean else one
+    one = _typed(like, 1.0)
+    return one / _typed(like, nb) if mean else one
 
 
 @jit
 def _delta_below(D, W, Y, act, G, c0, c1):
     """G[:, c0:c1] = (D W)[:, c0:c1] * f'(Y[:, c0:c1]): columns c0..c1 of the delta of the layer
     below, from the weights before the update (a softmax below needs c0:c1 to be all columns)."""
-    zero = np.zeros(1, G.dtype)[0]
+    zero = _typed(G, 0.0)
     for r in range(D.shape[0]):
         g = G[r, c0:c1]
         for j in range(g.shape[0]):
@@ -669,7 +710,7 @@ def _epoch_small_batch(
     team = bounds.shape[1] - 1
     n = order.shape[0]
     total = 0.0
-    step = 1
+    step = np.int64(1)  # see the literal constants in _epoch_per_sample
     for start in range(0, n, batch):
         nb = min(batch, n - start)
         inv_n = _batch_scale(A[0], nb, mean)
