@@ -171,6 +171,52 @@ def _tiny(typingctx, like):
     return like.dtype(like), codegen
 
 
+@intrinsic
+def _is_float32(typingctx, like):
+    """Whether ``like`` holds float32, as a constant the compiler folds (a dtype switch)."""
+    is_float32 = like.dtype == types.float32
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.boolean, is_float32)
+
+    return types.boolean(like), codegen
+
+
+# exp for float32 in plain arithmetic, so that LLVM vectorises it (Numba has no vector exp
+# without Intel's SVML; a libm call per element is 50x slower): exp(x) = 2^k exp(r) with
+# k = round(x / ln 2), r = x - k ln 2 in two parts (Cody and Waite; k * LN2_HI is exact), exp(r)
+# by its Taylor series to r^7 (|r| <= ln2 / 2: truncation error below 1e-8), and 2^k added to
+# the exponent bits. Outside [-86, 88] it squares exp(x / 2), which also gives inf, subnormals
+# and 0 where libm does. Against float64 exp: within 0.62 eps (relative) on [-86, 88], 1.4 eps
+# outside (tests/test_numba_exp.py).
+LOG2E = 1.4426950408889634
+LN2_HI = 0.693145751953125
+LN2_LO = 1.4286068203094172e-06
+
+
+@njit(cache=True, fastmath=FAST - {"reassoc"}, nogil=True)  # reassoc would undo the two parts
+def _exp_row(row):
+    """row <- exp(row) in place."""
+    if not _is_float32(row):
+        for j in range(row.shape[0]):
+            row[j] = np.exp(row[j])
+        return
+    f = np.float32
+    bits = row.view(np.int32)
+    for j in range(row.shape[0]):
+        x = row[j]
+        half = x > f(88.0) or x < f(-86.0)
+        y = min(max(x * f(0.5) if half else x, f(-86.0)), f(88.0))
+        k = np.floor(y * f(LOG2E) + f(0.5))
+        r = (y - k * f(LN2_HI)) - k * f(LN2_LO)
+        p = r * (f(1 / 120) + r * (f(1 / 720) + r * f(1 / 5040)))
+        p = f(1.0) + r * (f(1.0) + r * (f(1 / 2) + r * (f(1 / 6) + r * (f(1 / 24) + p))))
+        row[j] = p
+        bits[j] += np.int32(k) << 23
+        e = row[j] * row[j] if half else row[j]
+        row[j] = x if x != x else e  # NaN stays NaN
+
+
 # -- elementwise building blocks (one row at a time, so rows stay in L1) -------------------------
 @jit
 def _bias_act_row(row, b, act):
@@ -180,7 +226,10 @@ def _bias_act_row(row, b, act):
     n = row.shape[0]
     if act == SIGMOID:
         for j in range(n):
-            row[j] = one / (one + np.exp(-(row[j] + b[j])))
+            row[j] = -(row[j] + b[j])
+        _exp_row(row)
+        for j in range(n):
+            row[j] = one / (one + row[j])
     elif act == TANH:
         for j in range(n):
             row[j] = np.tanh(row[j] + b[j])
@@ -196,11 +245,12 @@ def _bias_act_row(row, b, act):
         for j in range(n):
             row[j] += b[j]
             m = max(m, row[j])
+        for j in range(n):
+            row[j] -= m
+        _exp_row(row)
         s = zero
         for j in range(n):
-            e = np.exp(row[j] - m)
-            row[j] = e
-            s += e
+            s += row[j]
         inv = one / s
         for j in range(n):
             row[j] *= inv
