@@ -49,7 +49,7 @@ def thread_settings() -> dict[str, int]:
     if "numba" in tinynet_backends():
         import numba
 
-        # tinynet's Numba kernels run on one thread next to BLAS; this only caps Numba's pool.
+        # tinynet's compiled epochs run a team of this many threads, never next to BLAS.
         numba.set_num_threads(min(THREADS, numba.config.NUMBA_NUM_THREADS))
         settings["numba"] = numba.get_num_threads()
     if importlib.util.find_spec("torch") is not None:

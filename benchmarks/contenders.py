@@ -25,6 +25,7 @@ class Network:
     lr: float
     samples_per_round: int  # samples trained per timed round at batch >= 32
     samples_per_round_b1: int  # ... at batch 1 (per-sample SGD)
+    batches: tuple[int, ...] | None = None  # the batch sizes benchmarked; None: all
 
     def tinynet_loss(self) -> tn.Loss:
         if self.loss == "squared_error":
@@ -45,6 +46,18 @@ NETWORKS = {
             0.1,
             16384,
             4096,
+        ),
+        # The first tutorial's network, trained per sample as it does.
+        Network(
+            "784-200-10 sigmoid/SE",
+            (784, 200, 10),
+            "sigmoid",
+            "sigmoid",
+            "squared_error",
+            0.1,
+            16384,
+            4096,
+            batches=(1,),
         ),
         # A GEMM-bound network: ReLU, softmax + cross-entropy.
         Network(

@@ -34,13 +34,19 @@ def _weights(net_name: str):
     return initial_weights(NETWORKS[net_name])
 
 
+CASES = [
+    pytest.param(name, dtype, batch, id=f"{name.split()[0]}-{dtype}-b{batch}")
+    for name, net in NETWORKS.items()
+    for dtype in ("float32", "float64")
+    for batch in net.batches or BATCHES
+]
+
+
 # Parametrize order: the decorator nearest the function varies slowest, so the contender
 # (top) alternates fastest.
 @pytest.mark.parametrize("contender", contender_params())
 @pytest.mark.parametrize("repeat", range(REPEATS), ids=lambda r: f"r{r}")
-@pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"b{b}")
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("net_name", list(NETWORKS), ids=lambda n: n.split()[0])
+@pytest.mark.parametrize(("net_name", "dtype", "batch"), CASES)
 def test_training_throughput(benchmark, mnist_train, net_name, dtype, batch, repeat, contender):
     net = NETWORKS[net_name]
     n = net.samples_per_round_b1 if batch == 1 else net.samples_per_round
