@@ -2,27 +2,33 @@
 
 Choices, each measured on the 2-core Zen 4 machine (benchmarks/results/):
 
-* GEMMs go to NumPy's BLAS (``matmul`` is inherited). Compiled row-by-dot-product loops lost to
-  OpenBLAS (2 threads) at every shape the networks use, float32: 7.0 vs 6.8 us at 1x784x128,
-  57 vs 32 us at 1x784x1024, 19 vs 9 us at 4x784x128, 186 vs 77 us at 32x784x128.
-* Every elementwise step is one pass: bias + activation in place over z; activation gradient
-  times delta; loss value and gradient; the SGD (or momentum) update.
-* ``train_epoch`` runs stretches of an epoch in one compiled call, reading the uint8 images
-  directly, without BLAS (``fuses`` says when). Per-sample SGD (the tutorials' way) uses
-  matrix-vector loops in which the first layer's update and the next sample's forward pass share
-  one pass over its weights, the bound of a per-sample step. Small batches use 4 x 4 register
-  tiles split over the cores, and add the weight gradient straight into the weights. Larger
-  batches stay on the BLAS kernel path; a compiled mini-batch epoch calling BLAS through
-  ``np.dot`` inside Numba (SciPy's second OpenBLAS) measured 0.40 s/epoch against 0.26 s on the
-  kernel path at batch 512 (784-128-10), and was dropped.
+* ``train_epoch`` takes every batch size (``fuses``), in three ways:
+  - per-sample SGD (the tutorials' way): one compiled call per stretch of the epoch, reading
+    the uint8 images directly. Matrix-vector loops in which the first layer's update and the
+    next sample's forward pass share one pass over its weights, the bound of a per-sample step;
+  - batches up to 64 with every weight matrix in the cores' L2: one compiled call too, with
+    4 x 4 register tiles that add the weight gradient straight into the weights;
+  - larger batches (``_blas_epoch``): GEMMs on BLAS, the weight gradient accumulated into W by
+    gemm itself (beta = 1), compiled elementwise passes, no array allocated per batch.
+  The per-kernel methods (``dense_forward``, ...) serve models the epochs cannot express; their
+  GEMMs are NumPy's: compiled dot-product loops lost to OpenBLAS at every shape the networks use,
+  float32: 7.0 vs 6.8 us at 1x784x128, 57 vs 32 us at 1x784x1024, 186 vs 77 us at 32x784x128.
+* Threads: the compiled epochs run as a team of nogil calls, one per thread (``_run_team``),
+  meeting through atomic counters (``_meet``) rather than ``prange``: a parallel region per
+  layer and batch cost as much as the work at these sizes, and compiling ``parallel=True``
+  took seconds more. Per sample, each thread owns a slice of the first layer's rows and repeats
+  the small later layers, so the team meets once per sample (784-128-10: 0.75 -> 0.41 s/epoch
+  on two cores). The team never runs while BLAS does; its size is Numba's thread count
+  (``NUMBA_NUM_THREADS``), at most the cores we may use.
+* Every elementwise step is one pass: bias + activation in place; activation gradient times
+  delta in place (through one array, so LLVM vectorises it); loss value and gradient; the SGD
+  or momentum update. float32 exp is plain arithmetic that vectorises (``_exp_row``).
 * float32 stays float32: Numba widens ``float32 op <Python float>`` to float64, so constants come
-  from ``one = _typed(array, 1.0)`` and scalar arguments are cast before the call.
+  from ``_typed(array, 1.0)`` and scalar arguments are cast before the call.
 * fastmath is limited to {reassoc, contract, nsz, arcp} (vectorised sums, FMAs): never nnan/ninf,
   so NaN and inf behave as in NumPy, e.g. sigmoid(-1000) = 1/(1+inf) = 0 exactly.
-* Threads: the small-batch tiles run on Numba's threads (``NUMBA_NUM_THREADS``), where no BLAS
-  call is in flight; the BLAS kernel path runs on BLAS's pool; the two never overlap. The
-  per-sample loop stays on one thread: splitting the first layer's rows with ``prange`` per sample
-  measured 8.5 vs 10.2 us a step at 784x128 and nothing at 784x200 (the launch costs as much).
+* Compile time: no slice assignments (``a[:] = b`` compiled for about 3 s), no literal
+  arguments (each compiles another copy of the callee), no ``np.ones`` & co. for constants.
 * All kernels live in this one file with ``cache=True``, cached in a folder named by the hash of
   this file (``~/.cache/tinynet/numba/<hash>``, see ``_KernelCacheLocator``): kernels that call
   each other are always loaded from the same version of the source. (During development a

@@ -92,7 +92,7 @@ def fit(
         spec = model.epoch_spec(loss, optimizer)
         if spec is not None and not B.fuses(spec, batch_size):
             spec = None
-        chunk = batch_size * max(1, n // (batch_size * 100)) if spec is not None else batch_size
+        chunk = _chunk(n, batch_size) if spec is not None else batch_size
         order = rng.permutation(n) if shuffle else None
         order_on_device = B.asarray(order) if order is not None and spec is None else None
         total = B.xp.zeros((), dtype=np.float64)
@@ -147,6 +147,13 @@ def fit(
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
     return history
+
+
+def _chunk(n: int, batch_size: int) -> int:
+    """Samples per ``train_epoch`` call: a whole number of batches, about 1% of the epoch for
+    the progress bar, but at least 4096 samples so that the call's fixed cost (arguments, a
+    team of threads) stays small next to the work (a per-sample step is a few microseconds)."""
+    return batch_size * max(1, max(n // 100, 4096) // batch_size)
 
 
 def _evaluate_arrays(model: MLP, X: Any, T: Any, loss: Loss | None, batch_size: int) -> dict:
