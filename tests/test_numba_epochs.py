@@ -1,6 +1,7 @@
-"""The Numba backend's team of threads: compiled epochs split over cores give the same numbers as
-one thread (bit for bit: each weight is computed by the same code from the same inputs) and as
-the NumPy reference (within the parity tolerances)."""
+"""The Numba backend's epochs. Compiled epochs split over a team of threads give the same numbers
+as one thread (bit for bit: each weight is computed by the same code from the same inputs) and
+as the NumPy reference (within the parity tolerances); the BLAS epoch writes into the weights
+in place or fails loudly."""
 
 from __future__ import annotations
 
@@ -35,11 +36,11 @@ def _train(
             )
             if freeze:
                 net.layers[1].freeze(freeze)
-            team = (
-                net.backend.team_size(net.epoch_spec(loss, tn.SGD(0.05)), batch)
-                if backend == "numba"
-                else 0
-            )
+            spec = net.epoch_spec(loss, tn.SGD(0.05))
+            team = 0
+            if backend == "numba":  # these cases are for the compiled loops, not BLAS
+                assert net.backend._compiled_loop(spec, batch)
+                team = net.backend.team_size(spec, batch)
             history = net.fit(
                 x[:500],
                 y[:500],
@@ -116,7 +117,7 @@ def test_team_size_follows_the_model_and_the_thread_setting():
     [
         (32, [784, 100, 10], "sigmoid", "sigmoid", tn.SquaredError(0.5), 0.0, "float32", None),
         (7, [784, 64, 30, 10], "relu", "softmax", tn.CrossEntropy(), 0.9, "float64", "bias"),
-        (64, [784, 48, 10], "tanh", "softmax", tn.CrossEntropy("sum"), 0.0, "float32", "weights"),
+        (32, [784, 48, 10], "tanh", "softmax", tn.CrossEntropy("sum"), 0.0, "float32", "weights"),
     ],
 )
 def test_mini_batch_team_matches_one_thread_and_the_reference(
@@ -136,3 +137,18 @@ def test_mini_batch_team_matches_one_thread_and_the_reference(
         np.testing.assert_allclose(W2, W_ref, **tol)
         np.testing.assert_allclose(b2, b_ref, **tol)
     np.testing.assert_allclose(losses2, losses_ref, rtol=1e-3 if dtype == "float32" else 1e-9)
+
+
+def test_blas_epoch_gemm_writes_in_place_or_fails():
+    from scipy.linalg.blas import get_blas_funcs
+
+    from tinynet.kernels.numba_backend import _gemm_into
+
+    gemm = get_blas_funcs("gemm", dtype=np.float32)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)
+    c = np.ones((5, 4), np.float32)
+    _gemm_into(gemm, 2.0, b.T, a.T, c.T, trans_a=1, beta=1.0)  # c <- 2 a b^T + c, through c.T
+    np.testing.assert_allclose(c, 2 * a.astype(np.float64) @ b.T + 1, rtol=1e-6)
+    with pytest.raises(RuntimeError, match="in place"):
+        _gemm_into(gemm, 1.0, b.T, a.T, np.ones((4, 5), np.float32), trans_a=1)  # C-ordered
