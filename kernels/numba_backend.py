@@ -871,8 +871,8 @@ class NumbaBackend(NumpyBackend):
         cache = _cache_root()
         if not numba.config.CACHE_DIR and not (os.path.isdir(cache) and os.listdir(cache)):
             logging.getLogger("tinynet").info(
-                "compiling Numba kernels on first use (once per tinynet version, about 10 s "
-                "on 2 cores); cached in %s",
+                "compiling Numba kernels on first use (once per tinynet version, about 4 s "
+                "per kind of epoch on 2 cores); cached in %s",
                 cache,
             )
         self._buffers: dict = {}  # train_epoch's work arrays, see _work_arrays
