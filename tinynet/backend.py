@@ -70,9 +70,10 @@ class Backend:
     device without a sync per step.
 
     A backend whose ``fuses(spec, batch_size)`` says True also has ``train_epoch(spec, X, T,
-    order, batch_size) -> float``: train on the rows ``X[order]`` in steps of ``batch_size`` as
-    the kernel-by-kernel loop would (same batches, same updates), in place on the arrays of the
-    :class:`EpochSpec`, and return the sum of the per-sample losses.
+    order, batch_size)``: train on the rows ``X[order]`` in steps of ``batch_size`` as the
+    kernel-by-kernel loop would (same batches, same updates), in place on the arrays of the
+    :class:`EpochSpec`, and return the sum of the per-sample losses (a float, or a 0-d array on
+    the device). X, T and the int64 ``order`` are backend arrays.
     """
 
     name: str = "?"

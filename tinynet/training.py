@@ -94,7 +94,7 @@ def fit(
             spec = None
         chunk = _chunk(n, batch_size) if spec is not None else batch_size
         order = rng.permutation(n) if shuffle else None
-        order_on_device = B.asarray(order) if order is not None and spec is None else None
+        order_on_device = B.asarray(order) if order is not None else None  # one upload
         total = B.xp.zeros((), dtype=np.float64)
         start_time = time.perf_counter()
         bar = tqdm(
@@ -111,7 +111,11 @@ def fit(
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
                 if spec is not None:
-                    idx = order[start:stop] if order is not None else np.arange(start, stop)
+                    idx = (
+                        order_on_device[start:stop]
+                        if order_on_device is not None
+                        else B.xp.arange(start, stop)
+                    )
                     total += B.train_epoch(spec, X, T, idx, batch_size)
                 else:
                     if order_on_device is None:
