@@ -22,8 +22,22 @@ def tinynet_backends() -> list[str]:
     return [name for name, why in backend_module.backend_status().items() if why is None]
 
 
-def contender_params() -> list:
-    params = [pytest.param(name, id=name) for name in tinynet_backends()]
+def _torch_cuda() -> bool:
+    """Whether PyTorch sees a CUDA device (imports torch: asked only where cupy runs)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def contender_params(modes: bool = True) -> list:
+    """The tinynet backends usable here, PyTorch eager (skipped with the reason when missing),
+    and on a GPU PyTorch CUDA; with ``modes``, also cupy's CUDA-graph mode ("cupy-graph")."""
+    names = tinynet_backends()
+    params = [pytest.param(name, id=name) for name in names]
+    if modes and "cupy" in names:
+        params.append(pytest.param("cupy-graph", id="cupy-graph"))
     torch_missing = importlib.util.find_spec("torch") is None
     mark = (
         pytest.mark.skip(reason="PyTorch not installed (pip install torch)")
@@ -31,12 +45,16 @@ def contender_params() -> list:
         else ()
     )
     params.append(pytest.param("pytorch", id="pytorch", marks=mark))
+    if "cupy" in names and _torch_cuda():
+        params.append(pytest.param("pytorch-cuda", id="pytorch-cuda"))
     return params
 
 
 def make_contender(name: str, net: Network, dtype: str, weights: list):
-    if name == "pytorch":
-        return TorchContender(net, dtype, weights)
+    if name in ("pytorch", "pytorch-cuda"):
+        return TorchContender(net, dtype, weights, "cuda" if name == "pytorch-cuda" else "cpu")
+    if name == "cupy-graph":
+        return TinynetContender("cupy", net, dtype, weights, graphs=True)
     return TinynetContender(name, net, dtype, weights)
 
 

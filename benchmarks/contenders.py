@@ -86,8 +86,11 @@ def initial_weights(net: Network, seed: int = 0) -> list[tuple[np.ndarray, np.nd
 
 
 class TinynetContender:
-    def __init__(self, backend: str, net: Network, dtype: str, weights: list) -> None:
-        self.name = backend
+    def __init__(
+        self, backend: str, net: Network, dtype: str, weights: list, graphs: bool = False
+    ) -> None:
+        self.name = backend + ("-graph" if graphs else "")
+        self.graphs = graphs  # cupy: replay each step as a CUDA graph
         self.net = net
         with tn.use_backend(backend):
             self.model = tn.MLP.from_sizes(
@@ -99,21 +102,32 @@ class TinynetContender:
         self.optimizer = tn.SGD(net.lr)
 
     def train(self, x: np.ndarray, t: np.ndarray, batch: int) -> None:
-        self.model.fit(x, t, self.loss, self.optimizer, epochs=1, batch_size=batch, shuffle=False)
+        B = self.model.backend
+        before = getattr(B, "graphs", False)
+        if self.graphs:
+            B.graphs = True
+        try:
+            self.model.fit(
+                x, t, self.loss, self.optimizer, epochs=1, batch_size=batch, shuffle=False
+            )
+        finally:
+            if self.graphs:
+                B.graphs = before
 
     def mean_loss(self, x: np.ndarray, t: np.ndarray) -> float:
         return self.model.evaluate(x, t, self.loss)["loss"]
 
 
 class TorchContender:
-    """PyTorch eager with autograd: what a user would otherwise write."""
+    """PyTorch eager with autograd: what a user would otherwise write. On "cuda" the round's
+    data are uploaded once (as tinynet's fit does) and the round ends with a synchronize."""
 
-    name = "pytorch"
-
-    def __init__(self, net: Network, dtype: str, weights: list) -> None:
+    def __init__(self, net: Network, dtype: str, weights: list, device: str = "cpu") -> None:
         import torch
 
+        self.name = "pytorch" if device == "cpu" else f"pytorch-{device}"
         self.torch = torch
+        self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)
         self.net = net
         layers: list[Any] = []
@@ -130,7 +144,7 @@ class TorchContender:
             elif act == "relu":
                 layers.append(torch.nn.ReLU())
             # softmax is fused into cross_entropy below, as PyTorch users write it
-        self.model = torch.nn.Sequential(*layers)
+        self.model = torch.nn.Sequential(*layers).to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=net.lr)
 
     def _loss(self, out: Any, t: Any) -> Any:
@@ -139,19 +153,25 @@ class TorchContender:
             return 0.5 * ((out - t) ** 2).sum(dim=1).mean()
         return F.cross_entropy(out, t)  # t: probability rows (one-hot)
 
-    def _batch(self, x: np.ndarray, t: np.ndarray) -> tuple[Any, Any]:
-        xb = self.torch.from_numpy(x).to(self.dtype).mul_(INPUT_SCALE)
-        return xb, self.torch.from_numpy(t)
+    def _upload(self, x: np.ndarray, t: np.ndarray) -> tuple[Any, Any]:
+        torch = self.torch
+        return torch.from_numpy(x).to(self.device), torch.from_numpy(t).to(self.device)
+
+    def _batch(self, x: Any, t: Any) -> tuple[Any, Any]:
+        return x.to(self.dtype).mul_(INPUT_SCALE), t
 
     def train(self, x: np.ndarray, t: np.ndarray, batch: int) -> None:
+        x, t = self._upload(x, t)
         for start in range(0, len(x), batch):
             xb, tb = self._batch(x[start : start + batch], t[start : start + batch])
             loss = self._loss(self.model(xb), tb)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
 
     def mean_loss(self, x: np.ndarray, t: np.ndarray) -> float:
         with self.torch.no_grad():
-            xb, tb = self._batch(x, t)
+            xb, tb = self._batch(*self._upload(x, t))
             return float(self._loss(self.model(xb), tb))

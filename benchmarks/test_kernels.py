@@ -43,33 +43,45 @@ def _tinynet_kernel(backend_name: str, kernel: str, a: dict):
     return timed
 
 
-def _torch_kernel(kernel: str, a: dict):
+def _torch_kernel(kernel: str, a: dict, device: str):
     import torch
 
-    x, W, b, y, dy = (torch.from_numpy(a[k]) for k in ("x", "W", "b", "y", "dy"))
-    return {
+    x, W, b, y, dy = (torch.from_numpy(a[k]).to(device) for k in ("x", "W", "b", "y", "dy"))
+    run = {
         "matmul": lambda: x @ W.T,
         "dense_sigmoid": lambda: torch.sigmoid(torch.addmm(b, x, W.T)),
         "sigmoid_grad": lambda: torch.ops.aten.sigmoid_backward(dy, y),
         "weight_grad": lambda: dy.T @ x,
     }[kernel]
 
+    def timed():
+        out = run()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
 
-@pytest.mark.parametrize("contender", contender_params())
+    return timed
+
+
+def _to_numpy(x) -> np.ndarray:
+    return x.cpu().numpy() if hasattr(x, "cpu") else tn.to_numpy(x)  # a torch tensor, or ours
+
+
+@pytest.mark.parametrize("contender", contender_params(modes=False))
 @pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"b{b}")
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_kernel(benchmark, kernel, shape, batch, contender):
     a = _arrays(*SHAPES[shape], batch)
     fn = (
-        _torch_kernel(kernel, a)
-        if contender == "pytorch"
+        _torch_kernel(kernel, a, "cuda" if contender == "pytorch-cuda" else "cpu")
+        if contender.startswith("pytorch")
         else _tinynet_kernel(contender, kernel, a)
     )
     reference = tn.to_numpy(_tinynet_kernel("numpy", kernel, a)())
     # float32 sums over up to 1024 terms in another order: tolerance relative to the output scale
     scale = float(np.abs(reference).max())
-    np.testing.assert_allclose(tn.to_numpy(fn()), reference, rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(_to_numpy(fn()), reference, rtol=1e-4, atol=1e-5 * scale)
     benchmark.group = f"kernel {kernel} {shape} batch {batch}"
     benchmark.extra_info.update(
         kind="kernel",

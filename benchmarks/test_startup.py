@@ -44,7 +44,9 @@ def _run(backend: str, cache_dir: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("contender", [p for p in contender_params() if p.id != "pytorch"])
+@pytest.mark.parametrize(
+    "contender", [p for p in contender_params(modes=False) if not p.id.startswith("pytorch")]
+)
 def test_startup(benchmark, contender, tmp_path):
     cold = _run(contender, str(tmp_path))
     warm = benchmark.pedantic(_run, args=(contender, str(tmp_path)), rounds=3, iterations=1)

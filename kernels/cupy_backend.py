@@ -7,7 +7,15 @@
   first use per dtype (then cached on disk): bias + activation, activation gradient times delta,
   SGD and momentum updates, uint8 -> float rescaling, the squared-error gradient. Softmax and the
   losses' sums use the reference code on CuPy arrays (a reduction each).
-* FP32 by default. CuPy uses TF32 tensor cores only when ``CUPY_TF32=1`` is set: opt in there.
+* ``train_epoch`` (``_Epoch``) runs built-in models without the per-kernel Python: every array
+  preallocated per batch size, each batch gathered from the uint8 images by index on the device,
+  the batch counter and learning rate in device memory, GEMMs through cuBLAS on a handle of our
+  own, the output layer's softmax, cross-entropy and gradient in one kernel, bias gradients
+  summed inside their update kernels, losses summed on the device with atomics: no host <-> device
+  transfer and no sync inside an epoch. With ``graphs=True`` (or ``TINYNET_CUDA_GRAPHS=1``) one
+  step is captured as a CUDA graph and replayed for every full batch.
+* FP32 by default. CuPy uses TF32 tensor cores only when ``CUPY_TF32=1`` is set: opt in there
+  (the fused epoch's cuBLAS handle follows the same variable).
 * Nothing here imports CuPy at module import time; ``CupyBackend()`` raises BackendError saying
   why the GPU cannot be used (package missing, no driver, no device) and how to fix it.
 """
@@ -15,15 +23,18 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 from typing import Any
 
 import numpy as np
 
+from tinynet.backend import EpochSpec
 from tinynet.errors import BackendError
 from tinynet.kernels.numpy_backend import NumpyBackend
 
 ACT = {"identity": 0, "step": 1, "sigmoid": 2, "tanh": 3, "relu": 4}  # softmax: reference code
+ROW_ACT = {**ACT, "softmax": 5}  # the per-row kernels of the fused epoch
 
 _BIAS_ACT = """
     T v = z + b;
@@ -84,6 +95,12 @@ class CupyBackend(NumpyBackend):
         self._se_grad = cp.ElementwiseKernel(
             "T y, T t, T c", "T dy", "dy = c * (y - t)", "tinynet_se_grad"
         )
+        # train_epoch: CUDA-graph mode, the cuBLAS handle, kernels per dtype, and the
+        # preallocated state of the last model trained (see _Epoch)
+        self.graphs = os.environ.get("TINYNET_CUDA_GRAPHS") == "1"
+        self._blas: _Cublas | None = None
+        self._epoch_kernels: dict = {}
+        self._epochs: dict = {}
 
     def info(self) -> dict[str, str]:
         cp = self.xp
@@ -150,3 +167,365 @@ class CupyBackend(NumpyBackend):
     def rescale(self, x: Any, scale: float, offset: float, dtype: Any) -> Any:
         dt = np.dtype(dtype).type
         return self._rescale(x, dt(scale), dt(offset), self.xp.empty(x.shape, dtype))
+
+    # -- whole epochs -----------------------------------------------------------------------
+    def fuses(self, spec: EpochSpec, batch_size: int) -> bool:
+        # a softmax before the last layer couples a row's units: the kernel-by-kernel path
+        return all(layer.activation != "softmax" for layer in spec.layers[:-1])
+
+    def train_epoch(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int) -> Any:
+        """SGD on X[order] in steps of batch_size; the sum of the per-sample losses as a 0-d
+        device array (read by the trainer once per epoch)."""
+        key = _Epoch.key(spec, X, T, batch_size)
+        epoch = self._epochs.get(key)
+        if epoch is None:
+            if self._blas is None:
+                self._blas = _Cublas(self.xp)
+            self._epochs.clear()  # buffers of other models and batch sizes: freed
+            epoch = self._epochs[key] = _Epoch(self, spec, X, T, batch_size)
+        return epoch.run(spec, order, self.graphs)
+
+
+# -- the fused epoch ---------------------------------------------------------------------------
+def _load_cublas() -> ctypes.CDLL:
+    """The cuBLAS library CuPy uses (loaded by importing cupy.cublas)."""
+    import cupy.cublas  # noqa: F401
+
+    paths = []
+    with contextlib.suppress(Exception):  # CuPy >= 14 finds its libraries with cuda.pathfinder
+        from cuda.pathfinder import load_nvidia_dynamic_lib
+
+        paths.append(load_nvidia_dynamic_lib("cublas").abs_path)
+    paths += ["libcublas.so.13", "libcublas.so.12", "libcublas.so"]
+    for path in paths:
+        if path:
+            with contextlib.suppress(OSError):
+                return ctypes.CDLL(path)
+    raise BackendError(f"backend 'cupy': cannot load cuBLAS (tried {', '.join(map(str, paths))})")
+
+
+class _Cublas:
+    """cuBLAS called directly on a handle of tinynet's own, with its workspace set and bound to
+    the stream in use. CuPy refuses cuBLAS calls during stream capture, and a GEMM in a CUDA graph
+    must not allocate; calling the library ourselves allows both. Arrays are C-ordered."""
+
+    WORKSPACE_BYTES = 32 << 20  # NVIDIA's suggestion for Hopper
+
+    def __init__(self, cp: Any) -> None:
+        lib = self._lib = _load_cublas()
+        vp, i, f, d = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_double
+        lib.cublasCreate_v2.argtypes = [ctypes.POINTER(vp)]
+        lib.cublasSetStream_v2.argtypes = [vp, vp]
+        lib.cublasSetWorkspace_v2.argtypes = [vp, vp, ctypes.c_size_t]
+        lib.cublasSetMathMode.argtypes = [vp, i]
+        for name, real in (("cublasSgemm_v2", f), ("cublasDgemm_v2", d)):
+            getattr(lib, name).argtypes = [vp, i, i, i, i, i, ctypes.POINTER(real), vp, i, vp, i]
+            getattr(lib, name).argtypes += [ctypes.POINTER(real), vp, i]
+        self.handle = vp()
+        self._check(lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
+        self.workspace = cp.empty(self.WORKSPACE_BYTES, dtype=cp.uint8)
+        self._check(
+            lib.cublasSetWorkspace_v2(self.handle, self.workspace.data.ptr, self.WORKSPACE_BYTES),
+            "cublasSetWorkspace",
+        )
+        tf32 = os.environ.get("CUPY_TF32") == "1"
+        self._check(lib.cublasSetMathMode(self.handle, 3 if tf32 else 0), "cublasSetMathMode")
+        self._stream = -1
+
+    @staticmethod
+    def _check(status: int, what: str) -> None:
+        if status != 0:
+            raise RuntimeError(f"{what} failed with cuBLAS status {status}")
+
+    def bind(self, stream_ptr: int) -> None:
+        if stream_ptr != self._stream:
+            self._check(self._lib.cublasSetStream_v2(self.handle, stream_ptr), "cublasSetStream")
+            self._stream = stream_ptr
+
+    def gemm(
+        self,
+        c: Any,
+        a: Any,
+        b: Any,
+        trans_a: bool = False,
+        trans_b: bool = False,
+        alpha: float = 1.0,
+        beta: float = 0.0,
+    ) -> None:
+        """c <- alpha op(a) op(b) + beta c, all C-ordered. cuBLAS is column-major, where a
+        C-ordered matrix is its transpose: so it computes c^T = op(b)^T op(a)^T."""
+        assert c.flags.c_contiguous and a.flags.c_contiguous and b.flags.c_contiguous
+        m, n = c.shape
+        k = a.shape[0] if trans_a else a.shape[1]
+        real, fn = (
+            (ctypes.c_float, self._lib.cublasSgemm_v2)
+            if c.dtype == np.float32
+            else (ctypes.c_double, self._lib.cublasDgemm_v2)
+        )
+        status = fn(
+            self.handle, int(trans_b), int(trans_a), n, m, k, ctypes.byref(real(alpha)),
+            b.data.ptr, b.shape[1], a.data.ptr, a.shape[1], ctypes.byref(real(beta)),
+            c.data.ptr, n,
+        )  # fmt: skip
+        self._check(status, "cublas gemm")
+
+
+# Per-row kernels (one thread per sample) for the output layer. T is the float type.
+_ROW_KERNELS = r"""
+extern "C" __global__ void tinynet_softmax_ce(
+    T* z, const T* bias, const T* targets, const long long* order, const long long* step,
+    long long batch, int rows, int classes, T inv_n, T tiny, T* delta, double* loss_sum) {
+  // z <- softmax(z + bias) in place; loss_sum += -sum_k t_k log max(p_k, tiny);
+  // delta = (p - t) * inv_n, the gradient of the loss with respect to z + bias.
+  int r = blockDim.x * blockIdx.x + threadIdx.x;
+  if (r >= rows) return;
+  T* zr = z + (long long)r * classes;
+  T* dr = delta + (long long)r * classes;
+  const T* tr = targets + order[step[0] * batch + r] * classes;
+  T m = zr[0] + bias[0];
+  for (int k = 0; k < classes; ++k) {
+    T v = zr[k] + bias[k];
+    zr[k] = v;
+    m = v > m ? v : m;
+  }
+  T s = 0;
+  for (int k = 0; k < classes; ++k) {
+    T e = exp(zr[k] - m);
+    zr[k] = e;
+    s += e;
+  }
+  double loss = 0;
+  for (int k = 0; k < classes; ++k) {
+    T p = zr[k] / s;
+    zr[k] = p;
+    loss -= (double)tr[k] * log((double)(p > tiny ? p : tiny));
+    dr[k] = (p - tr[k]) * inv_n;
+  }
+  atomicAdd(loss_sum, loss);
+}
+
+extern "C" __global__ void tinynet_squared_error(
+    const T* y, const T* targets, const long long* order, const long long* step,
+    long long batch, int rows, int classes, int act, T scale, T coef, T* delta,
+    double* loss_sum) {
+  // loss_sum += scale * sum_k (y_k - t_k)^2; delta = coef (y - t) * f'(z), coef = 2 scale / n,
+  // with f' from the saved output y (act: 0 identity, 1 step, 2 sigmoid, 3 tanh, 4 relu,
+  // 5 softmax, whose Jacobian couples the row).
+  int r = blockDim.x * blockIdx.x + threadIdx.x;
+  if (r >= rows) return;
+  const T* yr = y + (long long)r * classes;
+  T* dr = delta + (long long)r * classes;
+  const T* tr = targets + order[step[0] * batch + r] * classes;
+  double loss = 0;
+  T dot = 0;
+  for (int k = 0; k < classes; ++k) {
+    T v = yr[k], diff = v - tr[k], g = coef * diff;
+    loss += (double)diff * diff;
+    if (act == 1) g = 0;
+    else if (act == 2) g *= v * (1 - v);
+    else if (act == 3) g *= 1 - v * v;
+    else if (act == 4) g *= v > 0 ? 1 : 0;
+    dr[k] = g;
+    dot += g * v;
+  }
+  if (act == 5)
+    for (int k = 0; k < classes; ++k) dr[k] = yr[k] * (dr[k] - dot);
+  atomicAdd(loss_sum, loss * (double)scale);
+}
+
+extern "C" __global__ void tinynet_softmax_rows(T* z, const T* bias, int rows, int classes) {
+  // z <- softmax(z + bias), row by row, in place
+  int r = blockDim.x * blockIdx.x + threadIdx.x;
+  if (r >= rows) return;
+  T* zr = z + (long long)r * classes;
+  T m = zr[0] + bias[0];
+  for (int k = 0; k < classes; ++k) {
+    T v = zr[k] + bias[k];
+    zr[k] = v;
+    m = v > m ? v : m;
+  }
+  T s = 0;
+  for (int k = 0; k < classes; ++k) {
+    T e = exp(zr[k] - m);
+    zr[k] = e;
+    s += e;
+  }
+  for (int k = 0; k < classes; ++k) zr[k] /= s;
+}
+
+extern "C" __global__ void tinynet_next_step(long long* step) { step[0] += 1; }
+"""
+
+
+class _Kernels:
+    """The fused epoch's kernels for one dtype, built once (compiled by CuPy on first launch)."""
+
+    def __init__(self, cp: Any, dtype: np.dtype) -> None:
+        ctype = "float" if dtype == np.float32 else "double"
+        module = cp.RawModule(code=f"typedef {ctype} T;\n" + _ROW_KERNELS)
+        self.softmax_ce = module.get_function("tinynet_softmax_ce")
+        self.squared_error = module.get_function("tinynet_squared_error")
+        self.softmax_rows = module.get_function("tinynet_softmax_rows")
+        self.next_step = module.get_function("tinynet_next_step")
+        self.gather = cp.ElementwiseKernel(
+            "raw X x, raw int64 order, raw int64 step, int64 batch, int64 width, T scale, T offset",
+            "T y",
+            "long long r = i / width;"
+            "y = (T)x[order[step[0] * batch + r] * width + (i - r * width)] * scale + offset",
+            "tinynet_gather",
+        )
+        self.sgd = cp.ElementwiseKernel("T g, raw T lr", "T w", "w -= lr[0] * g", "tinynet_sgd_d")
+        self.momentum_step = cp.ElementwiseKernel(
+            "T v, raw T lr", "T w", "w -= lr[0] * v", "tinynet_momentum_step"
+        )
+        # bias: g_j = sum_r d[r, j] (each thread one column) and the update, in one kernel
+        sum_column = "T g = 0; for (long long r = 0; r < rows; ++r) g += d[r * _ind.size() + i];"
+        self.bias_sgd = cp.ElementwiseKernel(
+            "raw T d, int64 rows, raw T lr",
+            "T b",
+            sum_column + "b -= lr[0] * g;",
+            "tinynet_bias_sgd",
+        )
+        self.bias_momentum = cp.ElementwiseKernel(
+            "raw T d, int64 rows, raw T lr, T m",
+            "T b, T v",
+            sum_column + "v = m * v + g; b -= lr[0] * v;",
+            "tinynet_bias_momentum",
+        )
+
+
+class _Epoch:
+    """Preallocated buffers, kernels and (in graph mode) the captured step of one model, dataset
+    and batch size. A step reads its batch's indices from ``order`` at ``step * batch`` and
+    moves ``step`` on, both in device memory, so one captured step serves every full batch."""
+
+    @staticmethod
+    def key(spec: EpochSpec, X: Any, T: Any, batch_size: int) -> tuple:
+        """What the captured pointers and constants depend on: a change means a new _Epoch."""
+        arrays = [X, T]
+        for layer in spec.layers:
+            arrays += [layer.W, layer.b, layer.vW, layer.vb]
+        pointers = tuple(None if a is None else (a.data.ptr, a.shape, a.dtype.str) for a in arrays)
+        settings = tuple((layer.activation, layer.train_W, layer.train_b) for layer in spec.layers)
+        return (pointers, settings, batch_size, spec.in_scale, spec.in_offset, spec.loss,
+                spec.loss_scale, spec.reduction, spec.momentum)  # fmt: skip
+
+    def __init__(self, backend: CupyBackend, spec: EpochSpec, X: Any, T: Any, batch: int) -> None:
+        cp = self.cp = backend.xp
+        self.blas = backend._blas
+        self.layers = spec.layers
+        dtype = self.dtype = np.dtype(spec.layers[0].W.dtype)
+        dt = dtype.type
+        if dtype not in backend._epoch_kernels:
+            backend._epoch_kernels[dtype] = _Kernels(cp, dtype)
+        self.k = backend._epoch_kernels[dtype]
+        self.bias_act, self.act_grad = backend._bias_act, backend._act_grad
+        self.X, self.T, self.batch = X, cp.ascontiguousarray(T, dtype), batch
+        widths = [spec.layers[0].W.shape[1]] + [layer.W.shape[0] for layer in spec.layers]
+        self.A = [cp.zeros((batch, w), dtype) for w in widths]  # activations, A[0] the input
+        self.D = [cp.zeros((batch, w), dtype) for w in widths[1:]]  # deltas dE/dz
+        self.G = [  # weight gradients (with momentum, gemm accumulates into vW instead)
+            cp.zeros_like(layer.W) if layer.train_W and layer.vW is None else None
+            for layer in spec.layers
+        ]
+        self.zero_bias = [cp.zeros(layer.W.shape[0], dtype) for layer in spec.layers]
+        self.order = cp.zeros(X.shape[0], np.int64)
+        self.step = cp.zeros(1, np.int64)
+        self.lr = cp.zeros(1, dtype)
+        self.loss = cp.zeros((), np.float64)
+        self.in_scale, self.in_offset = dt(spec.in_scale), dt(spec.in_offset)
+        self.ce = spec.loss == "cross_entropy"
+        self.loss_scale, self.mean = dt(spec.loss_scale), spec.reduction == "mean"
+        self.momentum = dt(spec.momentum)
+        self.tiny = dt(np.finfo(dtype).tiny)
+        self.graph = None
+
+    def run(self, spec: EpochSpec, order: Any, graphs: bool) -> Any:
+        cp = self.cp
+        n = order.shape[0]
+        self.order[:n] = order
+        self.step.fill(0)
+        self.lr.fill(spec.lr)  # the learning rate may change between epochs
+        stream = cp.cuda.get_current_stream()
+        self.blas.bind(stream.ptr)
+        full, rest = divmod(n, self.batch)
+        done = 0
+        if graphs and full:
+            if self.graph is None:  # one eager step first: every kernel compiled and loaded
+                self._step(self.batch)
+                done = 1
+                self._capture()
+                self.blas.bind(stream.ptr)
+            for _ in range(done, full):
+                self.graph.launch(stream)
+        else:
+            for _ in range(full):
+                self._step(self.batch)
+        if rest:
+            self._step(rest)
+        total = self.loss.copy()
+        self.loss.fill(0)
+        return total
+
+    def _capture(self) -> None:
+        capture = self.cp.cuda.Stream(non_blocking=True)
+        with capture:
+            self.blas.bind(capture.ptr)
+            capture.begin_capture()
+            try:
+                self._step(self.batch)
+            finally:
+                graph = capture.end_capture()
+        self.graph = graph
+
+    def _step(self, nb: int) -> None:
+        """Forward, loss and delta, backward and update for the next ``nb`` samples of order."""
+        k, blas, layers, A, D = self.k, self.blas, self.layers, self.A, self.D
+        last = len(layers) - 1
+        dt = self.dtype.type
+        inv_n = dt(1 / nb) if self.mean else dt(1)
+        x0 = A[0][:nb]
+        k.gather(self.X, self.order, self.step, self.batch, x0.shape[1], self.in_scale,
+                 self.in_offset, x0)  # fmt: skip
+        for i, layer in enumerate(layers):
+            z = A[i + 1][:nb]
+            blas.gemm(z, A[i][:nb], layer.W, trans_b=True)  # z = a W^T
+            b = layer.b if layer.b is not None else self.zero_bias[i]
+            if i == last and self.ce:  # bias and softmax in the loss kernel below
+                continue
+            if layer.activation == "softmax":  # the last layer, before a squared error
+                grid = ((nb + 127) // 128,)
+                k.softmax_rows(grid, (128,), (z, b, np.int32(nb), np.int32(z.shape[1])))
+            else:
+                self.bias_act(z, b, ACT[layer.activation], z)
+        y, d = A[-1][:nb], D[-1][:nb]
+        classes = y.shape[1]
+        grid, block = ((nb + 127) // 128,), (128,)
+        if self.ce:
+            b = layers[-1].b if layers[-1].b is not None else self.zero_bias[-1]
+            k.softmax_ce(grid, block, (y, b, self.T, self.order, self.step, np.int64(self.batch),
+                                       np.int32(nb), np.int32(classes), inv_n, self.tiny, d,
+                                       self.loss))  # fmt: skip
+        else:
+            act = np.int32(ROW_ACT[layers[-1].activation])
+            coef = dt(2) * self.loss_scale * inv_n
+            k.squared_error(grid, block, (y, self.T, self.order, self.step,
+                                          np.int64(self.batch), np.int32(nb), np.int32(classes),
+                                          act, self.loss_scale, coef, d, self.loss))  # fmt: skip
+        for i in range(last, -1, -1):
+            layer, d, a_in = layers[i], D[i][:nb], A[i][:nb]
+            if i > 0:  # the delta below, from W before its update
+                below = D[i - 1][:nb]
+                blas.gemm(below, d, layer.W)
+                self.act_grad(a_in, below, ACT[layers[i - 1].activation], below)
+            if layer.train_W and layer.vW is not None:  # v <- m v + d^T a; W <- W - lr v
+                blas.gemm(layer.vW, d, a_in, trans_a=True, beta=float(self.momentum))
+                k.momentum_step(layer.vW, self.lr, layer.W)
+            elif layer.train_W:
+                blas.gemm(self.G[i], d, a_in, trans_a=True)
+                k.sgd(self.G[i], self.lr, layer.W)
+            if layer.train_b and layer.vb is not None:
+                k.bias_momentum(d, np.int64(nb), self.lr, self.momentum, layer.b, layer.vb)
+            elif layer.train_b:
+                k.bias_sgd(d, np.int64(nb), self.lr, layer.b)
+        k.next_step((1,), (1,), (self.step,))

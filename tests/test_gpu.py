@@ -6,6 +6,8 @@ the backend-parametrized tests, which include cupy wherever it is usable.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -61,3 +63,105 @@ def test_training_steps_stay_on_the_device():
 def test_tf32_is_off_unless_asked_for(monkeypatch):
     monkeypatch.delenv("CUPY_TF32", raising=False)
     assert backend_module._resolve("cupy").info()["tf32"] == "off"
+
+
+@contextlib.contextmanager
+def _cupy_graphs(on: bool):
+    """The cupy backend in eager or CUDA-graph mode for the block."""
+    B = backend_module._resolve("cupy")
+    before, B.graphs = B.graphs, on
+    try:
+        yield B
+    finally:
+        B.graphs = before
+
+
+def _fit_both(graphs, sizes, hidden, output, loss, momentum, dtype, batch, freeze, bias, between):
+    """The same training on numpy and on cupy; (losses, weights, accuracy) of each."""
+    (x, y), (xt, yt) = tn.datasets.mnist_sample("train"), tn.datasets.mnist_sample("test")
+    results = {}
+    for name in ("numpy", "cupy"):
+        with tn.use_backend(name), _cupy_graphs(graphs):
+            net = tn.MLP.from_sizes(
+                sizes, hidden, output, seed=0, dtype=dtype, bias=bias, rescale=(1 / 255, 0.0)
+            )
+            if freeze:
+                net.layers[1].freeze(freeze)
+            # "sum" adds the batch's gradients: lr / batch keeps the step size
+            opt = tn.SGD(0.05 / batch if loss.reduction == "sum" else 0.05, momentum=momentum)
+            losses = net.fit(x[:1000], y[:1000], loss, opt, epochs=2, batch_size=batch, seed=1)
+            losses = losses["loss"]
+            if between:  # new weight arrays: a captured graph must not write into the old ones
+                between(net)
+                losses += net.fit(x[:500], y[:500], loss, opt, batch_size=batch, seed=2)["loss"]
+            results[name] = (losses, net.get_weights(), net.evaluate(xt, yt)["accuracy"])
+    return results["numpy"], results["cupy"]
+
+
+def _assert_parity(reference, got, dtype):
+    (loss_ref, weights_ref, acc_ref), (losses, weights, acc) = reference, got
+    np.testing.assert_allclose(losses, loss_ref, rtol=1e-3 if dtype == "float32" else 1e-9)
+    assert abs(acc - acc_ref) <= 0.002
+    tol = dict(rtol=1e-2, atol=1e-4) if dtype == "float32" else dict(rtol=1e-8, atol=1e-10)
+    for (W, b), (W_ref, b_ref) in zip(weights, weights_ref, strict=True):
+        np.testing.assert_allclose(W, W_ref, **tol)
+        if b_ref is not None:
+            np.testing.assert_allclose(b, b_ref, **tol)
+
+
+@needs_gpu
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graph"])
+@pytest.mark.parametrize(
+    ("sizes", "hidden", "output", "loss", "momentum", "dtype", "batch", "freeze", "bias"),
+    [
+        ([784, 64, 10], "sigmoid", "sigmoid", tn.SquaredError(0.5), 0.0, "float32", 32, None, True),
+        ([784, 64, 32, 10], "relu", "softmax", tn.CrossEntropy(), 0.9, "float32", 64, "bias", True),
+        (
+            [784, 32, 10],
+            "tanh",
+            "softmax",
+            tn.SquaredError(1.0, "sum"),
+            0.0,
+            "float64",
+            50,
+            "weights",
+            False,
+        ),
+        ([784, 16, 10], "relu", "softmax", tn.CrossEntropy(), 0.0, "float32", 1, None, True),
+    ],
+)
+def test_fused_epoch_matches_the_reference(
+    graphs, sizes, hidden, output, loss, momentum, dtype, batch, freeze, bias
+):
+    # 1000 samples: batch 32 leaves a partial batch of 8, run eagerly after the graph's replays
+    args = (sizes, hidden, output, loss, momentum, dtype, batch, freeze, bias, None)
+    _assert_parity(*_fit_both(graphs, *args), dtype)
+
+
+@needs_gpu
+def test_captured_step_follows_new_weight_arrays():
+    rng = np.random.default_rng(5)
+    W, b = rng.normal(0, 0.05, (32, 784)), rng.normal(0, 0.05, 32)
+
+    def replace_first_layer(net):
+        net.layers[1].set_weights(W, b)
+
+    args = ([784, 32, 10], "relu", "softmax", tn.CrossEntropy(), 0.0, "float32", 64, None, True)
+    _assert_parity(*_fit_both(True, *args, replace_first_layer), "float32")
+
+
+@needs_gpu
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graph"])
+def test_fused_epoch_never_waits_for_the_host(graphs):
+    import cupyx
+
+    (x, y) = tn.datasets.mnist_sample("train")
+    with tn.use_backend("cupy") as B, _cupy_graphs(graphs):
+        net = tn.MLP.from_sizes([784, 64, 10], "relu", "softmax", seed=0, rescale=(1 / 255, 0))
+        X, T = net._input(x), net._targets(y, len(x))
+        spec = net.epoch_spec(tn.CrossEntropy(), tn.SGD(0.05, momentum=0.9))
+        order = B.asarray(np.random.default_rng(0).permutation(len(x)))
+        B.train_epoch(spec, X, T, order[:256], 64)  # compiles the kernels, captures the graph
+        with cupyx.allow_synchronize(False):  # any device -> host copy or sync raises here
+            total = B.train_epoch(spec, X, T, order[256:2304], 64)
+        assert isinstance(total, B.xp.ndarray) and float(total) > 0
