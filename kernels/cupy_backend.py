@@ -112,6 +112,7 @@ class CupyBackend(NumpyBackend):
             "device": name,
             "cuda_runtime": str(cp.cuda.runtime.runtimeGetVersion()),
             "tf32": "on (CUPY_TF32=1)" if os.environ.get("CUPY_TF32") == "1" else "off",
+            "cuda_graphs": "on" if self.graphs else "off (TINYNET_CUDA_GRAPHS=1 turns it on)",
         }
 
     def synchronize(self) -> None:
