@@ -107,6 +107,26 @@ def startup_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def memory_table(rows: list[dict]) -> list[str]:
+    peaks: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for r in rows:
+        if r.get("kind") == "memory":
+            peaks[(r["network"], r["batch"])][r["contender"]] = r
+    lines = [
+        "| network | batch | contender | peak memory | during training | peak vs NumPy |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for key in sorted(peaks):
+        numpy_peak = peaks[key].get("numpy", {}).get("peak_mb")
+        for name, r in sorted(peaks[key].items()):
+            delta = f"{r['peak_mb'] - numpy_peak:+.0f} MB" if numpy_peak is not None else "-"
+            lines.append(
+                f"| {key[0]} | {key[1]} | {name} | {r['peak_mb']:.0f} MB | "
+                f"+{r['training_mb']:.0f} MB | {delta} |"
+            )
+    return lines
+
+
 def chart(speeds: dict, path: Path, title: str) -> None:
     import matplotlib
 
@@ -163,6 +183,13 @@ def render(json_path: Path, prefix: Path) -> str:
         "prediction; the warm-cache figure is the last of 3 runs.",
         "",
         *startup_table(rows),
+        "",
+        "## Peak memory",
+        "",
+        "A fresh process per case (float32): peak resident memory during one training round, "
+        "including MNIST (47 MB of uint8) and the libraries, and how much the round added.",
+        "",
+        *memory_table(rows),
         "",
     ]
     text = "\n".join(

@@ -1,0 +1,91 @@
+"""Peak memory of training, per contender, each in a fresh process (Linux's /proc).
+
+The child loads MNIST, imports its library and trains a first batch, then resets the kernel's
+peak-RSS mark and trains one round of a case: it reports that peak (data, libraries and the
+training's own arrays) and how much of it came during the round. Numba's kernels come from its
+on-disk cache (the training benchmarks filled it), so compilation is not counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.conftest import THREADS, contender_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = """
+import gc, json, sys
+import tinynet as tn
+from benchmarks.contenders import NETWORKS, TinynetContender, TorchContender, initial_weights
+
+name, network, batch, samples = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+try:
+    x, y = tn.datasets.mnist("train", download=False)
+except tn.DataFileError:
+    x, y = tn.datasets.mnist_sample("train")
+net = NETWORKS[network]
+t = tn.one_hot(y, 10, dtype="float32")
+weights = initial_weights(net)
+if name == "pytorch":
+    model = TorchContender(net, "float32", weights)
+else:
+    model = TinynetContender(name, net, "float32", weights)
+model.train(x[:batch], t[:batch], batch)  # first call: imports, compiled code from the cache
+
+
+def status_mb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
+
+
+gc.collect()
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets the peak (VmHWM) to the current resident size: loading is not counted
+before = status_mb("VmRSS:")
+model.train(x[:samples], t[:samples], batch)
+peak = status_mb("VmHWM:")
+print(json.dumps({"peak_mb": peak, "training_mb": peak - before}))
+"""
+
+CASES = [
+    ("784-128-10 sigmoid/SE", 1, 4096),
+    ("784-128-10 sigmoid/SE", 512, 16384),
+    ("784-1024-1024-10 relu/CE", 512, 8192),
+]
+
+
+def _child(contender: str, network: str, batch: int, samples: int) -> dict:
+    threads = str(THREADS)
+    env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
+    env["NUMBA_NUM_THREADS"] = threads
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, contender, network, str(batch), str(samples)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status (Linux)")
+@pytest.mark.parametrize(
+    "contender", [p for p in contender_params(modes=False) if p.id in ("numpy", "numba", "pytorch")]
+)
+@pytest.mark.parametrize(("network", "batch", "samples"), CASES, ids=lambda c: str(c).split()[0])
+def test_peak_memory(benchmark, contender, network, batch, samples):
+    result = benchmark.pedantic(
+        _child, args=(contender, network, batch, samples), rounds=1, iterations=1
+    )
+    benchmark.group = f"memory {network} batch {batch}"
+    benchmark.extra_info.update(
+        kind="memory", contender=contender, network=network, batch=batch, **result
+    )
