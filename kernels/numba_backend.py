@@ -872,6 +872,17 @@ def _epoch_small_batch(
 _TEAM_POOL: ThreadPoolExecutor | None = None
 
 
+def _forget_team_pool() -> None:
+    """In a forked child the pool's threads are gone, and a team waiting for them would spin
+    forever: the child starts a pool of its own."""
+    global _TEAM_POOL
+    _TEAM_POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_team_pool)
+
+
 def _split_rows(rows: int, parts: int) -> list[int]:
     """Bounds of ``parts`` near-equal row ranges, cut at multiples of 16 rows (no two threads
     write into one cache line of a float32 row), or of 4 (the register tiles) for small layers."""

@@ -5,6 +5,10 @@ in place or fails loudly."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -152,3 +156,32 @@ def test_blas_epoch_gemm_writes_in_place_or_fails():
     np.testing.assert_allclose(c, 2 * a.astype(np.float64) @ b.T + 1, rtol=1e-6)
     with pytest.raises(RuntimeError, match="in place"):
         _gemm_into(gemm, 1.0, b.T, a.T, np.ones((4, 5), np.float32), trans_a=1)  # C-ordered
+
+
+FORK_CHILD = """
+import os, sys
+import numpy as np
+import numba
+import tinynet as tn
+
+numba.set_num_threads(2)
+x, y = tn.datasets.mnist_sample("train")
+tn.set_backend("numba")
+net = tn.MLP.from_sizes([784, 128, 10], "sigmoid", "sigmoid", seed=0, rescale=(1 / 255, 0))
+assert net.backend.team_size(net.epoch_spec(tn.SquaredError(0.5), tn.SGD(0.1))) == 2
+net.fit(x[:300], y[:300], tn.SquaredError(0.5), tn.SGD(0.1), batch_size=1)  # the pool exists
+pid = os.fork()
+if pid == 0:  # the child trains with a team of its own
+    net.fit(x[:300], y[:300], tn.SquaredError(0.5), tn.SGD(0.1), batch_size=1)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@TWO_THREADS
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_trains_with_a_team_of_its_own():
+    # before the fix the child waited forever for the parent's pool threads: hence the timeout
+    done = subprocess.run([sys.executable, "-c", FORK_CHILD], timeout=300, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
