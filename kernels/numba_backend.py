@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -920,7 +921,7 @@ class NumbaBackend(NumpyBackend):
                 "per kind of epoch on 2 cores); cached in %s",
                 cache,
             )
-        self._buffers: dict = {}  # train_epoch's work arrays, see _work_arrays
+        self._local = threading.local()  # train_epoch's work arrays, per calling thread
         self._compiled: set = set()  # (kernel, dtype, layers) compiled for a team, see _run_team
 
     def info(self) -> dict[str, str]:
@@ -1095,16 +1096,18 @@ class NumbaBackend(NumpyBackend):
 
     def _work_arrays(self, dtype, layers, batch_size: int, rank: int = 0) -> tuple:
         """Activations A[l] (batch, width), deltas D[l] and the next sample's input, kept per
-        dtype, layer widths, batch size and thread."""
+        dtype, layer widths, batch size and team rank, for the calling thread (two threads may
+        train models of one shape at once)."""
         widths = [layers[0].W.shape[1]] + [layer.W.shape[0] for layer in layers]
         key = (dtype, tuple(widths), batch_size, rank)
-        if key not in self._buffers:
-            self._buffers[key] = (
+        buffers = self._local.__dict__.setdefault("buffers", {})
+        if key not in buffers:
+            buffers[key] = (
                 tuple([np.zeros((batch_size, w), dtype) for w in widths]),
                 tuple([np.zeros((batch_size, w), dtype) for w in widths[1:]]),
                 np.zeros(widths[0], dtype),
             )
-        return self._buffers[key]
+        return buffers[key]
 
     def _blas_epoch(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int) -> float:
         """Mini-batch SGD with the GEMMs on BLAS and everything else in compiled passes: inputs

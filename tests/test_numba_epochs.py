@@ -185,3 +185,23 @@ def test_a_forked_child_trains_with_a_team_of_its_own():
     # before the fix the child waited forever for the parent's pool threads: hence the timeout
     done = subprocess.run([sys.executable, "-c", FORK_CHILD], timeout=300, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_two_threads_can_train_models_of_one_shape_at_once(batch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    (x, y) = tn.datasets.mnist_sample("train")
+
+    def train(seed):
+        with tn.use_backend("numba"):
+            net = tn.MLP.from_sizes([784, 64, 10], "sigmoid", "sigmoid", seed=seed)
+            loss, opt = tn.SquaredError(0.5), tn.SGD(0.1)
+            net.fit(x[:400], y[:400], loss, opt, batch_size=batch, seed=seed)
+            return net.get_weights()[0][0]
+
+    alone = [train(seed) for seed in (1, 2)]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(train, (1, 2)))
+    for W, W_alone in zip(together, alone, strict=True):
+        np.testing.assert_array_equal(W, W_alone)
