@@ -6,7 +6,7 @@ Choices, each measured on the 2-core Zen 4 machine (benchmarks/results/):
   - per-sample SGD (the tutorials' way): one compiled call per stretch of the epoch, reading
     the uint8 images directly. Matrix-vector loops in which the first layer's update and the
     next sample's forward pass share one pass over its weights, the bound of a per-sample step;
-  - batches up to 64 with every weight matrix in the cores' L2: one compiled call too, with
+  - batches up to 32 with every weight matrix in the cores' L2: one compiled call too, with
     4 x 4 register tiles that add the weight gradient straight into the weights;
   - larger batches (``_blas_epoch``): GEMMs on BLAS, the weight gradient accumulated into W by
     gemm itself (beta = 1), compiled elementwise passes, no array allocated per batch.
@@ -15,11 +15,12 @@ Choices, each measured on the 2-core Zen 4 machine (benchmarks/results/):
   float32: 7.0 vs 6.8 us at 1x784x128, 57 vs 32 us at 1x784x1024, 186 vs 77 us at 32x784x128.
 * Threads: the compiled epochs run as a team of nogil calls, one per thread (``_run_team``),
   meeting through atomic counters (``_meet``) rather than ``prange``: a parallel region per
-  layer and batch cost as much as the work at these sizes, and compiling ``parallel=True``
-  took seconds more. Per sample, each thread owns a slice of the first layer's rows and repeats
-  the small later layers, so the team meets once per sample (784-128-10: 0.75 -> 0.41 s/epoch
-  on two cores). The team never runs while BLAS does; its size is Numba's thread count
-  (``NUMBA_NUM_THREADS``), at most the cores we may use.
+  sample cost about as much as it saved (8.5 vs 10.2 us a step at 784x128), and the
+  ``parallel=True`` mini-batch epoch took 7.3 s to compile against 6.2 s for the team's. Per
+  sample, each thread owns a slice of the first layer's rows and repeats the small later
+  layers, so the team meets once per sample (784-128-10: 0.75 -> 0.41 s/epoch on two cores).
+  The team never runs while BLAS does; its size is Numba's thread count (``NUMBA_NUM_THREADS``),
+  at most the cores we may use.
 * Every elementwise step is one pass: bias + activation in place; activation gradient times
   delta in place (through one array, so LLVM vectorises it); loss value and gradient; the SGD
   or momentum update. float32 exp is plain arithmetic that vectorises (``_exp_row``).
