@@ -12,8 +12,8 @@
   the batch counter and learning rate in device memory, GEMMs through cuBLAS on a handle of our
   own, the output layer's softmax, cross-entropy and gradient in one kernel, bias gradients
   summed inside their update kernels, losses summed on the device with atomics: no host <-> device
-  transfer and no sync inside an epoch. With ``graphs=True`` (or ``TINYNET_CUDA_GRAPHS=1``) one
-  step is captured as a CUDA graph and replayed for every full batch.
+  transfer and no sync inside an epoch. With ``graphs=True`` (or ``TINYNET_CUDA_GRAPHS=1``) 16
+  steps are captured as one CUDA graph and replayed for the full batches (the rest run eagerly).
 * FP32 by default. CuPy uses TF32 tensor cores only when ``CUPY_TF32=1`` is set: opt in there
   (the fused epoch's cuBLAS handle follows the same variable).
 * Nothing here imports CuPy at module import time; ``CupyBackend()`` raises BackendError saying
@@ -398,7 +398,9 @@ class _Kernels:
 class _Epoch:
     """Preallocated buffers, kernels and (in graph mode) the captured step of one model, dataset
     and batch size. A step reads its batch's indices from ``order`` at ``step * batch`` and
-    moves ``step`` on, both in device memory, so one captured step serves every full batch."""
+    moves ``step`` on, both in device memory, so one captured run of steps serves them all."""
+
+    STEPS_PER_GRAPH = 16
 
     @staticmethod
     def key(spec: EpochSpec, X: Any, T: Any, batch_size: int) -> tuple:
@@ -451,17 +453,17 @@ class _Epoch:
         self.blas.bind(stream.ptr)
         full, rest = divmod(n, self.batch)
         done = 0
-        if graphs and full:
+        if graphs and full > self.STEPS_PER_GRAPH:
             if self.graph is None:  # one eager step first: every kernel compiled and loaded
                 self._step(self.batch)
                 done = 1
                 self._capture()
                 self.blas.bind(stream.ptr)
-            for _ in range(done, full):
+            while full - done >= self.STEPS_PER_GRAPH:
                 self.graph.launch(stream)
-        else:
-            for _ in range(full):
-                self._step(self.batch)
+                done += self.STEPS_PER_GRAPH
+        for _ in range(done, full):
+            self._step(self.batch)
         if rest:
             self._step(rest)
         total = self.loss.copy()
@@ -469,12 +471,15 @@ class _Epoch:
         return total
 
     def _capture(self) -> None:
+        """Record STEPS_PER_GRAPH full steps as one graph (each launch of a graph costs about
+        as much as a kernel's, so several steps share one)."""
         capture = self.cp.cuda.Stream(non_blocking=True)
         with capture:
             self.blas.bind(capture.ptr)
             capture.begin_capture()
             try:
-                self._step(self.batch)
+                for _ in range(self.STEPS_PER_GRAPH):
+                    self._step(self.batch)
             finally:
                 graph = capture.end_capture()
         self.graph = graph

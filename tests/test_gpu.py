@@ -89,11 +89,11 @@ def _fit_both(graphs, sizes, hidden, output, loss, momentum, dtype, batch, freez
                 net.layers[1].freeze(freeze)
             # "sum" adds the batch's gradients: lr / batch keeps the step size
             opt = tn.SGD(0.05 / batch if loss.reduction == "sum" else 0.05, momentum=momentum)
-            losses = net.fit(x[:1000], y[:1000], loss, opt, epochs=2, batch_size=batch, seed=1)
+            losses = net.fit(x[:2000], y[:2000], loss, opt, epochs=2, batch_size=batch, seed=1)
             losses = losses["loss"]
             if between:  # new weight arrays: a captured graph must not write into the old ones
                 between(net)
-                losses += net.fit(x[:500], y[:500], loss, opt, batch_size=batch, seed=2)["loss"]
+                losses += net.fit(x[:2000], y[:2000], loss, opt, batch_size=batch, seed=2)["loss"]
             results[name] = (losses, net.get_weights(), net.evaluate(xt, yt)["accuracy"])
     return results["numpy"], results["cupy"]
 
@@ -133,7 +133,8 @@ def _assert_parity(reference, got, dtype):
 def test_fused_epoch_matches_the_reference(
     graphs, sizes, hidden, output, loss, momentum, dtype, batch, freeze, bias
 ):
-    # 1000 samples: batch 32 leaves a partial batch of 8, run eagerly after the graph's replays
+    # 2000 samples: batch 32 leaves a partial batch of 16, run eagerly after the graph's replays
+    # (16 steps each) and the full batches left over
     args = (sizes, hidden, output, loss, momentum, dtype, batch, freeze, bias, None)
     _assert_parity(*_fit_both(graphs, *args), dtype)
 
@@ -161,7 +162,7 @@ def test_fused_epoch_never_waits_for_the_host(graphs):
         X, T = net._input(x), net._targets(y, len(x))
         spec = net.epoch_spec(tn.CrossEntropy(), tn.SGD(0.05, momentum=0.9))
         order = B.asarray(np.random.default_rng(0).permutation(len(x)))
-        B.train_epoch(spec, X, T, order[:256], 64)  # compiles the kernels, captures the graph
+        B.train_epoch(spec, X, T, order[:1280], 64)  # compiles the kernels, captures the graph
         with cupyx.allow_synchronize(False):  # any device -> host copy or sync raises here
-            total = B.train_epoch(spec, X, T, order[256:2304], 64)
+            total = B.train_epoch(spec, X, T, order[1280:3328], 64)
         assert isinstance(total, B.xp.ndarray) and float(total) > 0
