@@ -1004,7 +1004,6 @@ class NumbaBackend(NumpyBackend):
         dtype = spec.layers[0].W.dtype
         dt = dtype.type
         layers = spec.layers
-        A, D, _ = self._work_arrays(dtype, layers, batch_size)
         no_velocity_W, no_velocity_b = np.zeros((0, 0), dtype), np.zeros(0, dtype)
         args = (
             X,
@@ -1035,6 +1034,7 @@ class NumbaBackend(NumpyBackend):
         if batch_size == 1:
             return self._per_sample_epoch(spec, size, progress, args, lr, momentum, velocities)
         bounds = np.array([_split_rows(layer.W.shape[0], size) for layer in layers], np.int64)
+        A, D, _ = self._work_arrays(dtype, layers, batch_size)
         settings = (spec.reduction == "mean", lr, momentum, *velocities, A, D, batch_size)
         per_rank = [(rank, progress, bounds, *args, *settings) for rank in range(size)]
         return sum(self._run_team(_epoch_small_batch, per_rank, (dtype, len(layers))))
