@@ -102,11 +102,19 @@ ACT = {"identity": 0, "step": 1, "sigmoid": 2, "tanh": 3, "relu": 4, "softmax": 
 IDENTITY, STEP, SIGMOID, TANH, RELU, SOFTMAX = range(6)
 SQUARED_ERROR, CROSS_ENTROPY = 0, 1
 
-jit = njit(cache=True, fastmath=FAST, nogil=True)
+# error_model="numpy": float division by zero gives inf or NaN, as in NumPy, instead of raising
+# ZeroDivisionError; the check Numba adds otherwise keeps loops with a division from vectorising
+# (sigmoid's 1 / (1 + e) over 512 x 128: 55 -> 5 us).
+jit = njit(cache=True, fastmath=FAST, nogil=True, error_model="numpy")
 # Helpers only compiled code calls: without the wrappers that let Python call a function,
 # each compiles faster (the wrappers took about 0.07 s per function).
 inner_jit = njit(
-    cache=True, fastmath=FAST, nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True
+    cache=True,
+    fastmath=FAST,
+    nogil=True,
+    error_model="numpy",
+    no_cpython_wrapper=True,
+    no_cfunc_wrapper=True,
 )
 
 
@@ -207,7 +215,7 @@ LN2_HI = 0.693145751953125
 LN2_LO = 1.4286068203094172e-06
 
 
-@njit(cache=True, fastmath=FAST - {"reassoc"}, nogil=True)  # reassoc would undo the two parts
+@njit(cache=True, fastmath=FAST - {"reassoc"}, nogil=True, error_model="numpy")  # see LN2_LO
 def _exp_row(row):
     """row <- exp(row) in place."""
     if not _is_float32(row):
@@ -302,8 +310,20 @@ def _act_grad_row(y, g, act):
 
 @jit
 def _bias_act(z, b, act):
+    """z <- f(z + b) for a C-ordered batch. Sigmoid runs as three passes over the whole batch
+    rather than row by row: each pass pays its loop overhead once (512 x 128: 87 -> 30 us)."""
+    if act != SIGMOID:
+        for i in range(z.shape[0]):
+            _bias_act_row(z[i], b, act)
+        return
+    one = _typed(z, 1.0)
     for i in range(z.shape[0]):
-        _bias_act_row(z[i], b, act)
+        for j in range(z.shape[1]):
+            z[i, j] = -(z[i, j] + b[j])
+    flat = z.reshape(z.size)
+    _exp_row(flat)
+    for k in range(flat.shape[0]):
+        flat[k] = one / (one + flat[k])
 
 
 @jit
