@@ -6,7 +6,7 @@ Choices, each measured on the 2-core Zen 4 machine (benchmarks/results/):
   - per-sample SGD (the tutorials' way): one compiled call per stretch of the epoch, reading
     the uint8 images directly. Matrix-vector loops in which the first layer's update and the
     next sample's forward pass share one pass over its weights, the bound of a per-sample step;
-  - batches up to 32 with every weight matrix in the cores' L2: one compiled call too, with
+  - batches up to 32 with every weight matrix at most 512 KiB: one compiled call too, with
     4 x 4 register tiles that add the weight gradient straight into the weights;
   - larger batches (``_blas_epoch``): GEMMs on BLAS, the weight gradient accumulated into W by
     gemm itself (beta = 1), compiled elementwise passes, no array allocated per batch.
@@ -926,13 +926,14 @@ class NumbaBackend(NumpyBackend):
     """NumPy arrays, Numba-compiled kernels. Inherits the reference for what it does not fuse."""
 
     name = "numba"
-    # The compiled mini-batch epoch: for batches up to 32 while every weight matrix fits in the
-    # two cores' L2 (1 MiB, half each); beyond that BLAS's blocking wins. Measured, s/epoch,
-    # compiled vs _blas_epoch, medians of 5 alternating runs: 784-128-10 sigmoid batch 32 0.32
-    # vs 0.42, batch 64 0.35 vs 0.29; 784-256-128-10 ReLU batch 32 0.73 vs 0.72, batch 48 0.86 vs
-    # 0.59; 784-1024-1024-10 batch 32 23.2 vs 5.5.
+    # The compiled mini-batch epoch: for batches up to 32 while every weight matrix has at most
+    # 512 KiB; beyond that BLAS's blocking wins. Measured, s/epoch, compiled vs _blas_epoch,
+    # medians of 3 alternating runs, two sessions of runs: 784-128-10 sigmoid batch 16 0.39 vs
+    # 0.47, batch 32 0.34 vs 0.28 and 0.34 vs 0.37, batch 64 0.31 vs 0.24; 784-256-128-10 ReLU
+    # (784 x 256: 784 KiB) batch 16 0.83 vs 0.81, batch 32 0.70 vs 0.61 and 0.77 vs 0.67;
+    # 784-1024-1024-10 batch 32 23.2 vs 5.5.
     FUSED_MAX_BATCH = 32
-    FUSED_MAX_WEIGHT_BYTES = 1 << 20
+    FUSED_MAX_WEIGHT_BYTES = 512 << 10
 
     def __init__(self) -> None:
         cache = _cache_root()
