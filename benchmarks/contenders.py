@@ -7,7 +7,7 @@ data in the same order, learning rate and thread count, and trains through its p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,32 +33,16 @@ class Network:
         return tn.CrossEntropy()
 
 
+# The tutorials' network: sigmoid, 0.5 * squared error, SGD lr 0.1.
+TUTORIAL = Network(
+    "784-128-10 sigmoid/SE", (784, 128, 10), "sigmoid", "sigmoid", "squared_error", 0.1, 16384, 4096
+)
 NETWORKS = {
     net.name: net
     for net in (
-        # The tutorials' network: sigmoid, 0.5 * squared error, SGD lr 0.1.
-        Network(
-            "784-128-10 sigmoid/SE",
-            (784, 128, 10),
-            "sigmoid",
-            "sigmoid",
-            "squared_error",
-            0.1,
-            16384,
-            4096,
-        ),
-        # The first tutorial's network, trained per sample as it does.
-        Network(
-            "784-200-10 sigmoid/SE",
-            (784, 200, 10),
-            "sigmoid",
-            "sigmoid",
-            "squared_error",
-            0.1,
-            16384,
-            4096,
-            batches=(1,),
-        ),
+        TUTORIAL,
+        # The first tutorial's width, trained per sample as it does.
+        replace(TUTORIAL, name="784-200-10 sigmoid/SE", sizes=(784, 200, 10), batches=(1,)),
         # A GEMM-bound network: ReLU, softmax + cross-entropy.
         Network(
             "784-1024-1024-10 relu/CE",

@@ -273,16 +273,8 @@ class _Cublas:
 
 # Per-row kernels (one thread per sample) for the output layer. T is the float type.
 _ROW_KERNELS = r"""
-extern "C" __global__ void tinynet_softmax_ce(
-    T* z, const T* bias, const T* targets, const long long* order, const long long* step,
-    long long batch, int rows, int classes, T inv_n, T tiny, T* delta, double* loss_sum) {
-  // z <- softmax(z + bias) in place; loss_sum += -sum_k t_k log max(p_k, tiny);
-  // delta = (p - t) * inv_n, the gradient of the loss with respect to z + bias.
-  int r = blockDim.x * blockIdx.x + threadIdx.x;
-  if (r >= rows) return;
-  T* zr = z + (long long)r * classes;
-  T* dr = delta + (long long)r * classes;
-  const T* tr = targets + order[step[0] * batch + r] * classes;
+__device__ void softmax_row(T* zr, const T* bias, int classes) {
+  // zr <- softmax(zr + bias) in place, shifted by the row's maximum
   T m = zr[0] + bias[0];
   for (int k = 0; k < classes; ++k) {
     T v = zr[k] + bias[k];
@@ -295,10 +287,23 @@ extern "C" __global__ void tinynet_softmax_ce(
     zr[k] = e;
     s += e;
   }
+  for (int k = 0; k < classes; ++k) zr[k] /= s;
+}
+
+extern "C" __global__ void tinynet_softmax_ce(
+    T* z, const T* bias, const T* targets, const long long* order, const long long* step,
+    long long batch, int rows, int classes, T inv_n, T tiny, T* delta, double* loss_sum) {
+  // z <- softmax(z + bias) in place; loss_sum += -sum_k t_k log max(p_k, tiny);
+  // delta = (p - t) * inv_n, the gradient of the loss with respect to z + bias.
+  int r = blockDim.x * blockIdx.x + threadIdx.x;
+  if (r >= rows) return;
+  T* zr = z + (long long)r * classes;
+  T* dr = delta + (long long)r * classes;
+  const T* tr = targets + order[step[0] * batch + r] * classes;
+  softmax_row(zr, bias, classes);
   double loss = 0;
   for (int k = 0; k < classes; ++k) {
-    T p = zr[k] / s;
-    zr[k] = p;
+    T p = zr[k];
     loss -= (double)tr[k] * log((double)(p > tiny ? p : tiny));
     dr[k] = (p - tr[k]) * inv_n;
   }
@@ -338,20 +343,7 @@ extern "C" __global__ void tinynet_softmax_rows(T* z, const T* bias, int rows, i
   // z <- softmax(z + bias), row by row, in place
   int r = blockDim.x * blockIdx.x + threadIdx.x;
   if (r >= rows) return;
-  T* zr = z + (long long)r * classes;
-  T m = zr[0] + bias[0];
-  for (int k = 0; k < classes; ++k) {
-    T v = zr[k] + bias[k];
-    zr[k] = v;
-    m = v > m ? v : m;
-  }
-  T s = 0;
-  for (int k = 0; k < classes; ++k) {
-    T e = exp(zr[k] - m);
-    zr[k] = e;
-    s += e;
-  }
-  for (int k = 0; k < classes; ++k) zr[k] /= s;
+  softmax_row(z + (long long)r * classes, bias, classes);
 }
 
 extern "C" __global__ void tinynet_next_step(long long* step) { step[0] += 1; }

@@ -844,8 +844,8 @@ def _epoch_small_batch(
         nb = min(batch, n - start)
         inv_n = _batch_scale(A[0], nb, mean)
         r0, r1 = nb * rank // team, nb * (rank + 1) // team  # this thread's samples
-        for r in range(r0, r1):
-            _load_input(X, order[start + r], in_scale, in_offset, A[0][r])
+        mine = order[start + r0 : start + r1]  # this thread's samples of the batch
+        _gather_inputs(X, mine, in_scale, in_offset, A[0][r0:r1])
         step = _meet(progress, rank, step)
         for layer in range(n_layers):
             W, Z, A_in, b, act = Ws[layer], A[layer + 1][:nb], A[layer][:nb], bs[layer], acts[layer]
@@ -860,11 +860,8 @@ def _epoch_small_batch(
                 for r in range(nb):
                     _bias_act_row(Z[r, lo:hi], b[lo:hi], act)
             step = _meet(progress, rank, step)
-        for r in range(r0, r1):
-            y, d = A[n_layers][r], D[last][r]
-            total += _loss_delta_row(y, T[order[start + r]], kind, scale, inv_n, d)
-            if kind != CROSS_ENTROPY:
-                _act_grad_row(y, d, acts[last])
+        y, d = A[n_layers][r0:r1], D[last][r0:r1]
+        total += _loss_delta_gathered(y, T, mine, kind, scale, inv_n, acts[last], d)
         step = _meet(progress, rank, step)
         for layer in range(last, -1, -1):
             W, Dl, b, vW, vb = Ws[layer], D[layer][:nb], bs[layer], vWs[layer], vbs[layer]

@@ -59,6 +59,26 @@ def _train(
     return team, history["loss"], net.get_weights()
 
 
+def _assert_team_matches_one_thread_and_the_reference(args, dtype, loss_rtol):
+    """Train with one thread, two threads and NumPy: weights bit for bit equal between the
+    teams, losses within ``loss_rtol``, and both within the parity tolerances of NumPy."""
+    team1, losses1, weights1 = _train("numba", 1, *args)
+    team2, losses2, weights2 = _train("numba", 2, *args)
+    _, losses_ref, weights_ref = _train("numpy", 1, *args)
+    assert (team1, team2) == (1, 2)
+    if loss_rtol:
+        np.testing.assert_allclose(losses2, losses1, rtol=loss_rtol)
+    else:
+        assert losses2 == losses1
+    tol = dict(rtol=1e-2, atol=1e-4) if dtype == "float32" else dict(rtol=1e-8, atol=1e-10)
+    for (W2, b2), (W1, b1), (W_ref, b_ref) in zip(weights2, weights1, weights_ref, strict=True):
+        np.testing.assert_array_equal(W2, W1)
+        np.testing.assert_array_equal(b2, b1)
+        np.testing.assert_allclose(W2, W_ref, **tol)
+        np.testing.assert_allclose(b2, b_ref, **tol)
+    np.testing.assert_allclose(losses2, losses_ref, rtol=1e-3 if dtype == "float32" else 1e-9)
+
+
 @TWO_THREADS
 @pytest.mark.parametrize(
     ("sizes", "hidden", "output", "loss", "momentum", "dtype", "freeze"),
@@ -75,18 +95,8 @@ def test_per_sample_team_matches_one_thread_and_the_reference(
     args = (sizes, hidden, output, loss, momentum, dtype, freeze)
     if len(sizes) == 2:  # one layer: the output layer is the first layer, split by rows
         args = (sizes, output, output, loss, momentum, dtype, None)
-    team1, losses1, weights1 = _train("numba", 1, *args)
-    team2, losses2, weights2 = _train("numba", 2, *args)
-    _, losses_ref, weights_ref = _train("numpy", 1, *args)
-    assert (team1, team2) == (1, 2)
-    assert losses2 == losses1
-    for (W2, b2), (W1, b1), (W_ref, b_ref) in zip(weights2, weights1, weights_ref, strict=True):
-        np.testing.assert_array_equal(W2, W1)
-        np.testing.assert_array_equal(b2, b1)
-        tol = dict(rtol=1e-2, atol=1e-4) if dtype == "float32" else dict(rtol=1e-8, atol=1e-10)
-        np.testing.assert_allclose(W2, W_ref, **tol)
-        np.testing.assert_allclose(b2, b_ref, **tol)
-    np.testing.assert_allclose(losses2, losses_ref, rtol=1e-3 if dtype == "float32" else 1e-9)
+    # every thread scores every sample and rank 0 reports: the same losses, bit for bit
+    _assert_team_matches_one_thread_and_the_reference(args, dtype, loss_rtol=0.0)
 
 
 def test_team_size_follows_the_model_and_the_thread_setting():
@@ -128,19 +138,8 @@ def test_mini_batch_team_matches_one_thread_and_the_reference(
     batch, sizes, hidden, output, loss, momentum, dtype, freeze
 ):
     args = (sizes, hidden, output, loss, momentum, dtype, freeze, batch)
-    team1, losses1, weights1 = _train("numba", 1, *args)
-    team2, losses2, weights2 = _train("numba", 2, *args)
-    _, losses_ref, weights_ref = _train("numpy", 1, *args)
-    assert (team1, team2) == (1, 2)
     # each thread sums the losses of its share of every batch: only the order of the sum differs
-    np.testing.assert_allclose(losses2, losses1, rtol=1e-12)
-    for (W2, b2), (W1, b1), (W_ref, b_ref) in zip(weights2, weights1, weights_ref, strict=True):
-        np.testing.assert_array_equal(W2, W1)
-        np.testing.assert_array_equal(b2, b1)
-        tol = dict(rtol=1e-2, atol=1e-4) if dtype == "float32" else dict(rtol=1e-8, atol=1e-10)
-        np.testing.assert_allclose(W2, W_ref, **tol)
-        np.testing.assert_allclose(b2, b_ref, **tol)
-    np.testing.assert_allclose(losses2, losses_ref, rtol=1e-3 if dtype == "float32" else 1e-9)
+    _assert_team_matches_one_thread_and_the_reference(args, dtype, loss_rtol=1e-12)
 
 
 def test_blas_epoch_gemm_writes_in_place_or_fails():
