@@ -902,6 +902,16 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_team_pool)
 
 
+def _argument_kind(value: Any) -> Any:
+    """What of an argument Numba's dispatch depends on: an array's dtype and dimensions, a
+    tuple's length and first element, a scalar's type."""
+    if isinstance(value, np.ndarray):
+        return value.dtype, value.ndim
+    if isinstance(value, tuple):
+        return len(value), _argument_kind(value[0]) if value else None
+    return type(value)
+
+
 def _split_rows(rows: int, parts: int) -> list[int]:
     """Bounds of ``parts`` near-equal row ranges, cut at multiples of 16 rows (no two threads
     write into one cache line of a float32 row), or of 4 (the register tiles) for small layers."""
@@ -941,7 +951,7 @@ class NumbaBackend(NumpyBackend):
                 cache,
             )
         self._local = threading.local()  # train_epoch's work arrays, per calling thread
-        self._compiled: set = set()  # (kernel, dtype, layers) compiled for a team, see _run_team
+        self._compiled: set = set()  # kernels and argument kinds run by a team, see _run_team
 
     def info(self) -> dict[str, str]:
         info = super().info()
@@ -1055,7 +1065,7 @@ class NumbaBackend(NumpyBackend):
         A, D, _ = self._work_arrays(dtype, layers, batch_size)
         settings = (spec.reduction == "mean", lr, momentum, *velocities, A, D, batch_size)
         per_rank = [(rank, progress, bounds, *args, *settings) for rank in range(size)]
-        return sum(self._run_team(_epoch_small_batch, per_rank, (dtype, len(layers))))
+        return sum(self._run_team(_epoch_small_batch, per_rank))
 
     def team_size(self, spec: EpochSpec, batch_size: int = 1) -> int:
         """Threads for a compiled epoch: at most Numba's thread count (NUMBA_NUM_THREADS,
@@ -1073,19 +1083,20 @@ class NumbaBackend(NumpyBackend):
             return 1
         return max(1, min(threads, first.W.shape[0] // 32))
 
-    def _run_team(self, kernel, per_rank: list[tuple], key: tuple) -> list[float]:
+    def _run_team(self, kernel, per_rank: list[tuple]) -> list[float]:
         """kernel(*per_rank[t]) for every rank t at once, rank 0 on this thread and the others on
         a pool kept for the process; their results. Every kernel takes (rank, progress, bounds,
         X, order, ...)."""
         global _TEAM_POOL
         if len(per_rank) == 1:
             return [kernel(*per_rank[0])]
-        if (kernel, *key) not in self._compiled:
+        key = (kernel, *map(_argument_kind, per_rank[0]))  # what Numba compiles a version for
+        if key not in self._compiled:
             # compile on this thread first, with no samples: a thread of the team that failed
             # to compile would leave the others waiting for it forever
             rank, progress, bounds, X, order, *rest = per_rank[0]
             kernel(rank, progress, bounds, X, order[:0], *rest)
-            self._compiled.add((kernel, *key))
+            self._compiled.add(key)
         if _TEAM_POOL is None or _TEAM_POOL._max_workers < len(per_rank) - 1:
             _TEAM_POOL = ThreadPoolExecutor(len(per_rank) - 1, thread_name_prefix="tinynet")
         others = [_TEAM_POOL.submit(kernel, *args) for args in per_rank[1:]]
@@ -1111,7 +1122,7 @@ class NumbaBackend(NumpyBackend):
             work = (tuple([a[0] for a in A]), tuple([d[0] for d in D]), spare, H)
             per_rank.append((rank, progress, bounds, *data, W, b, *settings, vW, vb, *work))
         # every thread scores every sample: rank 0's sum
-        return self._run_team(_epoch_per_sample, per_rank, (dtype, len(layers)))[0]
+        return self._run_team(_epoch_per_sample, per_rank)[0]
 
     def _work_arrays(self, dtype, layers, batch_size: int, rank: int = 0) -> tuple:
         """Activations A[l] (batch, width), deltas D[l] and the next sample's input, kept per
