@@ -53,6 +53,14 @@ _ACT_GRAD = """
 """
 
 
+def graphs_from_env() -> bool:
+    """TINYNET_CUDA_GRAPHS: "1" turns the CUDA-graph mode on, "0" or unset leaves it off."""
+    value = os.environ.get("TINYNET_CUDA_GRAPHS", "").strip()
+    if value not in ("", "0", "1"):
+        raise BackendError(f"TINYNET_CUDA_GRAPHS must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
 def _import_cupy() -> Any:
     try:
         import cupy
@@ -97,7 +105,7 @@ class CupyBackend(NumpyBackend):
         )
         # train_epoch: CUDA-graph mode, the cuBLAS handle, kernels per dtype, and the
         # preallocated state of the last model trained (see _Epoch)
-        self.graphs = os.environ.get("TINYNET_CUDA_GRAPHS") == "1"
+        self.graphs = graphs_from_env()
         self._blas: _Cublas | None = None
         self._epoch_kernels: dict = {}
         self._epochs: dict = {}

@@ -166,3 +166,16 @@ def test_fused_epoch_never_waits_for_the_host(graphs):
         with cupyx.allow_synchronize(False):  # any device -> host copy or sync raises here
             total = B.train_epoch(spec, X, T, order[1280:3328], 64)
         assert isinstance(total, B.xp.ndarray) and float(total) > 0
+
+
+def test_cuda_graphs_setting_is_0_or_1(monkeypatch):
+    from tinynet.kernels.cupy_backend import graphs_from_env
+
+    for value, expected in (("1", True), ("0", False), ("", False)):
+        monkeypatch.setenv("TINYNET_CUDA_GRAPHS", value)
+        assert graphs_from_env() is expected
+    monkeypatch.delenv("TINYNET_CUDA_GRAPHS")
+    assert graphs_from_env() is False
+    monkeypatch.setenv("TINYNET_CUDA_GRAPHS", "yes")  # not silently off
+    with pytest.raises(tn.BackendError, match="TINYNET_CUDA_GRAPHS must be 0 or 1, got 'yes'"):
+        graphs_from_env()
