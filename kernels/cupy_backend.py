@@ -12,8 +12,9 @@
   the batch counter and learning rate in device memory, GEMMs through cuBLAS on a handle of our
   own, the output layer's softmax, cross-entropy and gradient in one kernel, bias gradients
   summed inside their update kernels, losses summed on the device with atomics: no host <-> device
-  transfer and no sync inside an epoch. With ``graphs=True`` (or ``TINYNET_CUDA_GRAPHS=1``) 16
-  steps are captured as one CUDA graph and replayed for the full batches (the rest run eagerly).
+  transfer and no sync inside an epoch. With ``graphs=True`` (or ``TINYNET_CUDA_GRAPHS=1``) up to
+  16 steps are captured as one CUDA graph and replayed for the full batches (the partial batch at
+  the end of an epoch runs eagerly).
 * FP32 by default. CuPy uses TF32 tensor cores only when ``CUPY_TF32=1`` is set: opt in there
   (the fused epoch's cuBLAS handle follows the same variable).
 * Nothing here imports CuPy at module import time; ``CupyBackend()`` raises BackendError saying
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -109,6 +111,8 @@ class CupyBackend(NumpyBackend):
         self._blas: _Cublas | None = None
         self._epoch_kernels: dict = {}
         self._epochs: dict = {}
+        # one epoch at a time: the buffers, the step counter and the cuBLAS handle are shared
+        self._epoch_lock = threading.Lock()
 
     def info(self) -> dict[str, str]:
         cp = self.xp
@@ -186,13 +190,14 @@ class CupyBackend(NumpyBackend):
         """SGD on X[order] in steps of batch_size; the sum of the per-sample losses as a 0-d
         device array (read by the trainer once per epoch)."""
         key = _Epoch.key(spec, X, T, batch_size)
-        epoch = self._epochs.get(key)
-        if epoch is None:
-            if self._blas is None:
-                self._blas = _Cublas(self.xp)
-            self._epochs.clear()  # buffers of other models and batch sizes: freed
-            epoch = self._epochs[key] = _Epoch(self, spec, X, T, batch_size)
-        return epoch.run(spec, order, self.graphs)
+        with self._epoch_lock:
+            epoch = self._epochs.get(key)
+            if epoch is None:
+                if self._blas is None:
+                    self._blas = _Cublas(self.xp)
+                self._epochs.clear()  # buffers of other models and batch sizes: freed
+                epoch = self._epochs[key] = _Epoch(self, spec, X, T, batch_size)
+            return epoch.run(spec, order, self.graphs)
 
 
 # -- the fused epoch ---------------------------------------------------------------------------
@@ -396,7 +401,7 @@ class _Kernels:
 
 
 class _Epoch:
-    """Preallocated buffers, kernels and (in graph mode) the captured step of one model, dataset
+    """Preallocated buffers, kernels and (in graph mode) the captured steps of one model, dataset
     and batch size. A step reads its batch's indices from ``order`` at ``step * batch`` and
     moves ``step`` on, both in device memory, so one captured run of steps serves them all."""
 
@@ -441,7 +446,8 @@ class _Epoch:
         self.loss_scale, self.mean = dt(spec.loss_scale), spec.reduction == "mean"
         self.momentum = dt(spec.momentum)
         self.tiny = dt(np.finfo(dtype).tiny)
-        self.graph = None
+        self.captured: dict[int, Any] = {}  # steps -> CUDA graph
+        self.warm = False  # a full step has run: its kernels are compiled and loaded
 
     def run(self, spec: EpochSpec, order: Any, graphs: bool) -> Any:
         cp = self.cp
@@ -453,36 +459,40 @@ class _Epoch:
         self.blas.bind(stream.ptr)
         full, rest = divmod(n, self.batch)
         done = 0
-        if graphs and full > self.STEPS_PER_GRAPH:
-            if self.graph is None:  # one eager step first: every kernel compiled and loaded
-                self._step(self.batch)
-                done = 1
-                self._capture()
-                self.blas.bind(stream.ptr)
-            while full - done >= self.STEPS_PER_GRAPH:
-                self.graph.launch(stream)
-                done += self.STEPS_PER_GRAPH
+        if graphs and full and not self.warm:  # one eager step before any capture: every
+            self._step(self.batch)  # kernel compiled and loaded for these shapes
+            done, self.warm = 1, True
+        while graphs and done < full:
+            steps = min(full - done, self.STEPS_PER_GRAPH)
+            self._graph(steps, stream).launch(stream)
+            done += steps
         for _ in range(done, full):
             self._step(self.batch)
+            self.warm = True
         if rest:
             self._step(rest)
         total = self.loss.copy()
         self.loss.fill(0)
         return total
 
-    def _capture(self) -> None:
-        """Record STEPS_PER_GRAPH full steps as one graph (each launch of a graph costs about
-        as much as a kernel's, so several steps share one)."""
-        capture = self.cp.cuda.Stream(non_blocking=True)
-        with capture:
-            self.blas.bind(capture.ptr)
-            capture.begin_capture()
-            try:
-                for _ in range(self.STEPS_PER_GRAPH):
-                    self._step(self.batch)
-            finally:
-                graph = capture.end_capture()
-        self.graph = graph
+    def _graph(self, steps: int, stream: Any) -> Any:
+        """``steps`` full steps as one CUDA graph, captured on first use. A call replays the
+        STEPS_PER_GRAPH graph and one graph for what is left: a call of 4 batches (1024-sample
+        batches in the trainer's 4096-sample calls) is one graph of 4 steps."""
+        graph = self.captured.get(steps)
+        if graph is None:
+            capture = self.cp.cuda.Stream(non_blocking=True)
+            with capture:
+                self.blas.bind(capture.ptr)
+                capture.begin_capture()
+                try:
+                    for _ in range(steps):
+                        self._step(self.batch)
+                finally:
+                    graph = capture.end_capture()
+            self.blas.bind(stream.ptr)
+            self.captured[steps] = graph
+        return graph
 
     def _step(self, nb: int) -> None:
         """Forward, loss and delta, backward and update for the next ``nb`` samples of order."""

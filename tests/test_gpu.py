@@ -133,8 +133,9 @@ def _assert_parity(reference, got, dtype):
 def test_fused_epoch_matches_the_reference(
     graphs, sizes, hidden, output, loss, momentum, dtype, batch, freeze, bias
 ):
-    # 2000 samples: batch 32 leaves a partial batch of 16, run eagerly after the graph's replays
-    # (16 steps each) and the full batches left over
+    # 2000 samples, one train_epoch call per epoch. Batch 32: 62 full batches and 16 samples
+    # left, run as one eager step, 16-step graphs and a 13-step graph in the first epoch (a
+    # 14-step one in the second), then the partial batch eagerly
     args = (sizes, hidden, output, loss, momentum, dtype, batch, freeze, bias, None)
     _assert_parity(*_fit_both(graphs, *args), dtype)
 
@@ -166,6 +167,34 @@ def test_fused_epoch_never_waits_for_the_host(graphs):
         with cupyx.allow_synchronize(False):  # any device -> host copy or sync raises here
             total = B.train_epoch(spec, X, T, order[1280:3328], 64)
         assert isinstance(total, B.xp.ndarray) and float(total) > 0
+
+
+@needs_gpu
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graph"])
+def test_fused_epoch_allocates_only_its_result(graphs):
+    import cupy
+
+    class CountAllocations(cupy.cuda.MemoryHook):
+        name = "count_allocations"
+
+        def __init__(self):
+            self.count = 0
+
+        def malloc_preprocess(self, **kwargs):  # every array taken from CuPy's pool
+            self.count += 1
+
+    (x, y) = tn.datasets.mnist_sample("train")
+    with tn.use_backend("cupy") as B, _cupy_graphs(graphs):
+        net = tn.MLP.from_sizes([784, 64, 10], "relu", "softmax", seed=0, rescale=(1 / 255, 0))
+        X, T = net._input(x), net._targets(y, len(x))
+        spec = net.epoch_spec(tn.CrossEntropy(), tn.SGD(0.05, momentum=0.9))
+        order = B.asarray(np.random.default_rng(0).permutation(len(x)))
+        B.train_epoch(spec, X, T, order[:1280], 64)  # buffers allocated, graph captured
+        hook = CountAllocations()
+        with hook:
+            total = B.train_epoch(spec, X, T, order[1280:3328], 64)
+        assert hook.count == 1  # the 0-d loss it returns; nothing per batch
+        assert float(total) > 0
 
 
 def test_cuda_graphs_setting_is_0_or_1(monkeypatch):
