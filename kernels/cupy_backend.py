@@ -10,9 +10,10 @@
 * ``train_epoch`` (``_Epoch``) runs built-in models without the per-kernel Python: every array
   preallocated per batch size, each batch gathered from the uint8 images by index on the device,
   the batch counter and learning rate in device memory, GEMMs through cuBLAS on a handle of our
-  own, the output layer's softmax, cross-entropy and gradient in one kernel, bias gradients
-  summed inside their update kernels, losses summed on the device with atomics: no host <-> device
-  transfer and no sync inside an epoch. With ``graphs=True`` (or ``TINYNET_CUDA_GRAPHS=1``) up to
+  own, the output layer's softmax, cross-entropy and gradient in one kernel, plain SGD folded
+  into the gradient GEMMs (W <- W - lr d^T a with beta = 1; a bias's sum over the batch is the
+  GEMM d^T 1), losses summed on the device with atomics: no host <-> device transfer and no sync
+  inside an epoch. With ``graphs=True`` (or ``TINYNET_CUDA_GRAPHS=1``) up to
   16 steps are captured as one CUDA graph and replayed for the full batches (the partial batch at
   the end of an epoch runs eagerly).
 * FP32 by default. CuPy uses TF32 tensor cores only when ``CUPY_TF32=1`` is set: opt in there
@@ -221,22 +222,25 @@ def _load_cublas() -> ctypes.CDLL:
 class _Cublas:
     """cuBLAS called directly on a handle of tinynet's own, with its workspace set and bound to
     the stream in use. CuPy refuses cuBLAS calls during stream capture, and a GEMM in a CUDA graph
-    must not allocate; calling the library ourselves allows both. Arrays are C-ordered."""
+    must not allocate; calling the library ourselves allows both. Arrays are C-ordered. alpha and
+    beta are read from device memory when the GEMM runs (pointer mode DEVICE), so a captured
+    update follows a learning rate changed after the capture."""
 
     WORKSPACE_BYTES = 32 << 20  # NVIDIA's suggestion for Hopper
 
     def __init__(self, cp: Any) -> None:
         lib = self._lib = _load_cublas()
-        vp, i, f, d = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_double
+        vp, i = ctypes.c_void_p, ctypes.c_int
         lib.cublasCreate_v2.argtypes = [ctypes.POINTER(vp)]
         lib.cublasSetStream_v2.argtypes = [vp, vp]
         lib.cublasSetWorkspace_v2.argtypes = [vp, vp, ctypes.c_size_t]
         lib.cublasSetMathMode.argtypes = [vp, i]
-        for name, real in (("cublasSgemm_v2", f), ("cublasDgemm_v2", d)):
-            getattr(lib, name).argtypes = [vp, i, i, i, i, i, ctypes.POINTER(real), vp, i, vp, i]
-            getattr(lib, name).argtypes += [ctypes.POINTER(real), vp, i]
+        lib.cublasSetPointerMode_v2.argtypes = [vp, i]
+        for name in ("cublasSgemm_v2", "cublasDgemm_v2"):
+            getattr(lib, name).argtypes = [vp, i, i, i, i, i, vp, vp, i, vp, i, vp, vp, i]
         self.handle = vp()
         self._check(lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
+        self._check(lib.cublasSetPointerMode_v2(self.handle, 1), "cublasSetPointerMode")  # DEVICE
         self.workspace = cp.empty(self.WORKSPACE_BYTES, dtype=cp.uint8)
         self._check(
             lib.cublasSetWorkspace_v2(self.handle, self.workspace.data.ptr, self.WORKSPACE_BYTES),
@@ -261,25 +265,21 @@ class _Cublas:
         c: Any,
         a: Any,
         b: Any,
+        alpha: int,
+        beta: int,
         trans_a: bool = False,
         trans_b: bool = False,
-        alpha: float = 1.0,
-        beta: float = 0.0,
     ) -> None:
-        """c <- alpha op(a) op(b) + beta c, all C-ordered. cuBLAS is column-major, where a
-        C-ordered matrix is its transpose: so it computes c^T = op(b)^T op(a)^T."""
+        """c <- alpha op(a) op(b) + beta c, all C-ordered, op(x) = x^T where asked. alpha and
+        beta: device addresses of scalars of c's dtype. cuBLAS is column-major, where a C-ordered
+        matrix is its transpose: so it computes c^T = op(b)^T op(a)^T."""
         assert c.flags.c_contiguous and a.flags.c_contiguous and b.flags.c_contiguous
         m, n = c.shape
         k = a.shape[0] if trans_a else a.shape[1]
-        real, fn = (
-            (ctypes.c_float, self._lib.cublasSgemm_v2)
-            if c.dtype == np.float32
-            else (ctypes.c_double, self._lib.cublasDgemm_v2)
-        )
+        fn = self._lib.cublasSgemm_v2 if c.dtype == np.float32 else self._lib.cublasDgemm_v2
         status = fn(
-            self.handle, int(trans_b), int(trans_a), n, m, k, ctypes.byref(real(alpha)),
-            b.data.ptr, b.shape[1], a.data.ptr, a.shape[1], ctypes.byref(real(beta)),
-            c.data.ptr, n,
+            self.handle, int(trans_b), int(trans_a), n, m, k, alpha, b.data.ptr, b.shape[1],
+            a.data.ptr, a.shape[1], beta, c.data.ptr, n,
         )  # fmt: skip
         self._check(status, "cublas gemm")
 
@@ -380,23 +380,9 @@ class _Kernels:
             "y = (T)x[order[step[0] * batch + r] * width + (i - r * width)] * scale + offset",
             "tinynet_gather",
         )
-        self.sgd = cp.ElementwiseKernel("T g, raw T lr", "T w", "w -= lr[0] * g", "tinynet_sgd_d")
+        # momentum: v <- m v + grad is a GEMM (beta = m), then w <- w - lr v; -lr in device memory
         self.momentum_step = cp.ElementwiseKernel(
-            "T v, raw T lr", "T w", "w -= lr[0] * v", "tinynet_momentum_step"
-        )
-        # bias: g_j = sum_r d[r, j] (each thread one column) and the update, in one kernel
-        sum_column = "T g = 0; for (long long r = 0; r < rows; ++r) g += d[r * _ind.size() + i];"
-        self.bias_sgd = cp.ElementwiseKernel(
-            "raw T d, int64 rows, raw T lr",
-            "T b",
-            sum_column + "b -= lr[0] * g;",
-            "tinynet_bias_sgd",
-        )
-        self.bias_momentum = cp.ElementwiseKernel(
-            "raw T d, int64 rows, raw T lr, T m",
-            "T b, T v",
-            sum_column + "v = m * v + g; b -= lr[0] * v;",
-            "tinynet_bias_momentum",
+            "T v, raw T neg_lr", "T w", "w += neg_lr[0] * v", "tinynet_momentum_step"
         )
 
 
@@ -432,19 +418,29 @@ class _Epoch:
         widths = [spec.layers[0].W.shape[1]] + [layer.W.shape[0] for layer in spec.layers]
         self.A = [cp.zeros((batch, w), dtype) for w in widths]  # activations, A[0] the input
         self.D = [cp.zeros((batch, w), dtype) for w in widths[1:]]  # deltas dE/dz
-        self.G = [  # weight gradients (with momentum, gemm accumulates into vW instead)
-            cp.zeros_like(layer.W) if layer.train_W and layer.vW is None else None
-            for layer in spec.layers
-        ]
         self.zero_bias = [cp.zeros(layer.W.shape[0], dtype) for layer in spec.layers]
+        # what each layer's step updates: (parameter, velocity or None, GEMM operand), as
+        # "W" -> d^T a and "b" -> d^T 1, with a bias as a column (out, 1)
+        self.updates = []
+        for layer in spec.layers:
+            updates = [(layer.W, layer.vW, "W")] if layer.train_W else []
+            if layer.train_b:
+                vb = None if layer.vb is None else layer.vb.reshape(-1, 1)
+                updates.append((layer.b.reshape(-1, 1), vb, "b"))
+            self.updates.append(updates)
+        self.ones = cp.ones((batch, 1), dtype)
         self.order = cp.zeros(X.shape[0], np.int64)
         self.step = cp.zeros(1, np.int64)
-        self.lr = cp.zeros(1, dtype)
         self.loss = cp.zeros((), np.float64)
+        # the GEMMs' alpha and beta, read on the device: 1, 0, momentum, -lr (set per run)
+        self.scalars = cp.asarray(np.array([1, 0, spec.momentum, 0], dtype))
+        self.one, self.zero, self.beta_m, self.alpha_lr = (
+            self.scalars.data.ptr + i * dtype.itemsize for i in range(4)
+        )
+        self.neg_lr = self.scalars[3:]
         self.in_scale, self.in_offset = dt(spec.in_scale), dt(spec.in_offset)
         self.ce = spec.loss == "cross_entropy"
         self.loss_scale, self.mean = dt(spec.loss_scale), spec.reduction == "mean"
-        self.momentum = dt(spec.momentum)
         self.tiny = dt(np.finfo(dtype).tiny)
         self.captured: dict[int, Any] = {}  # steps -> CUDA graph
         self.warm = False  # a full step has run: its kernels are compiled and loaded
@@ -454,7 +450,7 @@ class _Epoch:
         n = order.shape[0]
         self.order[:n] = order
         self.step.fill(0)
-        self.lr.fill(spec.lr)  # the learning rate may change between epochs
+        self.neg_lr.fill(-spec.lr)  # the learning rate may change between epochs
         stream = cp.cuda.get_current_stream()
         self.blas.bind(stream.ptr)
         full, rest = divmod(n, self.batch)
@@ -505,7 +501,7 @@ class _Epoch:
                  self.in_offset, x0)  # fmt: skip
         for i, layer in enumerate(layers):
             z = A[i + 1][:nb]
-            blas.gemm(z, A[i][:nb], layer.W, trans_b=True)  # z = a W^T
+            blas.gemm(z, A[i][:nb], layer.W, self.one, self.zero, trans_b=True)  # z = a W^T
             b = layer.b if layer.b is not None else self.zero_bias[i]
             if i == last and self.ce:  # bias and softmax in the loss kernel below
                 continue
@@ -532,16 +528,13 @@ class _Epoch:
             layer, d, a_in = layers[i], D[i][:nb], A[i][:nb]
             if i > 0:  # the delta below, from W before its update
                 below = D[i - 1][:nb]
-                blas.gemm(below, d, layer.W)
+                blas.gemm(below, d, layer.W, self.one, self.zero)
                 self.act_grad(a_in, below, ACT[layers[i - 1].activation], below)
-            if layer.train_W and layer.vW is not None:  # v <- m v + d^T a; W <- W - lr v
-                blas.gemm(layer.vW, d, a_in, trans_a=True, beta=float(self.momentum))
-                k.momentum_step(layer.vW, self.lr, layer.W)
-            elif layer.train_W:
-                blas.gemm(self.G[i], d, a_in, trans_a=True)
-                k.sgd(self.G[i], self.lr, layer.W)
-            if layer.train_b and layer.vb is not None:
-                k.bias_momentum(d, np.int64(nb), self.lr, self.momentum, layer.b, layer.vb)
-            elif layer.train_b:
-                k.bias_sgd(d, np.int64(nb), self.lr, layer.b)
+            operand = {"W": a_in, "b": self.ones[:nb]}
+            for param, velocity, kind in self.updates[i]:
+                if velocity is None:  # SGD: p <- p - lr d^T x, one GEMM
+                    blas.gemm(param, d, operand[kind], self.alpha_lr, self.one, trans_a=True)
+                else:  # momentum: v <- m v + d^T x; p <- p - lr v
+                    blas.gemm(velocity, d, operand[kind], self.one, self.beta_m, trans_a=True)
+                    k.momentum_step(velocity, self.neg_lr, param)
         k.next_step((1,), (1,), (self.step,))
