@@ -91,8 +91,8 @@ def _fit_both(graphs, sizes, hidden, output, loss, momentum, dtype, batch, freez
             opt = tn.SGD(0.05 / batch if loss.reduction == "sum" else 0.05, momentum=momentum)
             losses = net.fit(x[:2000], y[:2000], loss, opt, epochs=2, batch_size=batch, seed=1)
             losses = losses["loss"]
-            if between:  # new weight arrays: a captured graph must not write into the old ones
-                between(net)
+            if between:  # e.g. new weight arrays or learning rate after the graphs are captured
+                between(net, opt)
                 losses += net.fit(x[:2000], y[:2000], loss, opt, batch_size=batch, seed=2)["loss"]
             results[name] = (losses, net.get_weights(), net.evaluate(xt, yt)["accuracy"])
     return results["numpy"], results["cupy"]
@@ -145,11 +145,20 @@ def test_captured_step_follows_new_weight_arrays():
     rng = np.random.default_rng(5)
     W, b = rng.normal(0, 0.05, (32, 784)), rng.normal(0, 0.05, 32)
 
-    def replace_first_layer(net):
+    def replace_first_layer(net, opt):  # a captured graph must not write into the old arrays
         net.layers[1].set_weights(W, b)
 
     args = ([784, 32, 10], "relu", "softmax", tn.CrossEntropy(), 0.0, "float32", 64, None, True)
     _assert_parity(*_fit_both(True, *args, replace_first_layer), "float32")
+
+
+@needs_gpu
+def test_captured_steps_follow_a_new_learning_rate():
+    def lower_learning_rate(net, opt):  # read from device memory by the captured GEMMs
+        opt.lr *= 0.25
+
+    args = ([784, 32, 10], "relu", "softmax", tn.CrossEntropy(), 0.9, "float32", 64, None, True)
+    _assert_parity(*_fit_both(True, *args, lower_learning_rate), "float32")
 
 
 @needs_gpu
