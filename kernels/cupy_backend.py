@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import os
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -110,6 +111,7 @@ class CupyBackend(NumpyBackend):
         # preallocated state of the last model trained (see _Epoch)
         self.graphs = graphs_from_env()
         self._blas: _Cublas | None = None
+        self._blas_error: Exception | None = None  # why the handle could not be made
         self._epoch_kernels: dict = {}
         self._epochs: dict = {}
         # one epoch at a time: the buffers, the step counter and the cuBLAS handle are shared
@@ -185,17 +187,37 @@ class CupyBackend(NumpyBackend):
     # -- whole epochs -----------------------------------------------------------------------
     def fuses(self, spec: EpochSpec, batch_size: int) -> bool:
         # a softmax before the last layer couples a row's units: the kernel-by-kernel path
-        return all(layer.activation != "softmax" for layer in spec.layers[:-1])
+        if any(layer.activation == "softmax" for layer in spec.layers[:-1]):
+            return False
+        return self._cublas() is not None
+
+    def _cublas(self) -> _Cublas | None:
+        """tinynet's own cuBLAS handle, made on first use. Where it cannot be made (cuBLAS not
+        found, or too old to have a function it needs), training runs kernel by kernel through
+        CuPy's cuBLAS instead: the same results, slower, and a warning that says why."""
+        with self._epoch_lock:
+            if self._blas is None and self._blas_error is None:
+                try:
+                    self._blas = _Cublas(self.xp)
+                except (BackendError, OSError, AttributeError, RuntimeError) as exc:
+                    self._blas_error = exc
+                    warnings.warn(
+                        f"tinynet's cupy backend cannot drive cuBLAS itself ({exc}): whole "
+                        "epochs and CUDA graphs are off, training runs kernel by kernel",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+        return self._blas
 
     def train_epoch(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int) -> Any:
         """SGD on X[order] in steps of batch_size; the sum of the per-sample losses as a 0-d
         device array (read by the trainer once per epoch)."""
+        if self._cublas() is None:
+            raise BackendError(f"backend 'cupy': no fused epochs here ({self._blas_error})")
         key = _Epoch.key(spec, X, T, batch_size)
         with self._epoch_lock:
             epoch = self._epochs.get(key)
             if epoch is None:
-                if self._blas is None:
-                    self._blas = _Cublas(self.xp)
                 self._epochs.clear()  # buffers of other models and batch sizes: freed
                 epoch = self._epochs[key] = _Epoch(self, spec, X, T, batch_size)
             return epoch.run(spec, order, self.graphs)

@@ -162,6 +162,26 @@ def test_captured_steps_follow_a_new_learning_rate():
 
 
 @needs_gpu
+def test_without_its_own_cublas_handle_training_runs_kernel_by_kernel(monkeypatch):
+    from tinynet.kernels import cupy_backend
+
+    def cannot_load():
+        raise tn.BackendError("backend 'cupy': cannot load cuBLAS (tried libcublas.so.99)")
+
+    B = backend_module._resolve("cupy")
+    monkeypatch.setattr(cupy_backend, "_load_cublas", cannot_load)
+    for name, value in (("_blas", None), ("_blas_error", None), ("_epochs", {})):
+        monkeypatch.setattr(B, name, value)  # as if no epoch had run in this process
+    args = ([784, 32, 10], "relu", "softmax", tn.CrossEntropy(), 0.9, "float32", 64, None, True)
+    with pytest.warns(RuntimeWarning, match=r"libcublas.so.99.*kernel by kernel"):
+        reference, got = _fit_both(False, *args, None)
+    _assert_parity(reference, got, "float32")
+    assert B._epochs == {}  # no fused epoch ran
+    with pytest.raises(tn.BackendError, match="no fused epochs here"):
+        B.train_epoch(None, None, None, None, 64)
+
+
+@needs_gpu
 @pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graph"])
 def test_fused_epoch_never_waits_for_the_host(graphs):
     import cupyx
