@@ -441,14 +441,14 @@ class _Epoch:
         self.A = [cp.zeros((batch, w), dtype) for w in widths]  # activations, A[0] the input
         self.D = [cp.zeros((batch, w), dtype) for w in widths[1:]]  # deltas dE/dz
         self.zero_bias = [cp.zeros(layer.W.shape[0], dtype) for layer in spec.layers]
-        # what each layer's step updates: (parameter, velocity or None, GEMM operand), as
-        # "W" -> d^T a and "b" -> d^T 1, with a bias as a column (out, 1)
+        # what each layer's step updates: (parameter, velocity or None, is_bias); the gradient
+        # is d^T a for W and d^T 1 for a bias, taken as a column (out, 1)
         self.updates = []
         for layer in spec.layers:
-            updates = [(layer.W, layer.vW, "W")] if layer.train_W else []
+            updates = [(layer.W, layer.vW, False)] if layer.train_W else []
             if layer.train_b:
                 vb = None if layer.vb is None else layer.vb.reshape(-1, 1)
-                updates.append((layer.b.reshape(-1, 1), vb, "b"))
+                updates.append((layer.b.reshape(-1, 1), vb, True))
             self.updates.append(updates)
         self.ones = cp.ones((batch, 1), dtype)
         self.order = cp.zeros(X.shape[0], np.int64)
@@ -552,11 +552,11 @@ class _Epoch:
                 below = D[i - 1][:nb]
                 blas.gemm(below, d, layer.W, self.one, self.zero)
                 self.act_grad(a_in, below, ACT[layers[i - 1].activation], below)
-            operand = {"W": a_in, "b": self.ones[:nb]}
-            for param, velocity, kind in self.updates[i]:
+            for param, velocity, is_bias in self.updates[i]:
+                x = self.ones[:nb] if is_bias else a_in
                 if velocity is None:  # SGD: p <- p - lr d^T x, one GEMM
-                    blas.gemm(param, d, operand[kind], self.alpha_lr, self.one, trans_a=True)
+                    blas.gemm(param, d, x, self.alpha_lr, self.one, trans_a=True)
                 else:  # momentum: v <- m v + d^T x; p <- p - lr v
-                    blas.gemm(velocity, d, operand[kind], self.one, self.beta_m, trans_a=True)
+                    blas.gemm(velocity, d, x, self.one, self.beta_m, trans_a=True)
                     k.momentum_step(velocity, self.neg_lr, param)
         k.next_step((1,), (1,), (self.step,))

@@ -181,21 +181,29 @@ def test_without_its_own_cublas_handle_training_runs_kernel_by_kernel(monkeypatc
         B.train_epoch(None, None, None, None, 64)
 
 
-@needs_gpu
-@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graph"])
-def test_fused_epoch_never_waits_for_the_host(graphs):
-    import cupyx
-
+def _second_epoch_call(graphs: bool, around: contextlib.AbstractContextManager):
+    """A 784-64-10 model's fused epoch on 1280 samples (kernels compiled, buffers allocated,
+    graphs captured), then on the next 2048 inside ``around``; that second call's loss."""
     (x, y) = tn.datasets.mnist_sample("train")
     with tn.use_backend("cupy") as B, _cupy_graphs(graphs):
         net = tn.MLP.from_sizes([784, 64, 10], "relu", "softmax", seed=0, rescale=(1 / 255, 0))
         X, T = net._input(x), net._targets(y, len(x))
         spec = net.epoch_spec(tn.CrossEntropy(), tn.SGD(0.05, momentum=0.9))
         order = B.asarray(np.random.default_rng(0).permutation(len(x)))
-        B.train_epoch(spec, X, T, order[:1280], 64)  # compiles the kernels, captures the graph
-        with cupyx.allow_synchronize(False):  # any device -> host copy or sync raises here
+        B.train_epoch(spec, X, T, order[:1280], 64)
+        with around:
             total = B.train_epoch(spec, X, T, order[1280:3328], 64)
         assert isinstance(total, B.xp.ndarray) and float(total) > 0
+        return total
+
+
+@needs_gpu
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graph"])
+def test_fused_epoch_never_waits_for_the_host(graphs):
+    import cupyx
+
+    # any device -> host copy or synchronisation inside the call raises here
+    _second_epoch_call(graphs, cupyx.allow_synchronize(False))
 
 
 @needs_gpu
@@ -212,18 +220,9 @@ def test_fused_epoch_allocates_only_its_result(graphs):
         def malloc_preprocess(self, **kwargs):  # every array taken from CuPy's pool
             self.count += 1
 
-    (x, y) = tn.datasets.mnist_sample("train")
-    with tn.use_backend("cupy") as B, _cupy_graphs(graphs):
-        net = tn.MLP.from_sizes([784, 64, 10], "relu", "softmax", seed=0, rescale=(1 / 255, 0))
-        X, T = net._input(x), net._targets(y, len(x))
-        spec = net.epoch_spec(tn.CrossEntropy(), tn.SGD(0.05, momentum=0.9))
-        order = B.asarray(np.random.default_rng(0).permutation(len(x)))
-        B.train_epoch(spec, X, T, order[:1280], 64)  # buffers allocated, graph captured
-        hook = CountAllocations()
-        with hook:
-            total = B.train_epoch(spec, X, T, order[1280:3328], 64)
-        assert hook.count == 1  # the 0-d loss it returns; nothing per batch
-        assert float(total) > 0
+    hook = CountAllocations()
+    _second_epoch_call(graphs, hook)
+    assert hook.count == 1  # the 0-d loss it returns; nothing per batch
 
 
 def test_cuda_graphs_setting_is_0_or_1(monkeypatch):
