@@ -41,8 +41,10 @@ def _benchmarks_requested(config) -> bool:
 
 def pytest_configure(config):
     if config.getoption("--benchmark") and config.getoption("benchmark_json", None) is None:
+        # pytest-benchmark >= 5.3 takes a path here (older releases took an open file, which
+        # 5.3 passes to open() and crashes: pyproject requires >= 5.3).
         DEFAULT_JSON.parent.mkdir(exist_ok=True)
-        config.option.benchmark_json = open(DEFAULT_JSON, "wb")  # noqa: SIM115 (pytest-benchmark closes it)
+        config.option.benchmark_json = DEFAULT_JSON
 
 
 def pytest_ignore_collect(collection_path: Path, config):

@@ -22,11 +22,33 @@ REFERENCES = {"numpy": "NumPy", "pytorch": "PyTorch", "pytorch-cuda": "PyTorch C
 MNIST_TRAIN = 60_000
 
 
+class ReportError(Exception):
+    """The input is not a usable pytest-benchmark JSON; the message says why."""
+
+
+def read_json(path: Path) -> dict:
+    """The run in ``path``; ReportError naming the file when it is missing, empty or not a
+    pytest-benchmark JSON (an interrupted run leaves an empty file)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ReportError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not text.strip():
+        raise ReportError(f"{path} is empty: the benchmark run that wrote it did not finish")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise ReportError(f"{path} is not a pytest-benchmark JSON (no 'benchmarks' list)")
+    return data
+
+
 def load(path: Path) -> tuple[dict, list[dict]]:
-    data = json.loads(path.read_text())
+    data = read_json(path)
     rows = []
     for bench in data["benchmarks"]:
-        row = dict(bench["extra_info"])
+        row = dict(bench.get("extra_info", {}))
         row["median_s"] = bench["stats"]["median"]
         rows.append(row)
     machine = dict(data.get("machine_info", {}).get("tinynet", {}))
@@ -52,6 +74,8 @@ def training_table(rows: list[dict]) -> tuple[list[str], dict]:
         key: {name: statistics.median(values) for name, values in contenders.items()}
         for key, contenders in per_case.items()
     }
+    if not speeds:
+        return [], {}
     references = [  # the ratio columns: contenders measured in this run
         (name, label)
         for name, label in REFERENCES.items()
@@ -80,6 +104,8 @@ def kernel_table(rows: list[dict]) -> list[str]:
     for r in rows:
         if r.get("kind") == "kernel":
             times[(r["kernel"], r["shape"], r["batch"])][r["contender"]] = r["median_s"]
+    if not times:
+        return []
     lines = [
         "| kernel | shape | batch | contender | median | NumPy time / this | PyTorch time / this |",
         "|---|---|---:|---|---:|---:|---:|",
@@ -95,6 +121,8 @@ def kernel_table(rows: list[dict]) -> list[str]:
 
 
 def startup_table(rows: list[dict]) -> list[str]:
+    if not any(r.get("kind") == "startup" for r in rows):
+        return []
     lines = [
         "| backend | import | first calls, cold cache (compile) | first calls, warm cache |",
         "|---|---:|---:|---:|",
@@ -112,6 +140,8 @@ def memory_table(rows: list[dict]) -> list[str]:
     for r in rows:
         if r.get("kind") == "memory":
             peaks[(r["network"], r["batch"])][r["contender"]] = r
+    if not peaks:
+        return []
     lines = [
         "| network | batch | contender | peak memory | during training | peak vs NumPy |",
         "|---|---:|---|---:|---:|---:|",
@@ -128,35 +158,60 @@ def memory_table(rows: list[dict]) -> list[str]:
 
 
 def chart(speeds: dict, path: Path, title: str) -> None:
+    """Save ``chart_figure`` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = chart_figure(speeds, title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def chart_figure(speeds: dict, title: str):
+    """Bars of speed relative to NumPy (linear axis, NumPy = 1), each labelled with its ratio,
+    one panel per network; the legend sits below the panels, clear of the bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     networks = sorted({k[0] for k in speeds})
-    fig, axes = plt.subplots(1, len(networks), figsize=(6 * len(networks), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(networks), figsize=(6 * len(networks), 4.4), squeeze=False)
+    handles: dict[str, object] = {}
     for ax, network in zip(axes[0], networks, strict=True):
         keys = sorted(k for k in speeds if k[0] == network and k[1] == "float32")
         contenders = sorted({c for k in keys for c in speeds[k]})
         width = 0.8 / max(len(contenders), 1)
         for i, name in enumerate(contenders):
             xs = [j + i * width for j in range(len(keys))]
-            ax.bar(xs, [speeds[k].get(name, 0) for k in keys], width, label=name)
+            ratios = [
+                speeds[k].get(name, 0) / speeds[k]["numpy"] if "numpy" in speeds[k] else 0
+                for k in keys
+            ]
+            bars = ax.bar(xs, ratios, width, label=name)
+            ax.bar_label(bars, [f"{r:.2f}x" if r else "" for r in ratios], fontsize=7, padding=1)
+            handles.setdefault(name, bars)
+        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
         ax.set_xticks([j + width * (len(contenders) - 1) / 2 for j in range(len(keys))])
         ax.set_xticklabels([f"batch {k[2]}" for k in keys])
-        ax.set_yscale("log")
-        ax.set_ylabel("training samples/s (log)")
+        ax.set_ylabel("training speed / NumPy's (same run)")
+        ax.margins(y=0.12)  # room for the labels above the tallest bar
         ax.set_title(f"{network}, float32", fontsize=10)
-        ax.legend()
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+
+def _section(title: str, intro: str, table: list[str]) -> list[str]:
+    """A markdown section, or nothing when the run has no rows for it."""
+    return [f"## {title}", "", intro, "", *table, ""] if table else []
 
 
 def render(json_path: Path, prefix: Path) -> str:
     machine, rows = load(json_path)
     train_lines, speeds = training_table(rows)
+    if not rows:
+        raise ReportError(f"{json_path} holds no benchmarks (were they all skipped?)")
     data = sorted({r["data"] for r in rows if r.get("kind") == "train"}) or ["-"]
     header = [
         f"# tinynet benchmarks ({machine.get('date', '?')})",
@@ -169,35 +224,34 @@ def render(json_path: Path, prefix: Path) -> str:
         *(f"| {k} | {v} |" for k, v in machine.items() if k != "date"),
         f"| training data | {', '.join(data)} |",
         "",
-        "## Training throughput",
-        "",
-        "Steady state after one warm-up round; samples/s is the median over 3 alternating "
-        "repeats of the median of 3 rounds; s/epoch = 60,000 / samples/s; first call includes "
-        "compilation.",
-        "",
     ]
-    startup = [
-        "## Startup",
-        "",
-        "A fresh process: import, then the first per-sample and mini-batch training calls and a "
-        "prediction; the warm-cache figure is the last of 3 runs.",
-        "",
-        *startup_table(rows),
-        "",
-        "## Peak memory",
-        "",
-        "A fresh process per case (float32): peak resident memory during one training round, "
-        "including MNIST (47 MB of uint8) and the libraries, and how much the round added.",
-        "",
-        *memory_table(rows),
-        "",
+    sections = [
+        *_section(
+            "Training throughput",
+            "Steady state after one warm-up round; samples/s is the median over 3 alternating "
+            "repeats of the median of 3 rounds; s/epoch = 60,000 / samples/s; first call "
+            "includes compilation.",
+            train_lines,
+        ),
+        *_section(
+            "Startup",
+            "A fresh process: import, then the first per-sample and mini-batch training calls "
+            "and a prediction; the warm-cache figure is the last of 3 runs.",
+            startup_table(rows),
+        ),
+        *_section(
+            "Peak memory",
+            "A fresh process per case (float32): peak resident memory during one training "
+            "round, including MNIST (47 MB of uint8) and the libraries, and how much the round "
+            "added.",
+            memory_table(rows),
+        ),
+        *_section("Kernels (float32)", "Median time per call.", kernel_table(rows)),
     ]
-    text = "\n".join(
-        [*header, *train_lines, "", *startup, "## Kernels (float32)", "", *kernel_table(rows), ""]
-    )
+    text = "\n".join([*header, *sections])
     prefix.parent.mkdir(parents=True, exist_ok=True)
     prefix.with_suffix(".md").write_text(text)
-    slim = json.loads(json_path.read_text())
+    slim = read_json(json_path)
     for bench in slim["benchmarks"]:
         bench["stats"].pop("data", None)  # every raw timing: megabytes, not needed to compare
     prefix.with_suffix(".json").write_text(json.dumps(slim, indent=1))
@@ -218,7 +272,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="prefix for the .md and .png files")
     args = parser.parse_args(argv)
     prefix = args.out or Path("benchmarks/results") / args.json.stem
-    print(render(args.json, prefix))
+    try:
+        print(render(args.json, prefix))
+    except ReportError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
 
 
 if __name__ == "__main__":

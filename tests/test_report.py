@@ -1,0 +1,112 @@
+"""benchmarks.report: clear errors on unusable input, no empty sections, a readable chart."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench(median_s: float, **extra) -> dict:
+    return {"stats": {"median": median_s, "data": [median_s] * 3}, "extra_info": extra}
+
+
+def _train(contender: str, median_s: float, batch: int = 32) -> dict:
+    return _bench(
+        median_s,
+        kind="train",
+        contender=contender,
+        network="784-128-10 sigmoid/SE",
+        dtype="float32",
+        batch=batch,
+        samples_per_round=4096,
+        first_call_s=0.01,
+        data="MNIST",
+    )
+
+
+def _kernel(contender: str, median_s: float) -> dict:
+    return _bench(
+        median_s, kind="kernel", contender=contender, kernel="matmul", shape="784->128", batch=32
+    )
+
+
+def _write(tmp_path: Path, benchmarks: list[dict]) -> Path:
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"benchmarks": benchmarks, "datetime": "2026-12-01T00:00:00"}))
+    return path
+
+
+def _run_report(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.report", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [("", "is empty"), ("{", "not valid JSON"), ("[1, 2]", "not a pytest-benchmark JSON")],
+    ids=["empty", "cut-short", "other-json"],
+)
+def test_unusable_json_is_one_clear_line(tmp_path, content, says):
+    # An interrupted `pytest --benchmark` leaves an empty latest.json (issue #10, item 1).
+    path = tmp_path / "latest.json"
+    path.write_text(content)
+    result = _run_report(path, "--out", tmp_path / "out")
+    assert result.returncode == 2
+    assert says in result.stderr and str(path) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_json_names_the_file(tmp_path):
+    result = _run_report(tmp_path / "nope.json", "--out", tmp_path / "out")
+    assert result.returncode == 2 and "nope.json" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_kernel_only_run_prints_no_empty_sections(tmp_path):
+    path = _write(tmp_path, [_kernel("numpy", 4e-5), _kernel("numba", 2e-5)])
+    text = report.render(path, tmp_path / "out")
+    assert "## Kernels" in text
+    for empty in ("## Training throughput", "## Startup", "## Peak memory"):
+        assert empty not in text
+    # 40 us against 20 us: numba takes half NumPy's time
+    assert "| matmul | 784->128 | 32 | numba | 20.0 us | 2.00x |" in text
+
+
+def test_training_ratios_against_numpy(tmp_path):
+    # 4096 samples in 0.1 s (numpy) and 0.025 s (numba): 4x; s/epoch = 60000 / 163,840
+    path = _write(tmp_path, [_train("numpy", 0.1), _train("numba", 0.025)])
+    text = report.render(path, tmp_path / "out")
+    assert "| numba | 163,840 | 0.37 | 4.00x |" in text
+    assert (tmp_path / "out.png").is_file()
+
+
+def test_chart_labels_each_bar_with_its_ratio_and_keeps_the_legend_off_the_bars():
+    speeds = {
+        ("net", "float32", 1): {"numpy": 100.0, "numba": 1349.0, "pytorch": 24.0},
+        ("net", "float32", 512): {"numpy": 100.0, "numba": 113.0, "pytorch": 84.0},
+    }
+    fig = report.chart_figure(speeds, "title")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    labels = {t.get_text() for t in ax.texts}
+    assert {"13.49x", "1.13x", "0.24x", "0.84x", "1.00x"} <= labels
+    # a linear axis of ratios: the bar heights are the ratios themselves
+    heights = sorted(round(p.get_height(), 2) for p in ax.patches)
+    assert heights == sorted([1.0, 13.49, 0.24, 1.0, 1.13, 0.84])
+    legend_box = fig.legends[0].get_window_extent(renderer)
+    for patch in ax.patches:
+        assert not legend_box.overlaps(patch.get_window_extent(renderer))
