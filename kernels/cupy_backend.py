@@ -36,6 +36,7 @@ import numpy as np
 from tinynet.backend import EpochSpec
 from tinynet.errors import BackendError
 from tinynet.kernels.numpy_backend import NumpyBackend
+from tinynet.system import install_hint
 
 ACT = {"identity": 0, "step": 1, "sigmoid": 2, "tanh": 3, "relu": 4}  # softmax: reference code
 ROW_ACT = {**ACT, "softmax": 5}  # the per-row kernels of the fused epoch
@@ -71,7 +72,7 @@ def _import_cupy() -> Any:
     except ImportError as exc:
         raise BackendError(
             "backend 'cupy' cannot be used: CuPy is not installed; install the wheel for your "
-            "CUDA: pip install 'tinynet[gpu-cuda12]' or 'tinynet[gpu-cuda13]'"
+            f"CUDA: {install_hint('gpu-cuda12', 'gpu-cuda13')}"
         ) from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()

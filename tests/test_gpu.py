@@ -26,7 +26,7 @@ def test_choosing_cupy_without_a_gpu_says_why_and_how_to_fix_it(monkeypatch):
         tn.set_backend("cupy")
     message = str(info.value)
     assert (
-        "pip install 'tinynet[gpu-cuda12]'" in message
+        "pip install 'tinynet-mlp[gpu-cuda12]'" in message
         or "driver" in message
         or ("device" in message)
     )

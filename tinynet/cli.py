@@ -17,6 +17,7 @@ import numpy as np
 
 import tinynet as tn
 from tinynet.errors import InvalidInputError, TinynetError
+from tinynet.system import DISTRIBUTION, install_hint
 
 # Recipes: the settings each flag falls back to. `default` is tuned for accuracy (>= 98% on
 # MNIST); `seed` is the tutorials' classic network, trained one sample at a time, with their
@@ -62,6 +63,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tinynet", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--version", action="version", version=f"tinynet {tn.__version__} ({DISTRIBUTION})"
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train an MLP on MNIST and report test accuracy")
@@ -137,7 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError as exc:
-            raise InvalidInputError("--plot needs matplotlib: pip install 'tinynet[plot]'") from exc
+            raise InvalidInputError(f"--plot needs matplotlib: {install_hint('plot')}") from exc
     if args.backend:
         tn.set_backend(args.backend)
     backend = tn.get_backend()

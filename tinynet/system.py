@@ -9,6 +9,16 @@ import platform
 import shutil
 import subprocess
 
+# The name on PyPI; `tinynet` there is an unrelated project. The import name stays `tinynet`.
+DISTRIBUTION = "tinynet-mlp"
+
+
+def install_hint(*extras: str) -> str:
+    """How to install tinynet with one of ``extras``, from the index and from a clone."""
+    from_index = " or ".join(f"pip install '{DISTRIBUTION}[{e}]'" for e in extras)
+    from_clone = " or ".join(f'pip install -e ".[{e}]"' for e in extras)
+    return f"{from_index} (from a clone of the repository: {from_clone})"
+
 
 def blas_info() -> dict[str, str]:
     """BLAS library and its thread count, as threadpoolctl sees them."""
