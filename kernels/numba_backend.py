@@ -30,17 +30,15 @@ Choices, each measured on the 2-core Zen 4 machine (benchmarks/results/):
   so NaN and inf behave as in NumPy, e.g. sigmoid(-1000) = 1/(1+inf) = 0 exactly.
 * Compile time: no slice assignments (``a[:] = b`` compiled for about 3 s), no literal
   arguments (each compiles another copy of the callee), no ``np.ones`` & co. for constants.
-* All kernels live in this one file with ``cache=True``, cached in a folder named by the hash of
-  this file (``~/.cache/tinynet/numba/<hash>``, see ``_KernelCacheLocator``): kernels that call
-  each other are always loaded from the same version of the source. (During development a
-  cache left by earlier versions of this file, kept in ``__pycache__`` and trusted by its
-  timestamp, crashed a process; a new hash cannot go stale.)
+* All kernels live in this one file, cached on disk by ``numba_cache`` in a folder named by the
+  hash of this file (``~/.cache/tinynet/numba/<hash>``): kernels that call each other are always
+  loaded from the same version of the source. (During development a cache left by earlier
+  versions of this file, kept in ``__pycache__`` and trusted by its timestamp, crashed a
+  process; a new hash cannot go stale.) Damaged or unwritable caches: see numba_cache.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -53,69 +51,34 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from tinynet.backend import EpochSpec
+from tinynet.kernels import numba_cache
 from tinynet.kernels.numpy_backend import NumpyBackend
 from tinynet.system import cpu_count
 
-_THIS_FILE = os.path.abspath(__file__)
-with open(_THIS_FILE, "rb") as _f:
-    _SOURCE_HASH = hashlib.sha256(_f.read()).hexdigest()[:16]
-
-
-def _cache_root() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "tinynet", "numba", _SOURCE_HASH)
-
-
-try:
-    from numba.core.caching import CacheImpl, _CacheLocator, _SourceFileBackedLocatorMixin
-
-    class _KernelCacheLocator(_SourceFileBackedLocatorMixin, _CacheLocator):
-        """Numba's on-disk cache for this file's kernels, in a folder named by the hash of this
-        file's source: a caller compiled against an older version of a kernel it calls can never
-        be loaded, and nothing is written into the installed package. NUMBA_CACHE_DIR wins."""
-
-        def __init__(self, py_func, py_file):
-            self._py_file = py_file
-            self._lineno = py_func.__code__.co_firstlineno
-            self._cache_path = _cache_root()
-
-        def get_cache_path(self):
-            return self._cache_path
-
-        @classmethod
-        def from_function(cls, py_func, py_file):
-            if numba.config.CACHE_DIR or os.path.abspath(py_file) != _THIS_FILE:
-                return None
-            locator = cls(py_func, py_file)
-            try:
-                locator.ensure_cache_path()
-            except OSError:
-                return None  # not writable: Numba's own locators take over
-            return locator
-
-    CacheImpl._locator_classes.insert(0, _KernelCacheLocator)
-except (ImportError, AttributeError):  # a Numba without this (internal) API: its defaults apply
-    pass
+# The kernels' on-disk cache: a folder per version of this file and of the cache's own format.
+CACHE = numba_cache.configure([os.path.abspath(__file__), os.path.abspath(numba_cache.__file__)])
 
 FAST = {"reassoc", "contract", "nsz", "arcp"}
 ACT = {"identity": 0, "step": 1, "sigmoid": 2, "tanh": 3, "relu": 4, "softmax": 5}
 IDENTITY, STEP, SIGMOID, TANH, RELU, SOFTMAX = range(6)
 SQUARED_ERROR, CROSS_ENTROPY = 0, 1
 
-# error_model="numpy": float division by zero gives inf or NaN, as in NumPy, instead of raising
-# ZeroDivisionError; the check Numba adds otherwise keeps loops with a division from vectorising
-# (sigmoid over 512 x 128, all passes: 83 -> 31 us).
-jit = njit(cache=True, fastmath=FAST, nogil=True, error_model="numpy")
-# Helpers only compiled code calls: without the wrappers that let Python call a function,
-# each compiles faster (the wrappers took about 0.07 s per function).
-inner_jit = njit(
-    cache=True,
-    fastmath=FAST,
-    nogil=True,
-    error_model="numpy",
-    no_cpython_wrapper=True,
-    no_cfunc_wrapper=True,
-)
+
+def jit(fn=None, *, fastmath=FAST, **options):
+    """``njit`` with tinynet's kernel cache (see kernels/numba_cache.py) and these defaults."""
+    # error_model="numpy": float division by zero gives inf or NaN, as in NumPy, instead of
+    # raising ZeroDivisionError; the check Numba adds otherwise keeps loops with a division from
+    # vectorising (sigmoid over 512 x 128, all passes: 83 -> 31 us).
+    if fn is None:
+        return lambda f: jit(f, fastmath=fastmath, **options)
+    compiled = njit(fastmath=fastmath, nogil=True, error_model="numpy", **options)(fn)
+    return numba_cache.cached(compiled)
+
+
+def inner_jit(fn):
+    """A helper only compiled code calls: without the wrappers that let Python call a function,
+    each compiles faster (the wrappers took about 0.07 s per function)."""
+    return jit(fn, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 
 
 # -- a team of threads in one compiled loop ---------------------------------------------------
@@ -215,7 +178,7 @@ LN2_HI = 0.693145751953125
 LN2_LO = 1.4286068203094172e-06
 
 
-@njit(cache=True, fastmath=FAST - {"reassoc"}, nogil=True, error_model="numpy")  # see LN2_LO
+@jit(fastmath=FAST - {"reassoc"})  # see LN2_LO
 def _exp_row(row):
     """row <- exp(row) in place."""
     if not _is_float32(row):
@@ -943,20 +906,16 @@ class NumbaBackend(NumpyBackend):
     FUSED_MAX_WEIGHT_BYTES = 512 << 10
 
     def __init__(self) -> None:
-        cache = _cache_root()
-        if not numba.config.CACHE_DIR and not (os.path.isdir(cache) and os.listdir(cache)):
-            logging.getLogger("tinynet").info(
-                "compiling Numba kernels on first use (once per tinynet version, about 4 s "
-                "per kind of epoch on 2 cores); cached in %s",
-                cache,
-            )
         self._local = threading.local()  # train_epoch's work arrays, per calling thread
         self._compiled: set = set()  # kernels and argument kinds run by a team, see _run_team
 
     def info(self) -> dict[str, str]:
         info = super().info()
         info.update(
-            backend=self.name, numba=numba.__version__, numba_threads=str(numba.get_num_threads())
+            backend=self.name,
+            numba=numba.__version__,
+            numba_threads=str(numba.get_num_threads()),
+            kernel_cache=CACHE,
         )
         return info
 

@@ -97,7 +97,7 @@ def test_plot_without_matplotlib_fails_before_training(capsys, monkeypatch, tmp_
     _one_line_error(
         capsys,
         ["train", "--sample", "--plot", str(tmp_path / "c.png")],
-        r"--plot needs matplotlib: pip install 'tinynet\[plot\]'",
+        r"--plot needs matplotlib: pip install 'tinynet-mlp\[plot\]'",
     )
     assert not (tmp_path / "c.png").exists()
 
