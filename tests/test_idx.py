@@ -83,3 +83,34 @@ def test_checksum_mismatch_and_missing_file(tmp_path):
         tn.datasets.read_idx(path, sha256="0" * 64)
     with pytest.raises(tn.DataFileError, match="not found.*nothing"):
         tn.datasets.read_idx(tmp_path / "nothing")
+
+
+def test_dimensions_whose_product_overflows_int64(tmp_path):
+    # 65536^4 = 2^64 values: more than int64 can count; the file has none of them
+    path = tmp_path / "huge.idx"
+    path.write_bytes(struct.pack(">BBBB", 0, 0, 0x08, 4) + struct.pack(">4I", *[65536] * 4))
+    with pytest.raises(tn.DataFileError, match=r"truncated.*huge\.idx"):
+        tn.datasets.read_idx(path)
+
+
+def test_more_dimensions_than_numpy_allows(tmp_path):
+    path = tmp_path / "deep.idx"
+    path.write_bytes(idx_bytes(0x08, (1,) * 65, b"\x07"))
+    with pytest.raises(tn.DataFileError, match=r"deep\.idx declares 65 dimensions"):
+        tn.datasets.read_idx(path)
+    path.write_bytes(idx_bytes(0x08, (1,) * 64, b"\x07"))  # the most NumPy takes
+    assert tn.datasets.read_idx(path).reshape(-1).tolist() == [7]
+
+
+def test_a_gzip_member_followed_by_another_is_read_whole(tmp_path):
+    payload = idx_bytes(0x08, (6,), bytes(range(6)))
+    path = tmp_path / "two-members.gz"
+    path.write_bytes(gzip.compress(payload[:7]) + gzip.compress(payload[7:]))
+    assert tn.datasets.read_idx(path).tolist() == list(range(6))
+
+
+def test_max_bytes_stops_a_file_larger_than_the_caller_allows(tmp_path):
+    path = tmp_path / "big.idx"
+    path.write_bytes(idx_bytes(0x08, (1000,), bytes(1000)))
+    with pytest.raises(tn.DataFileError, match=r"oversized.*big\.idx.*500 bytes"):
+        tn.datasets.read_idx(path, max_bytes=500)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import gzip
 import shutil
 import threading
+import time
+import tracemalloc
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -26,10 +29,27 @@ def no_data_anywhere(tmp_path, monkeypatch):
     return tmp_path / "cache" / "tinynet" / "mnist"
 
 
+def gzip_bomb(header: bytes, inflated: int) -> bytes:
+    """A gzip stream of ``header`` followed by zeros up to ``inflated`` bytes (~1000:1)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts, zeros = [packer.compress(header)], bytes(16 << 20)
+    for _ in range(inflated // len(zeros)):
+        parts.append(packer.compress(zeros))
+    return b"".join([*parts, packer.flush()])
+
+
+# The t10k labels' real header (10,000 labels) and 64 MiB of zeros: 62 KB of gzip, less than
+# the real file could take uncompressed, so only inflating it shows what it is.
+LABELS_BOMB = gzip_bomb(b"\x00\x00\x08\x01" + (10_000).to_bytes(4, "big"), 64 << 20)
+KINDS = ("good", "corrupt", "drop", "missing", "bad-deflate", "trickle", "bomb")
+
+
 @pytest.fixture
 def mirrors(mnist_dir):
     """A local server: /good/ serves the real files, /corrupt/ valid gzip with a flipped byte,
-    /drop/ closes the connection halfway through, /missing/ answers 404."""
+    /drop/ closes the connection halfway through, /missing/ answers 404, /bad-deflate/ a gzip
+    header followed by bytes that are not deflate data, /trickle/ the real file one byte per
+    20 ms, /bomb/ a 62 KB gzip that inflates to 64 MiB."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -46,9 +66,19 @@ def mirrors(mnist_dir):
                 payload = bytearray(gzip.decompress(body))
                 payload[-1] ^= 0x01
                 body = gzip.compress(bytes(payload))
+            elif kind == "bad-deflate":
+                body = body[:10] + bytes(range(256)) * 8
+            elif kind == "bomb":
+                body = LABELS_BOMB
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            if kind == "trickle":
+                for i in range(len(body)):
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.02)
+                return
             if kind == "drop":
                 self.wfile.write(body[: len(body) // 2])
                 self.wfile.flush()
@@ -57,10 +87,11 @@ def mirrors(mnist_dir):
             self.wfile.write(body)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads, server.block_on_close = True, False  # a trickle outlives its client
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
-    yield {kind: f"{base}/{kind}/" for kind in ("good", "corrupt", "drop", "missing")}
+    yield {kind: f"{base}/{kind}/" for kind in KINDS}
     server.shutdown()
     server.server_close()
 
@@ -84,6 +115,70 @@ def test_download_fails_clearly_when_no_mirror_is_good(mirrors, no_data_anywhere
     assert "IncompleteRead" in message or "incomplete" in message.lower()
     assert "checksum mismatch" in message
     assert not no_data_anywhere.exists() or not any(no_data_anywhere.iterdir())
+
+
+def test_a_mirror_serving_bad_deflate_data_moves_on_to_the_next(mirrors, no_data_anywhere):
+    labels = mnist_module.mnist_file(LABELS, mirrors=[mirrors["bad-deflate"], mirrors["good"]])
+    assert labels[0] == 7 and labels.shape == (10_000,)
+    (no_data_anywhere / (LABELS + ".gz")).unlink()
+    with pytest.raises(tn.DataFileError, match=r"bad-deflate/t10k-labels.*corrupt"):
+        mnist_module.mnist_file(LABELS, mirrors=[mirrors["bad-deflate"]])
+
+
+def test_a_trickling_mirror_is_abandoned_at_the_deadline(mirrors, no_data_anywhere):
+    # The labels (4.5 KB gzip) at one byte per 20 ms would take about 90 s.
+    start = time.monotonic()
+    labels = mnist_module.mnist_file(
+        LABELS, mirrors=[mirrors["trickle"], mirrors["good"]], deadline=1.0
+    )
+    assert labels[0] == 7
+    assert time.monotonic() - start < 10
+    (no_data_anywhere / (LABELS + ".gz")).unlink()
+    with pytest.raises(tn.DataFileError, match=r"trickle.*gave up after 1 s"):
+        mnist_module.mnist_file(LABELS, mirrors=[mirrors["trickle"]], deadline=1.0)
+
+
+def test_a_gzip_bomb_from_a_mirror_is_never_inflated_whole(mirrors, no_data_anywhere):
+    tracemalloc.start()
+    try:
+        labels = mnist_module.mnist_file(LABELS, mirrors=[mirrors["bomb"], mirrors["good"]])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert labels[0] == 7
+    assert peak < 16 << 20, f"peak {peak / 2**20:.0f} MiB while reading a 64 MiB bomb"
+    (no_data_anywhere / (LABELS + ".gz")).unlink()
+    with pytest.raises(tn.DataFileError, match=r"bomb/t10k-labels.*oversized"):
+        mnist_module.mnist_file(LABELS, mirrors=[mirrors["bomb"]])
+
+
+@pytest.mark.parametrize("where", ["read_idx", "mnist"])
+def test_a_gzip_bomb_on_disk_stops_at_the_declared_size(
+    tmp_path, mnist_dir, no_data_anywhere, where
+):
+    shutil.copy(mnist_dir / "t10k-images-idx3-ubyte.gz", tmp_path)
+    (tmp_path / (LABELS + ".gz")).write_bytes(LABELS_BOMB)
+    tracemalloc.start()
+    try:
+        with pytest.raises(tn.DataFileError, match=r"oversized.*t10k-labels.*10,008 bytes"):
+            if where == "read_idx":
+                tn.datasets.read_idx(tmp_path / (LABELS + ".gz"))
+            else:
+                tn.datasets.mnist("test", data_dir=tmp_path, download=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # the mnist case also reads the real 7.8 MB of images
+    limit = (16 if where == "read_idx" else 32) << 20
+    assert peak < limit, f"peak {peak / 2**20:.0f} MiB while reading a 64 MiB bomb"
+
+
+def test_offline_error_says_what_to_do(no_data_anywhere):
+    with pytest.raises(tn.DataFileError) as info:
+        tn.datasets.mnist("train", mirrors=["http://127.0.0.1:9/"])
+    message = str(info.value)
+    assert "TINYNET_DATA_DIR" in message and "data_dir=" in message
+    assert "mnist_sample" in message
 
 
 def test_full_split_downloads_through_the_mirror_env_var(mirrors, no_data_anywhere, monkeypatch):

@@ -12,10 +12,10 @@ MNIST (LeCun, Cortes, Burges) is licensed CC BY-SA 3.0; credit Yann LeCun and Co
 from __future__ import annotations
 
 import gzip
-import hashlib
 import http.client
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from tinynet.datasets.idx import parse_idx, read_bytes, read_idx
+from tinynet.datasets.idx import check_sha256, parse_idx, read_bytes, read_idx, read_payload
 from tinynet.errors import DataFileError, InvalidInputError
 
 FILES = {
@@ -39,10 +39,24 @@ SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
+# Decompressed sizes: a 16-byte (images) or 8-byte (labels) header, then one byte per value.
+SIZES = {
+    "train-images-idx3-ubyte": 16 + 60_000 * 28 * 28,
+    "train-labels-idx1-ubyte": 8 + 60_000,
+    "t10k-images-idx3-ubyte": 16 + 10_000 * 28 * 28,
+    "t10k-labels-idx1-ubyte": 8 + 10_000,
+}
+TIMEOUT = 30.0  # seconds a mirror may stay silent
+DEADLINE = 600.0  # seconds for one file from one mirror, however it trickles (~16 KB/s for 9.9 MB)
 MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
     "http://yann.lecun.com/exdb/mnist/",
+)
+OFFLINE_HINT = (
+    ". Offline? Point data_dir= or $TINYNET_DATA_DIR at a folder with the four MNIST files, "
+    "or use tn.datasets.mnist_sample() (5,000/1,000 images shipped in the package; the "
+    "command line: --sample)"
 )
 SAMPLE_DIR = Path(__file__).with_name("mnist_sample")
 SAMPLE_NAME = "embedded MNIST sample (5,000 train / 1,000 test images), NOT the full MNIST"
@@ -77,11 +91,22 @@ def _find(name: str, dirs: list[Path]) -> Path | None:
     return None
 
 
-def _fetch(url: str, timeout: float, progress: bool) -> bytes:
-    """The body at ``url``; raises on HTTP errors and on a body shorter than announced."""
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def _fetch(url: str, timeout: float, deadline: float, max_bytes: int, progress: bool) -> bytes:
+    """The body at ``url``. Raises on HTTP errors, on a body shorter than announced or longer
+    than ``max_bytes``, and once ``deadline`` seconds have passed, however the bytes trickle."""
+    give_up = time.monotonic() + deadline
+
+    def remaining() -> float:
+        left = give_up - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"gave up after {deadline:g} s (the download deadline)")
+        return left
+
+    with urllib.request.urlopen(url, timeout=min(timeout, remaining())) as response:
         size = int(response.headers.get("Content-Length") or 0)
-        chunks = []
+        if size > max_bytes:
+            raise ValueError(f"announces {size:,} bytes; the file has at most {max_bytes:,}")
+        body = bytearray()
         with tqdm(
             total=size or None,
             unit="B",
@@ -90,44 +115,64 @@ def _fetch(url: str, timeout: float, progress: bool) -> bytes:
             desc=url.rsplit("/", 1)[-1],
             leave=False,
         ) as bar:
-            while chunk := response.read(1 << 16):
-                chunks.append(chunk)
+            while True:
+                remaining()
+                # read1: whatever has arrived (read(n) would wait for all n bytes)
+                chunk = response.read1(1 << 16)
+                if not chunk:
+                    break
+                body += chunk
                 bar.update(len(chunk))
-    body = b"".join(chunks)
+                if len(body) > max_bytes:
+                    raise ValueError(f"sent more than {max_bytes:,} bytes; the file has fewer")
     if size and len(body) != size:
-        raise http.client.IncompleteRead(body, size - len(body))
-    return body
+        raise http.client.IncompleteRead(bytes(body), size - len(body))
+    return bytes(body)
 
 
 def download(
-    name: str, target_dir: Path, mirrors: list[str], timeout: float = 30.0, progress: bool = False
+    name: str,
+    target_dir: Path,
+    mirrors: list[str],
+    timeout: float = TIMEOUT,
+    progress: bool = False,
+    deadline: float = DEADLINE,
 ) -> Path:
-    """Fetch ``name``.gz from the first mirror whose copy passes the checksum; save atomically."""
+    """Fetch ``name``.gz from the first mirror whose copy passes the checksum; save atomically.
+
+    Any failure of one mirror (refused, HTTP error, too slow, too long, bad gzip, wrong
+    checksum) moves on to the next; DataFileError lists them all when none is good.
+    """
     failures = []
+    # gzip of MNIST is smaller than the raw file; a mirror may also serve it uncompressed
+    max_bytes = SIZES[name] + (1 << 16)
     for mirror in mirrors:
         url = mirror + name + ".gz"
         try:
-            body = _fetch(url, timeout, progress)
-            payload = gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
-        except (urllib.error.URLError, http.client.HTTPException, OSError, EOFError) as exc:
+            body = _fetch(url, timeout, deadline, max_bytes, progress)
+            payload = read_payload(body, url, max_bytes=SIZES[name])
+            check_sha256(payload, SHA256[name], url)
+        except Exception as exc:  # whatever one mirror does wrong, try the next
             failures.append(f"{url}: {exc}")
-            continue
-        digest = hashlib.sha256(payload).hexdigest()
-        if digest != SHA256[name]:
-            failures.append(f"{url}: checksum mismatch (got {digest[:12]}...)")
             continue
         target_dir.mkdir(parents=True, exist_ok=True)
         target = target_dir / (name + ".gz")
         fd, tmp = tempfile.mkstemp(dir=target_dir, prefix=".download-", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(body if body[:2] == b"\x1f\x8b" else gzip.compress(body))
+                f.write(body if body[:2] == b"\x1f\x8b" else gzip.compress(payload))
             os.replace(tmp, target)
         except BaseException:
             os.unlink(tmp)
             raise
         return target
-    raise DataFileError(f"could not download {name}: " + "; ".join(failures))
+    raise MnistUnavailableError(
+        f"could not download {name}: " + "; ".join(failures or ["no mirrors given"]) + OFFLINE_HINT
+    )
+
+
+class MnistUnavailableError(DataFileError):
+    """A full MNIST file is neither on disk nor downloadable (a damaged file is another error)."""
 
 
 def mnist_file(
@@ -136,18 +181,20 @@ def mnist_file(
     download_: bool = True,
     mirrors: list[str] | None = None,
     progress: bool = False,
+    deadline: float = DEADLINE,
 ) -> np.ndarray:
     """One verified MNIST file as an array (see the module docstring for where it comes from)."""
     dirs = search_dirs(data_dir)
     path = _find(name, dirs)
     if path is None:
         if not download_:
-            raise DataFileError(
-                f"MNIST file {name} not found in {', '.join(map(str, dirs))}; "
-                "set TINYNET_DATA_DIR or allow downloading"
+            raise MnistUnavailableError(
+                f"MNIST file {name} not found in {', '.join(map(str, dirs))} and downloading "
+                "is off" + OFFLINE_HINT
             )
-        path = download(name, cache_dir(), mirror_list(mirrors), progress=progress)
-    return read_idx(path, sha256=SHA256[name])
+        mirrors = mirror_list(mirrors)
+        path = download(name, cache_dir(), mirrors, progress=progress, deadline=deadline)
+    return read_idx(path, sha256=SHA256[name], max_bytes=SIZES[name])
 
 
 def _finish(images: np.ndarray, labels: np.ndarray, flatten: bool, as_float: bool):
@@ -174,15 +221,19 @@ def mnist(
     as_float: bool = False,
     mirrors: list[str] | None = None,
     progress: bool = False,
+    deadline: float = DEADLINE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of the full MNIST ``split``.
 
     images: uint8 (n, 784) (or (n, 28, 28) with ``flatten=False``; float32 in [0, 1] with
     ``as_float=True``); labels: int64 (n,) in 0..9. n is 60,000 for "train", 10,000 for "test".
+    A download gives up on a mirror after ``deadline`` seconds per file and tries the next.
     """
     _check_split(split)
-    images = mnist_file(FILES[split, "images"], data_dir, download, mirrors, progress)
-    labels = mnist_file(FILES[split, "labels"], data_dir, download, mirrors, progress)
+    images, labels = (
+        mnist_file(FILES[split, kind], data_dir, download, mirrors, progress, deadline)
+        for kind in ("images", "labels")
+    )
     return _finish(images, labels, flatten, as_float)
 
 
@@ -200,22 +251,35 @@ def mnist_sample(
 
 
 def load_mnist(
-    data_dir: str | os.PathLike | None = None, download: bool = True, progress: bool = False
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    progress: bool = False,
+    *,
+    train: bool = True,
+    deadline: float = DEADLINE,
 ):
-    """(train, test, source): full MNIST if it can be found or downloaded, else the sample.
+    """(train, test, source): full MNIST if it can be found or downloaded, else the sample;
+    with ``train=False`` only the test split is read (train is None).
 
     Falling back to the sample warns loudly, and ``source`` says which one was loaded. A file
     that exists but is damaged is an error, never a reason to fall back.
     """
+    splits = ("train", "test") if train else ("test",)
     try:
-        train = mnist("train", data_dir, download, progress=progress)
-        test = mnist("test", data_dir, download, progress=progress)
-        return train, test, "MNIST"
-    except DataFileError as exc:
-        if "not found" not in str(exc) and "could not download" not in str(exc):
-            raise
+        data = [mnist(s, data_dir, download, progress=progress, deadline=deadline) for s in splits]
+        source = "MNIST"
+    except MnistUnavailableError as exc:
         warnings.warn(f"full MNIST unavailable ({exc}); using the {SAMPLE_NAME}", stacklevel=2)
-        return mnist_sample("train"), mnist_sample("test"), SAMPLE_NAME
+        data, source = [mnist_sample(s) for s in splits], SAMPLE_NAME
+    return (data[0] if train else None), data[-1], source
 
 
-__all__ = ["load_mnist", "mnist", "mnist_sample", "parse_idx", "read_bytes", "read_idx"]
+__all__ = [
+    "MnistUnavailableError",
+    "load_mnist",
+    "mnist",
+    "mnist_sample",
+    "parse_idx",
+    "read_bytes",
+    "read_idx",
+]
