@@ -76,7 +76,7 @@ def test_errors_are_one_line(capsys, tmp_path):
     )
     _one_line_error(capsys, ["train", "--sample", "--lr", "-1"], "learning rate")
     _one_line_error(
-        capsys, ["train", "--sample", "--batch-size", "0", "--epochs", "1"], "batch_size"
+        capsys, ["train", "--sample", "--batch-size", "0", "--epochs", "1"], "--batch-size"
     )
     _one_line_error(capsys, ["train", "--sample", "--activation", "swish"], "activation")
     _one_line_error(capsys, ["train", "--sample", "--lr-decay", "1.5"], "lr-decay")
@@ -122,3 +122,78 @@ def test_console_entry_point_exits_non_zero_without_traceback():
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "unknown backend" in result.stderr
+
+
+def test_no_command_points_at_the_real_help(capsys):
+    _one_line_error(capsys, [], r"\(see 'tinynet -h'\)$")
+
+
+def test_version(capsys):
+    import tinynet as tn
+
+    try:
+        main(["--version"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    assert capsys.readouterr().out.strip() == f"tinynet {tn.__version__} (tinynet-mlp)"
+
+
+def test_train_help_shows_every_recipe_default(capsys):
+    from tinynet.cli import RECIPES
+
+    try:
+        main(["train", "--help"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for flag, key in [("--epochs", "epochs"), ("--batch-size", "batch_size")]:
+        expected = f"(default: {RECIPES['default'][key]}; seed recipe: {RECIPES['seed'][key]})"
+        assert re.search(re.escape(flag) + r" \S+ " + re.escape(expected), text), flag
+    assert "default: 600" in text  # --download-deadline
+
+
+def test_info_fails_on_an_invalid_backend_variable_as_train_does(capsys, monkeypatch):
+    monkeypatch.setenv("TINYNET_BACKEND", "numbaa")
+    _one_line_error(capsys, ["info"], "unknown backend 'numbaa'")
+    _one_line_error(capsys, ["train", "--sample"], "unknown backend 'numbaa'")
+    monkeypatch.setenv("TINYNET_BACKEND", "numpy")
+    assert main(["info"]) == 0
+    assert "active backend: numpy (TINYNET_BACKEND=numpy)" in capsys.readouterr().out
+
+
+def test_bad_settings_fail_before_any_data_loads(capsys, monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before the settings were checked")
+
+    monkeypatch.setattr("tinynet.datasets.load_mnist", no_data)
+    monkeypatch.setattr("tinynet.datasets.mnist_sample", no_data)
+    _one_line_error(capsys, ["train", "--epochs", "0"], "--epochs must be >= 1, got 0")
+    _one_line_error(capsys, ["train", "--batch-size", "-3"], "--batch-size must be >= 1")
+    _one_line_error(capsys, ["train", "--hidden", "64", "0"], "--hidden sizes must be >= 1")
+    _one_line_error(capsys, ["train", "--activation", "swish"], "unknown activation 'swish'")
+    _one_line_error(capsys, ["train", "--download-deadline", "0"], "--download-deadline")
+
+
+def test_evaluate_reads_only_the_test_split(tmp_path, capsys, monkeypatch):
+    import tinynet as tn
+
+    net = tn.MLP.from_sizes([784, 10], output_activation="softmax", seed=0)
+    net.save(tmp_path / "m.npz")
+    asked = []
+    real = tn.datasets.mnist_sample
+
+    def spy(split="train", **kwargs):
+        asked.append(split)
+        return real(split, **kwargs)
+
+    monkeypatch.setattr("tinynet.datasets.mnist_sample", spy)
+    assert main(["evaluate", str(tmp_path / "m.npz"), "--sample"]) == 0
+    assert asked == ["test"]
+    assert "(1,000 images)" in capsys.readouterr().out
+
+
+def test_one_epoch_is_singular(capsys):
+    args = ["train", "--sample", "--epochs", "1", "--hidden", "8", "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "1 epoch," in out and "1 epochs" not in out

@@ -182,3 +182,13 @@ def test_a_numba_without_the_caching_internals_falls_back_loudly(tmp_path, expec
 def test_info_says_where_the_kernel_cache_is():
     info = tn.backend._resolve("numba").info()
     assert info["kernel_cache"].endswith(_version_folder(Path("/")).name)
+
+
+def test_the_compile_notice_comes_whenever_kernels_compile(warm_cache, tmp_path, expected_weights):
+    # Not only when the cache folder is new: here it exists and holds every other kernel.
+    root = _copy(warm_cache, tmp_path)
+    for path in _version_folder(root).glob("*._epoch_per_sample-*"):
+        path.unlink()
+    stderr = _checked_run(root, expected_weights)
+    assert stderr.count(COMPILING) == 1, stderr
+    assert "Warning" not in stderr

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 import tinynet as tn
+from tinynet.datasets import mnist_loader
 from tinynet.errors import InvalidInputError, TinynetError
 from tinynet.system import DISTRIBUTION, install_hint
 
@@ -58,7 +59,26 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + message
-        self.exit(2, f"tinynet: error: {message} (see 'tinynet {self.prog.split()[-1]} -h')\n")
+        self.exit(2, f"tinynet: error: {message} (see '{self.prog} -h')\n")
+
+
+def _recipe_default(key: str) -> str:
+    """'(default: 12; seed recipe: 5)': what each recipe gives a flag left out."""
+    values = {name: recipe[key] for name, recipe in RECIPES.items()}
+
+    def show(v: Any) -> str:
+        return (
+            " ".join(map(str, v))
+            if isinstance(v, list)
+            else f"{v:g}"
+            if isinstance(v, float)
+            else str(v)
+        )
+
+    others = "; ".join(
+        f"{name} recipe: {show(v)}" for name, v in values.items() if name != "default"
+    )
+    return f"(default: {show(values['default'])}; {others})"
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -76,47 +96,77 @@ def _build_parser() -> argparse.ArgumentParser:
         help="settings the other flags override (default: %(default)s)",
     )
     train.add_argument("--backend", help="numpy, auto, ... (default: $TINYNET_BACKEND or auto)")
-    train.add_argument("--hidden", type=int, nargs="+", help="hidden layer sizes, e.g. 256 128")
-    train.add_argument("--activation", help="hidden activation: " + ", ".join(tn.ACTIVATIONS))
-    train.add_argument("--loss", help="cross_entropy or squared_error")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float, help="learning rate")
-    train.add_argument("--momentum", type=float)
-    train.add_argument("--lr-decay", type=float, help="multiply lr by this after each epoch")
-    train.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
-    train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    train.add_argument("--data-dir", help="folder with the MNIST IDX files (raw or .gz)")
-    train.add_argument("--no-download", action="store_true", help="never download MNIST")
     train.add_argument(
-        "--sample", action="store_true", help="use the small MNIST sample shipped in the package"
+        "--hidden", type=int, nargs="+", help="hidden layer sizes " + _recipe_default("hidden")
     )
+    train.add_argument(
+        "--activation",
+        help=f"hidden activation, one of {', '.join(tn.ACTIVATIONS)} "
+        + _recipe_default("activation"),
+    )
+    train.add_argument("--loss", help="cross_entropy or squared_error " + _recipe_default("loss"))
+    train.add_argument("--epochs", type=int, help=_recipe_default("epochs"))
+    train.add_argument("--batch-size", type=int, help=_recipe_default("batch_size"))
+    train.add_argument("--lr", type=float, help="learning rate " + _recipe_default("lr"))
+    train.add_argument("--momentum", type=float, help=_recipe_default("momentum"))
+    train.add_argument(
+        "--lr-decay",
+        type=float,
+        help="multiply lr by this after each epoch " + _recipe_default("lr_decay"),
+    )
+    train.add_argument(
+        "--seed", type=int, default=0, help="initialisation and shuffling seed (default: 0)"
+    )
+    train.add_argument(
+        "--dtype", default="float32", choices=["float32", "float64"], help="(default: float32)"
+    )
+    _data_flags(train)
     train.add_argument("--plot", metavar="PNG", help="save the training curve (matplotlib)")
     train.add_argument("--save", metavar="NPZ", help="save the trained model")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     evaluate = sub.add_parser("evaluate", help="test accuracy of a saved model on MNIST")
     evaluate.add_argument("model", help="a file written by 'tinynet train --save'")
-    evaluate.add_argument("--backend")
-    evaluate.add_argument("--data-dir")
-    evaluate.add_argument("--no-download", action="store_true")
-    evaluate.add_argument("--sample", action="store_true")
+    evaluate.add_argument("--backend", help="numpy, auto, ... (default: $TINYNET_BACKEND or auto)")
+    _data_flags(evaluate)
 
     sub.add_parser("info", help="backends, versions, threads and GPU")
     return parser
 
 
-def _data(args: argparse.Namespace):
+def _data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="folder with the MNIST IDX files (raw or .gz)")
+    parser.add_argument("--no-download", action="store_true", help="never download MNIST")
+    parser.add_argument(
+        "--download-deadline",
+        type=float,
+        default=mnist_loader.DEADLINE,
+        metavar="SECONDS",
+        help="give up on a mirror after this long per file (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--sample", action="store_true", help="use the small MNIST sample shipped in the package"
+    )
+
+
+def _data(args: argparse.Namespace, train: bool = True):
+    """(train, test, source); train is None when not asked for."""
     if args.sample:
         return (
-            tn.datasets.mnist_sample("train"),
+            tn.datasets.mnist_sample("train") if train else None,
             tn.datasets.mnist_sample("test"),
-            tn.datasets.mnist_loader.SAMPLE_NAME,
+            mnist_loader.SAMPLE_NAME,
         )
+    if not args.download_deadline > 0:
+        raise InvalidInputError(f"--download-deadline must be > 0, got {args.download_deadline}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train, test, source = tn.datasets.load_mnist(
-            args.data_dir, not args.no_download, progress=True
+            args.data_dir,
+            not args.no_download,
+            progress=True,
+            train=train,
+            deadline=args.download_deadline,
         )
     for w in caught:
         print(f"\n*** WARNING: {w.message} ***\n", file=sys.stderr)
@@ -135,6 +185,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     opt = {k: recipe[k] if v is None else v for k, v in opt.items()}
     if not 0 < opt["lr_decay"] <= 1:
         raise InvalidInputError(f"--lr-decay must be in (0, 1], got {opt['lr_decay']}")
+    # every setting is checked before the data loads (seconds, or a download)
+    for flag in ("epochs", "batch_size"):
+        if opt[flag] < 1:
+            raise InvalidInputError(f"--{flag.replace('_', '-')} must be >= 1, got {opt[flag]}")
+    if any(size < 1 for size in opt["hidden"]):
+        raise InvalidInputError(f"--hidden sizes must be >= 1, got {opt['hidden']}")
+    if opt["activation"] not in tn.ACTIVATIONS:
+        raise InvalidInputError(
+            f"unknown activation {opt['activation']!r}; valid: {', '.join(tn.ACTIVATIONS)}"
+        )
     _check_output_path(args.save, "the model to")
     _check_output_path(args.plot, "the plot to")
     if args.plot:
@@ -173,8 +233,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(
         f"recipe {args.recipe}: {net.in_features}-{'-'.join(map(str, opt['hidden']))}-10 "
         f"{opt['activation']}, {loss!r}, {optimizer!r} (lr x{opt['lr_decay']:g} per epoch), "
-        f"batch {opt['batch_size']}, "
-        f"{opt['epochs']} epochs, {args.dtype}"
+        f"batch {opt['batch_size']}, {_count(opt['epochs'], 'epoch')}, {args.dtype}"
     )
 
     def end_of_epoch(epoch: int, r: dict[str, float]) -> None:
@@ -217,6 +276,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _plot(history: tn.History, path: str, title: str) -> None:
     import matplotlib
 
@@ -247,13 +310,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.backend:
         tn.set_backend(args.backend)
     net = tn.load(args.model)
-    _, (x_test, y_test), source = _data(args)
+    _, (x_test, y_test), source = _data(args, train=False)
     scores = net.evaluate(x_test, y_test)
     print(f"test accuracy {100 * scores['accuracy']:.2f}% on {source} ({len(x_test):,} images)")
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    # what `train` would use: an invalid TINYNET_BACKEND fails here as it would there
+    active = tn.get_backend()
     print(f"tinynet {tn.__version__}")
     for key, value in tn.system.machine_info().items():
         print(f"  {key:12s} {value}")
@@ -269,6 +334,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  auto  -> {tn.backend._resolve('auto').name}")
     except TinynetError as exc:
         print(f"  auto  -> none: {exc}")
+    from_env = os.environ.get(tn.backend.ENV_VAR, "").strip()
+    chosen = f"{tn.backend.ENV_VAR}={from_env}" if from_env else "default: auto"
+    print(f"active backend: {active.name} ({chosen})")
     return 0
 
 
