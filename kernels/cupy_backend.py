@@ -296,7 +296,9 @@ class _Cublas:
         """c <- alpha op(a) op(b) + beta c, all C-ordered, op(x) = x^T where asked. alpha and
         beta: device addresses of scalars of c's dtype. cuBLAS is column-major, where a C-ordered
         matrix is its transpose: so it computes c^T = op(b)^T op(a)^T."""
-        assert c.flags.c_contiguous and a.flags.c_contiguous and b.flags.c_contiguous
+        if not (c.flags.c_contiguous and a.flags.c_contiguous and b.flags.c_contiguous):
+            # cuBLAS would read the wrong elements: never a silent wrong answer
+            raise BackendError("cuBLAS gemm needs C-contiguous arrays (a tinynet bug: report it)")
         m, n = c.shape
         k = a.shape[0] if trans_a else a.shape[1]
         fn = self._lib.cublasSgemm_v2 if c.dtype == np.float32 else self._lib.cublasDgemm_v2

@@ -44,16 +44,19 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numba
-import numpy as np
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from tinynet.system import check_numba_threads_variable, cpu_count
 
-from tinynet.backend import EpochSpec
-from tinynet.kernels import numba_cache
-from tinynet.kernels.numpy_backend import NumpyBackend
-from tinynet.system import cpu_count
+check_numba_threads_variable()  # before Numba reads it: its own error names no variable
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import njit, types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
+
+from tinynet.backend import EpochSpec  # noqa: E402
+from tinynet.kernels import numba_cache  # noqa: E402
+from tinynet.kernels.numpy_backend import NumpyBackend  # noqa: E402
 
 # The kernels' on-disk cache: a folder per version of this file and of the cache's own format.
 CACHE = numba_cache.configure([os.path.abspath(__file__), os.path.abspath(numba_cache.__file__)])

@@ -194,7 +194,9 @@ def test_two_threads_can_train_models_of_one_shape_at_once(batch):
 
     def train(seed):
         with tn.use_backend("numba"):
-            net = tn.MLP.from_sizes([784, 64, 10], "sigmoid", "sigmoid", seed=seed)
+            net = tn.MLP.from_sizes(
+                [784, 64, 10], "sigmoid", "sigmoid", seed=seed, rescale=(1 / 255, 0.0)
+            )
             loss, opt = tn.SquaredError(0.5), tn.SGD(0.1)
             net.fit(x[:400], y[:400], loss, opt, batch_size=batch, seed=seed)
             return net.get_weights()[0][0]

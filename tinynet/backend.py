@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +43,9 @@ _REGISTRY: dict[str, tuple[str, str]] = {
 }
 # `auto` tries these in order and takes the first that is registered and usable.
 _AUTO_PREFERENCE = ("cupy", "numba", "numpy")
+# The library each backend needs: `auto` passes over a backend whose library is absent quietly,
+# but warns when it is installed and still cannot run (a broken setting, a missing driver).
+_LIBRARY = {"numba": "numba", "cupy": "cupy"}
 
 _instances: dict[str, Backend] = {}
 _explicit: str | None = None
@@ -165,6 +170,9 @@ def _resolve(name: str) -> Backend:
                 backend = _instantiate(candidate)
             except BackendError as exc:
                 reasons.append(str(exc))
+                library = _LIBRARY.get(candidate)
+                if library and importlib.util.find_spec(library) is not None:
+                    _warn_passed_over(candidate, str(exc))
                 continue
             skipped = f" (skipped: {'; '.join(reasons)})" if reasons else ""
             log.debug("backend 'auto' selected %r%s", backend.name, skipped)
@@ -174,6 +182,15 @@ def _resolve(name: str) -> Backend:
         valid = ", ".join(available_backends())
         raise BackendError(f"unknown backend {name!r}; valid names: {valid}")
     return _instantiate(name)
+
+
+_warned_passed_over: set[str] = set()
+
+
+def _warn_passed_over(name: str, reason: str) -> None:
+    if name not in _warned_passed_over:
+        _warned_passed_over.add(name)
+        warnings.warn(f"backend 'auto' passed over {name!r}: {reason}", RuntimeWarning, 3)
 
 
 def get_backend() -> Backend:

@@ -221,9 +221,9 @@ class Dense(Layer):
             if arr is not None and not np.all(np.isfinite(arr)):
                 raise InvalidInputError(f"{name} contain NaN or inf")
         # Copies: training must never write into the caller's arrays.
-        self.weight.data = self.backend.xp.array(W, dtype=self.dtype, copy=True)
+        self.weight.data = self.backend.xp.array(W, dtype=self.dtype, order="C", copy=True)
         if self.bias is not None:
-            self.bias.data = self.backend.xp.array(b, dtype=self.dtype, copy=True)
+            self.bias.data = self.backend.xp.array(b, dtype=self.dtype, order="C", copy=True)
 
     def config(self) -> dict[str, Any]:
         return {

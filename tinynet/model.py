@@ -11,17 +11,16 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tempfile
-import zipfile
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tinynet.backend import EpochSpec, LayerSpec
-from tinynet.errors import InvalidInputError, ModelFileError, ShapeError
-from tinynet.layers import Dense, Layer, Parameter, Rescaling, SeedLike
+from tinynet.errors import InvalidInputError, ModelFileError, ShapeError, TinynetError
+from tinynet.layers import INITS, Dense, Layer, Parameter, Rescaling, SeedLike
 from tinynet.losses import CrossEntropy, Loss, SquaredError
+from tinynet.model_file import ModelArchive, parse_config, write_atomically
 from tinynet.optim import SGD
 
 if TYPE_CHECKING:
@@ -110,7 +109,7 @@ class MLP:
         """x as a backend array of shape (batch, in_features); clear errors otherwise."""
         xp = self.backend.xp
         if not isinstance(x, np.ndarray | xp.ndarray):
-            x = np.asarray(x)
+            x = _as_array(x, "input")
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ShapeError(
                 f"expected input of shape (batch, {self.in_features}), got {tuple(x.shape)}"
@@ -128,8 +127,14 @@ class MLP:
         """Targets as a backend array (n, out_features); integer labels become one-hot rows."""
         xp = self.backend.xp
         if not isinstance(t, np.ndarray | xp.ndarray):
-            t = np.asarray(t)
-        if t.ndim == 1 and self.out_features > 1 and t.dtype.kind in "iu":
+            t = _as_array(t, "targets")
+        if t.ndim == 1 and self.out_features > 1 and t.dtype.kind not in "iu":
+            raise InvalidInputError(
+                f"1-D targets must be integer class labels in [0, {self.out_features}), got "
+                f"dtype {t.dtype}; convert with labels.astype(int), or pass one-hot rows of "
+                f"shape ({n}, {self.out_features})"
+            )
+        if t.ndim == 1 and self.out_features > 1:
             t = one_hot(t, self.out_features, dtype=self.dtype)
         elif t.ndim == 1 and self.out_features == 1:
             t = t.reshape(-1, 1)
@@ -277,60 +282,108 @@ class MLP:
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write the model to ``path`` (.npz). Atomic: a crash mid-write keeps the old file."""
+        """Write the model to ``path`` (.npz); see ``model_file.write_atomically``: atomic, a
+        symlink written through, permissions kept, ModelFileError on any I/O fault. A model
+        with NaN or inf weights is refused (InvalidInputError) and the file left as it was."""
         arrays: dict[str, np.ndarray] = {
             "__format__": np.array(FORMAT),
             "__config__": np.array(json.dumps([layer.config() for layer in self.layers])),
         }
         for i, layer in enumerate(self.layers):
             for p in layer.parameters():
-                arrays[f"{i}.{p.name}"] = self.backend.to_numpy(p.data)
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".tinynet-", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+                data = self.backend.to_numpy(p.data)
+                if not np.isfinite(data).all():
+                    raise InvalidInputError(
+                        f"layer {i} ({layer!r}) has NaN or inf in its {p.name}; not saved, "
+                        f"{os.fspath(path)} is unchanged"
+                    )
+                arrays[f"{i}.{p.name}"] = data
+        write_atomically(path, lambda f: np.savez(f, **arrays))
 
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"MLP([\n  {inner}\n])"
 
 
+# What a model file's config may hold for each layer type, and the Python type of each value.
+_CONFIG_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
+    "Dense": {
+        "in_features": (int,),
+        "out_features": (int,),
+        "activation": (str,),
+        "bias": (bool,),
+        "init": (str,),
+        "dtype": (str,),
+    },
+    "Rescaling": {"scale": (int, float), "offset": (int, float), "dtype": (str,)},
+}
+
+
+def _checked_config(config: Any, archive: ModelArchive) -> list[dict[str, Any]]:
+    """The layer configs, each with exactly its type's keys and value types."""
+    if not isinstance(config, list) or not config:
+        raise archive.error("its config is not a list of layers")
+    for i, cfg in enumerate(config):
+        kind = cfg.get("type") if isinstance(cfg, dict) else None
+        keys = _CONFIG_KEYS.get(kind) if isinstance(kind, str) else None
+        if keys is None:
+            raise archive.error(f"layer {i} of its config is not a Dense or Rescaling layer")
+        given = set(cfg) - {"type"}
+        if given != set(keys):
+            raise archive.error(
+                f"layer {i} ({kind}) has keys {sorted(given)}, expected {sorted(keys)}"
+            )
+        for key, types in keys.items():
+            value = cfg[key]
+            if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+                raise archive.error(f"layer {i} ({kind}): {key} = {value!r} has the wrong type")
+        if kind == "Dense" and cfg["init"] not in INITS:
+            raise archive.error(f"layer {i} (Dense): unknown init {cfg['init']!r}")
+    return config
+
+
 def load(path: str | os.PathLike) -> MLP:
-    """Read a model written by ``MLP.save`` onto the active backend."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ModelFileError(f"model file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "__format__" not in data.files or str(data["__format__"]) != FORMAT:
-                raise ModelFileError(f"not a tinynet model file: {path}")
-            config = json.loads(str(data["__config__"]))
-            arrays = {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        if isinstance(exc, ModelFileError):
+    """Read a model written by ``MLP.save`` onto the active backend.
+
+    Raises ModelFileError naming the file for anything that is not such a model: a missing file,
+    another format (a plain .npy, a zip), a damaged or inconsistent config, arrays whose shapes
+    or sizes disagree with it. Sizes are checked before anything is allocated, and only the
+    members the model needs are read.
+    """
+    with ModelArchive(path) as archive:
+        if not archive.has("__format__") or archive.text("__format__") != FORMAT:
+            raise ModelFileError(f"not a tinynet model file: {archive.path}")
+        config = _checked_config(parse_config(archive.text("__config__"), archive.path), archive)
+        layers: list[Layer] = []
+        try:
+            for i, cfg in enumerate(config):
+                args = {k: v for k, v in cfg.items() if k != "type"}
+                if cfg["type"] == "Rescaling":
+                    layers.append(Rescaling(**args))
+                    continue
+                shape = (args["out_features"], args["in_features"])
+                W = archive.array(f"{i}.weight", shape)  # checked against the file first
+                b = archive.array(f"{i}.bias", shape[:1]) if args["bias"] else None
+                layer = Dense(**{**args, "init": "zeros"})  # no random init to throw away
+                layer.init = args["init"]
+                layer.set_weights(W, b)
+                layers.append(layer)
+            return MLP(layers)
+        except ModelFileError:
             raise
-        raise ModelFileError(f"not a tinynet model file: {path} ({exc})") from exc
-    layers: list[Layer] = []
+        except TinynetError as exc:
+            raise archive.error(str(exc)) from exc
+
+
+def _as_array(data: Any, what: str) -> np.ndarray:
+    """np.asarray(data), with a clear error for ragged nested lists."""
     try:
-        for i, cfg in enumerate(config):
-            kind = cfg.pop("type")
-            if kind == "Rescaling":
-                layers.append(Rescaling(**cfg))
-                continue
-            layer = Dense(**cfg)
-            layer.set_weights(arrays[f"{i}.weight"], arrays.get(f"{i}.bias"))
-            layers.append(layer)
-    except (KeyError, TypeError) as exc:
-        raise ModelFileError(f"tinynet model file is damaged: {path} ({exc!r})") from exc
-    return MLP(layers)
+        return np.asarray(data)
+    except ValueError as exc:  # "inhomogeneous shape": rows of different lengths
+        raise ShapeError(
+            f"{what} must be a rectangular array; the rows of this {type(data).__name__} have "
+            "different lengths"
+        ) from exc
 
 
 def one_hot(

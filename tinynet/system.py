@@ -42,6 +42,25 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def check_numba_threads_variable() -> None:
+    """BackendError naming NUMBA_NUM_THREADS when it is set to anything but a positive integer
+    (Numba itself fails on import with "Number of threads specified must be > 0")."""
+    value = os.environ.get("NUMBA_NUM_THREADS", "").strip()
+    if not value:
+        return
+    try:
+        valid = int(value) >= 1
+    except ValueError:
+        valid = False
+    if not valid:
+        from tinynet.errors import BackendError
+
+        raise BackendError(
+            f"backend 'numba' cannot be used: NUMBA_NUM_THREADS must be a positive integer, got "
+            f"{value!r}; unset it to use every core this process may run on ({cpu_count()})"
+        )
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -67,12 +68,14 @@ def fit(
     targets, or n integer labels (one-hot encoded). ``batch_size=1`` is the seeds' per-sample
     SGD. ``seed`` fixes the shuffling order. History keys: loss, time, samples_per_s, and
     val_loss, val_accuracy when ``validation_data`` is given; ``on_epoch_end(epoch, record)`` sees
-    each epoch's record. Raises InvalidInputError if the loss turns NaN or inf.
+    each epoch's record. Raises InvalidInputError if the loss turns NaN or inf, after putting
+    back the weights (and momentum) the model had before that epoch.
     """
     epochs = _positive_int("epochs", epochs)
     batch_size = _positive_int("batch_size", batch_size)
     model._check_loss(loss)
     B = model.backend
+    _warn_if_raw_pixels(model, X)
     X = model._input(X)  # checks shape and NaN/inf once; uint8 stays uint8
     n = X.shape[0]
     if n == 0:
@@ -86,6 +89,7 @@ def fit(
     history = History()
     per_sample = loss.reduction == "mean"
     for epoch in range(1, epochs + 1):
+        saved = _snapshot(model, optimizer)  # restored if this epoch diverges
         # A backend that fuses this model and batch size takes stretches of the epoch (a whole
         # number of batches, the same batches as below) and the progress bar moves between them.
         # Built per epoch, so a learning rate changed in on_epoch_end takes effect.
@@ -139,9 +143,11 @@ def fit(
         mean_loss = float(total) / n
         elapsed = time.perf_counter() - start_time
         if not math.isfinite(mean_loss):
+            _restore(saved)
             raise InvalidInputError(
-                f"training diverged in epoch {epoch}: the loss is {mean_loss}; "
-                f"try a smaller learning rate (now {optimizer.lr:g})"
+                f"training diverged in epoch {epoch}: the loss is {mean_loss}; the weights are "
+                f"back to what they were before it; try a smaller learning rate "
+                f"(now {optimizer.lr:g})"
             )
         record = {"loss": mean_loss, "time": elapsed, "samples_per_s": n / elapsed}
         if validation_data is not None:
@@ -151,6 +157,38 @@ def fit(
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
     return history
+
+
+def _warn_if_raw_pixels(model: MLP, X: Any) -> None:
+    """uint8 inputs of 0..255 straight into a Dense layer saturate it, and training stalls
+    near chance with no error: say so."""
+    from tinynet.layers import Rescaling
+
+    dtype = getattr(X, "dtype", None)
+    if dtype == np.uint8 and not isinstance(model.layers[0], Rescaling) and int(X.max()) > 1:
+        warnings.warn(
+            "the inputs look like raw pixels (uint8 up to 255) and the model has no Rescaling "
+            "layer: pass rescale=(1 / 255, 0.0) to MLP.from_sizes, or put "
+            "tn.Rescaling(1 / 255) first",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _snapshot(model: MLP, optimizer: SGD) -> list[tuple[Any, Any]]:
+    """(live array, copy) of every parameter and momentum buffer, for ``_restore``."""
+    xp = model.backend.xp
+    live = [p.data for p in model.parameters()]
+    live += [
+        v for p in model.parameters() if (v := optimizer.velocity(p, model.backend)) is not None
+    ]
+    return [(a, xp.array(a, copy=True)) for a in live]
+
+
+def _restore(saved: list[tuple[Any, Any]]) -> None:
+    """Put the copies back into the live arrays, in place (the backends hold on to them)."""
+    for live, copy in saved:
+        live[...] = copy
 
 
 def _chunk(n: int, batch_size: int) -> int:
