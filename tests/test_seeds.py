@@ -70,14 +70,14 @@ def test_seed000_output_layer_with_the_seeds_hidden_outputs(backend_name):
     # E = 0.512656 + 0.079524 = 0.59218 with o rounded to 0.726/0.708. (The seed writes
     # (0.706 - 0.99)^2 for E2 but its value 0.079524 is (0.708 - 0.99)^2: a typo.)
     assert loss(y, np.array([T0])) == pytest.approx(0.59218, abs=2e-3)
-    before = out.layers[0].get_weights()[0][0, 0]
     value = out.train_step(h, np.array([T0]), loss, tn.SGD(lr=0.5))
     assert value == pytest.approx(0.59218, abs=2e-3)
     grad = tn.to_numpy(out.layers[0].weight.grad)[0, 0]
     # dE/dw11 = 1.432 * 0.198924 * 0.761 = 0.216777826848; w11 = 0.3 - 0.5 * that = 0.191611...
     assert grad == pytest.approx(0.216777826848, abs=1e-3)
-    assert before == 0.3
-    assert out.layers[0].get_weights()[0][0, 0] == pytest.approx(0.191611086576, abs=5e-4)
+    new_w11 = out.layers[0].get_weights()[0][0, 0]
+    assert new_w11 == pytest.approx(0.191611086576, abs=5e-4)
+    assert new_w11 == pytest.approx(W_HO[0][0] - 0.5 * grad, rel=1e-12)  # the seed's update rule
 
 
 def _hand_seed000():
@@ -105,7 +105,7 @@ def test_seed000_backprop_full_network(backend_name):
     #   value is a leftover from the output layer.
     # So the seed's 0.0624363156 and 0.894889865 are not what backprop gives; we test the values
     # computed by hand above, with the correct forward pass.
-    oo, E, g_ho, g_ih, _d_oh = _hand_seed000()
+    oo, E, g_ho, g_ih, d_oh = _hand_seed000()
     net = seed000_net()
     loss = tn.SquaredError(scale=1.0, reduction="sum")
     np.testing.assert_allclose(net.predict(np.array([X0]))[0], oo, rtol=1e-12)
@@ -118,9 +118,16 @@ def test_seed000_backprop_full_network(backend_name):
     W_ho_new, _ = net.layers[1].get_weights()
     np.testing.assert_allclose(W_ih_new, np.array(W_IH) - 0.5 * np.array(g_ih), rtol=1e-12)
     np.testing.assert_allclose(W_ho_new, np.array(W_HO) - 0.5 * np.array(g_ho), rtol=1e-12)
-    # The seed's own recipe with the erratum fixed: dE/dO_h1 = 1.432*0.198924*0.3 + (-0.116599104)
-    # * 0.6 with its rounded values; close to the exact value of the (correct) forward pass.
-    assert pytest.approx(0.0154983, abs=1e-6) == 1.432 * 0.198924 * 0.3 - 0.116599104 * 0.6
+    # dE/dO_hidden, which the output layer hands down, from a fresh forward pass: the hand
+    # value exactly, and the seed's own recipe with the erratum fixed (w'_{1,2} = 0.6), which
+    # with its rounded factors gives dE/dO_h1 = 1.432*0.198924*0.3 - 0.116599104*0.6 = 0.0154983.
+    net = seed000_net()
+    B = net.backend
+    y = net.forward(np.array([X0]))
+    _, delta = loss.value_and_delta(B, y, B.asarray(np.array([T0])), "sigmoid")
+    d_hidden = tn.to_numpy(net.layers[1].backward_delta(delta))[0]
+    np.testing.assert_allclose(d_hidden, d_oh, rtol=1e-10)
+    assert d_hidden[0] == pytest.approx(0.0154983, abs=2e-3)  # the seed's rounded factors
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +170,11 @@ def _hand_seed004_step(w1, w2):
 def test_seed004_forward(backend_name):
     net = seed004_net()
     h = tn.MLP([net.layers[0]]).predict(np.array([X4]))[0]
-    assert pytest.approx(0.3775) == 0.15 * 0.05 + 0.2 * 0.1 + 0.35  # net_h1 as printed
+    B, layer = net.backend, net.layers[0]
+    net_h = B.dense_forward(
+        B.asarray(np.array([X4])), layer.weight.data, layer.bias.data, "identity"
+    )
+    np.testing.assert_allclose(tn.to_numpy(net_h)[0], [0.3775, 0.3925], rtol=1e-12)  # as printed
     np.testing.assert_allclose(h, [0.593269992, 0.596884378], atol=1e-9)
     o = net.predict(np.array([X4]))[0]
     np.testing.assert_allclose(o, [0.75136507, 0.772928465], atol=1e-8)
