@@ -29,6 +29,7 @@ import ctypes
 import os
 import threading
 import warnings
+import weakref
 from typing import Any
 
 import numpy as np
@@ -111,8 +112,9 @@ class CupyBackend(NumpyBackend):
         # train_epoch: CUDA-graph mode, the cuBLAS handle, kernels per dtype, and the
         # preallocated state of the last model trained (see _Epoch)
         self.graphs = graphs_from_env()
-        self._blas: _Cublas | None = None
-        self._blas_error: Exception | None = None  # why the handle could not be made
+        # cuBLAS handles are tied to the device current when they are made: one per device
+        self._blas: dict[int, _Cublas] = {}
+        self._blas_error: Exception | None = None  # why a handle could not be made
         self._epoch_kernels: dict = {}
         self._epochs: dict = {}
         # one epoch at a time: the buffers, the step counter and the cuBLAS handle are shared
@@ -132,7 +134,8 @@ class CupyBackend(NumpyBackend):
         }
 
     def synchronize(self) -> None:
-        self.xp.cuda.Stream.null.synchronize()
+        # the stream work is queued on (a `with stream:` block's, not only the null stream)
+        self.xp.cuda.get_current_stream().synchronize()
 
     # -- arrays -----------------------------------------------------------------------------
     def to_numpy(self, x: Any) -> np.ndarray:
@@ -196,10 +199,11 @@ class CupyBackend(NumpyBackend):
         """tinynet's own cuBLAS handle, made on first use. Where it cannot be made (cuBLAS not
         found, or too old to have a function it needs), training runs kernel by kernel through
         CuPy's cuBLAS instead: the same results, slower, and a warning that says why."""
+        device = self.xp.cuda.Device().id
         with self._epoch_lock:
-            if self._blas is None and self._blas_error is None:
+            if device not in self._blas and self._blas_error is None:
                 try:
-                    self._blas = _Cublas(self.xp)
+                    self._blas[device] = _Cublas(self.xp)
                 except (BackendError, OSError, AttributeError, RuntimeError) as exc:
                     self._blas_error = exc
                     warnings.warn(
@@ -208,7 +212,7 @@ class CupyBackend(NumpyBackend):
                         RuntimeWarning,
                         stacklevel=3,
                     )
-        return self._blas
+        return self._blas.get(device)
 
     def train_epoch(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int) -> Any:
         """SGD on X[order] in steps of batch_size; the sum of the per-sample losses as a 0-d
@@ -225,21 +229,34 @@ class CupyBackend(NumpyBackend):
 
 
 # -- the fused epoch ---------------------------------------------------------------------------
-def _load_cublas() -> ctypes.CDLL:
-    """The cuBLAS library CuPy uses (loaded by importing cupy.cublas)."""
-    import cupy.cublas  # noqa: F401
+def cublas_candidates(runtime_version: int, pathfinder_path: str | None = None) -> list[str]:
+    """Where to look for cuBLAS, best first: the major version of CuPy's CUDA runtime
+    (``runtimeGetVersion()``, e.g. 12080 -> libcublas.so.12), then what CuPy's own library
+    finder reports, then the unversioned name. Never another major version: its GEMMs could
+    run against a runtime they were not built for."""
+    major = runtime_version // 1000
+    names = [f"libcublas.so.{major}"]
+    if pathfinder_path:
+        names.append(pathfinder_path)
+    return [*names, "libcublas.so"]
 
-    paths = []
+
+def _load_cublas(cp: Any) -> ctypes.CDLL:
+    """The cuBLAS library CuPy uses; BackendError saying why when it cannot be loaded."""
+    try:
+        import cupy.cublas  # noqa: F401  (loads CuPy's cuBLAS into the process)
+    except ImportError as exc:  # CuPy installed without its cuBLAS
+        raise BackendError(f"backend 'cupy': CuPy cannot load cuBLAS ({exc})") from exc
+    found = None
     with contextlib.suppress(Exception):  # CuPy >= 14 finds its libraries with cuda.pathfinder
         from cuda.pathfinder import load_nvidia_dynamic_lib
 
-        paths.append(load_nvidia_dynamic_lib("cublas").abs_path)
-    paths += ["libcublas.so.13", "libcublas.so.12", "libcublas.so"]
+        found = load_nvidia_dynamic_lib("cublas").abs_path
+    paths = cublas_candidates(cp.cuda.runtime.runtimeGetVersion(), found)
     for path in paths:
-        if path:
-            with contextlib.suppress(OSError):
-                return ctypes.CDLL(path)
-    raise BackendError(f"backend 'cupy': cannot load cuBLAS (tried {', '.join(map(str, paths))})")
+        with contextlib.suppress(OSError):
+            return ctypes.CDLL(path)
+    raise BackendError(f"backend 'cupy': cannot load cuBLAS (tried {', '.join(paths)})")
 
 
 class _Cublas:
@@ -252,9 +269,10 @@ class _Cublas:
     WORKSPACE_BYTES = 32 << 20  # NVIDIA's suggestion for Hopper
 
     def __init__(self, cp: Any) -> None:
-        lib = self._lib = _load_cublas()
+        lib = self._lib = _load_cublas(cp)
         vp, i = ctypes.c_void_p, ctypes.c_int
         lib.cublasCreate_v2.argtypes = [ctypes.POINTER(vp)]
+        lib.cublasDestroy_v2.argtypes = [vp]
         lib.cublasSetStream_v2.argtypes = [vp, vp]
         lib.cublasSetWorkspace_v2.argtypes = [vp, vp, ctypes.c_size_t]
         lib.cublasSetMathMode.argtypes = [vp, i]
@@ -264,14 +282,21 @@ class _Cublas:
         self.handle = vp()
         self._check(lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
         self._check(lib.cublasSetPointerMode_v2(self.handle, 1), "cublasSetPointerMode")  # DEVICE
+        # destroyed with this object (or at exit), on the device it was made on
+        self._finalizer = weakref.finalize(self, lib.cublasDestroy_v2, self.handle)
         self.workspace = cp.empty(self.WORKSPACE_BYTES, dtype=cp.uint8)
-        self._check(
-            lib.cublasSetWorkspace_v2(self.handle, self.workspace.data.ptr, self.WORKSPACE_BYTES),
-            "cublasSetWorkspace",
-        )
+        self._set_workspace()
         tf32 = os.environ.get("CUPY_TF32") == "1"
         self._check(lib.cublasSetMathMode(self.handle, 3 if tf32 else 0), "cublasSetMathMode")
         self._stream = -1
+
+    def _set_workspace(self) -> None:
+        self._check(
+            self._lib.cublasSetWorkspace_v2(
+                self.handle, self.workspace.data.ptr, self.WORKSPACE_BYTES
+            ),
+            "cublasSetWorkspace",
+        )
 
     @staticmethod
     def _check(status: int, what: str) -> None:
@@ -281,6 +306,9 @@ class _Cublas:
     def bind(self, stream_ptr: int) -> None:
         if stream_ptr != self._stream:
             self._check(self._lib.cublasSetStream_v2(self.handle, stream_ptr), "cublasSetStream")
+            # cublasSetStream resets the workspace to cuBLAS's own pool (cuBLAS docs,
+            # cublasSetStream), after which GEMMs allocate, captured ones included: set ours again
+            self._set_workspace()
             self._stream = stream_ptr
 
     def gemm(
@@ -431,7 +459,7 @@ class _Epoch:
 
     def __init__(self, backend: CupyBackend, spec: EpochSpec, X: Any, T: Any, batch: int) -> None:
         cp = self.cp = backend.xp
-        self.blas = backend._blas
+        self.blas = backend._cublas()  # this device's handle
         self.layers = spec.layers
         dtype = self.dtype = np.dtype(spec.layers[0].W.dtype)
         dt = dtype.type
@@ -468,6 +496,7 @@ class _Epoch:
         self.loss_scale, self.mean = dt(spec.loss_scale), spec.reduction == "mean"
         self.tiny = dt(np.finfo(dtype).tiny)
         self.captured: dict[int, Any] = {}  # steps -> CUDA graph
+        self.capture_error: Exception | None = None  # set once a capture failed: eager from then
         self.warm = False  # a full step has run: its kernels are compiled and loaded
 
     def run(self, spec: EpochSpec, order: Any, graphs: bool) -> Any:
@@ -483,9 +512,20 @@ class _Epoch:
         if graphs and full and not self.warm:  # one eager step before any capture: every
             self._step(self.batch)  # kernel compiled and loaded for these shapes
             done, self.warm = 1, True
-        while graphs and done < full:
+        while graphs and done < full and self.capture_error is None:
             steps = min(full - done, self.STEPS_PER_GRAPH)
-            self._graph(steps, stream).launch(stream)
+            try:
+                graph = self._graph(steps, stream)
+            except Exception as exc:  # nothing of a failed capture ran: go on eagerly
+                self.capture_error = exc
+                warnings.warn(
+                    f"tinynet's cupy backend could not capture a CUDA graph "
+                    f"({type(exc).__name__}: {exc}); this model trains without graphs",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                break
+            graph.launch(stream)
             done += steps
         for _ in range(done, full):
             self._step(self.batch)
@@ -503,15 +543,21 @@ class _Epoch:
         graph = self.captured.get(steps)
         if graph is None:
             capture = self.cp.cuda.Stream(non_blocking=True)
-            with capture:
-                self.blas.bind(capture.ptr)
-                capture.begin_capture()
-                try:
-                    for _ in range(steps):
-                        self._step(self.batch)
-                finally:
+            try:
+                with capture:
+                    self.blas.bind(capture.ptr)
+                    capture.begin_capture()
+                    try:
+                        for _ in range(steps):
+                            self._step(self.batch)
+                    except BaseException:
+                        # end the broken capture (its own error would hide the real one)
+                        with contextlib.suppress(Exception):
+                            capture.end_capture()
+                        raise
                     graph = capture.end_capture()
-            self.blas.bind(stream.ptr)
+            finally:
+                self.blas.bind(stream.ptr)  # never left bound to the capture stream
             self.captured[steps] = graph
         return graph
 

@@ -7,6 +7,7 @@ the backend-parametrized tests, which include cupy wherever it is usable.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 
 import numpy as np
 import pytest
@@ -165,12 +166,12 @@ def test_captured_steps_follow_a_new_learning_rate():
 def test_without_its_own_cublas_handle_training_runs_kernel_by_kernel(monkeypatch):
     from tinynet.kernels import cupy_backend
 
-    def cannot_load():
+    def cannot_load(cp):
         raise tn.BackendError("backend 'cupy': cannot load cuBLAS (tried libcublas.so.99)")
 
     B = backend_module._resolve("cupy")
     monkeypatch.setattr(cupy_backend, "_load_cublas", cannot_load)
-    for name, value in (("_blas", None), ("_blas_error", None), ("_epochs", {})):
+    for name, value in (("_blas", {}), ("_blas_error", None), ("_epochs", {})):
         monkeypatch.setattr(B, name, value)  # as if no epoch had run in this process
     args = ([784, 32, 10], "relu", "softmax", tn.CrossEntropy(), 0.9, "float32", 64, None, True)
     with pytest.warns(RuntimeWarning, match=r"libcublas.so.99.*kernel by kernel"):
@@ -236,3 +237,58 @@ def test_cuda_graphs_setting_is_0_or_1(monkeypatch):
     monkeypatch.setenv("TINYNET_CUDA_GRAPHS", "yes")  # not silently off
     with pytest.raises(tn.BackendError, match="TINYNET_CUDA_GRAPHS must be 0 or 1, got 'yes'"):
         graphs_from_env()
+
+
+@needs_gpu
+def test_a_failed_capture_reports_its_error_and_trains_eagerly(monkeypatch):
+    """An exception inside stream capture: the real error in a warning (not end_capture's),
+    the handle back on the training stream, and the same results as eager steps."""
+    from tinynet.kernels import cupy_backend
+
+    real_step = cupy_backend._Epoch._step
+
+    def step_failing_in_capture(self, nb):
+        if self.cp.cuda.get_current_stream().is_capturing():
+            raise RuntimeError("injected fault during capture")
+        return real_step(self, nb)
+
+    monkeypatch.setattr(cupy_backend._Epoch, "_step", step_failing_in_capture)
+    B = backend_module._resolve("cupy")
+    monkeypatch.setattr(B, "_epochs", {})
+    args = ([784, 32, 10], "relu", "softmax", tn.CrossEntropy(), 0.9, "float32", 64, None, True)
+    with pytest.warns(RuntimeWarning, match="could not capture.*injected fault during capture"):
+        reference, got = _fit_both(True, *args, None)
+    _assert_parity(reference, got, "float32")
+
+
+@needs_gpu
+def test_synchronize_waits_for_the_current_stream():
+    import cupy
+
+    B = backend_module._resolve("cupy")
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        x = cupy.ones((4096, 4096), cupy.float32)
+        for _ in range(20):
+            x = x @ x * 1e-4
+        B.synchronize()
+        assert stream.done
+
+
+def test_cublas_is_looked_for_at_cupys_cuda_major_version_first():
+    from tinynet.kernels.cupy_backend import cublas_candidates
+
+    assert cublas_candidates(12080)[0] == "libcublas.so.12"
+    assert cublas_candidates(13000, "/opt/x/libcublas.so.13")[:2] == [
+        "libcublas.so.13",
+        "/opt/x/libcublas.so.13",
+    ]
+    assert "libcublas.so.13" not in cublas_candidates(12080)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")
+def test_without_cupys_cublas_loading_is_a_backend_error_not_an_import_error():
+    from tinynet.kernels.cupy_backend import _load_cublas
+
+    with pytest.raises(tn.BackendError, match="cuBLAS"):
+        _load_cublas(None)
