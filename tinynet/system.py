@@ -30,6 +30,8 @@ def blas_info() -> dict[str, str]:
     pool = pools[0]
     return {
         "blas": f"{pool.get('internal_api')} {pool.get('version')}",
+        # the kernels OpenBLAS chose for this CPU (OPENBLAS_CORETYPE overrides them)
+        "blas_kernel": str(pool.get("architecture") or "?"),
         "blas_threads": str(pool.get("num_threads")),
     }
 
