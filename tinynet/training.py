@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tinynet.errors import InvalidInputError, ShapeError
+from tinynet.layers import Rescaling
 from tinynet.losses import Loss
 
 if TYPE_CHECKING:
@@ -162,8 +163,6 @@ def fit(
 def _warn_if_raw_pixels(model: MLP, X: Any) -> None:
     """uint8 inputs of 0..255 straight into a Dense layer saturate it, and training stalls
     near chance with no error: say so."""
-    from tinynet.layers import Rescaling
-
     dtype = getattr(X, "dtype", None)
     if dtype == np.uint8 and not isinstance(model.layers[0], Rescaling) and int(X.max()) > 1:
         warnings.warn(
