@@ -854,6 +854,12 @@ def _epoch_small_batch(
     return total
 
 
+@jit
+def _cache_probe():
+    """Nothing: called once so that numba_cache can check that Numba consults its cache."""
+    return 0
+
+
 _TEAM_POOL: ThreadPoolExecutor | None = None
 
 
@@ -909,6 +915,7 @@ class NumbaBackend(NumpyBackend):
     FUSED_MAX_WEIGHT_BYTES = 512 << 10
 
     def __init__(self) -> None:
+        numba_cache.check_active(_cache_probe)
         self._local = threading.local()  # train_epoch's work arrays, per calling thread
         self._compiled: set = set()  # kernels and argument kinds run by a team, see _run_team
 

@@ -59,6 +59,7 @@ class _State:
         self.unwritable: str | None = None  # why nothing can be written, once that is known
         self.warned: set[str] = set()
         self.compiling_said = False
+        self.consulted = False  # Numba has asked one of our caches for a kernel
 
 
 _state = _State()
@@ -178,6 +179,7 @@ if MISSING_INTERNALS is None:
             )
 
         def load_overload(self, sig: Any, target_context: Any) -> Any:
+            _state.consulted = True
             try:
                 result = super().load_overload(sig, target_context)
             except Exception as exc:  # damage found by the checksum, or a file Numba rejects
@@ -250,6 +252,23 @@ def configure(sources: Iterable[str]) -> str:
     return _Locator.folder
 
 
+def check_active(probe: Any) -> bool:
+    """Call ``probe`` (a cached kernel taking no arguments, not called before) and check that
+    Numba asked our cache for it: a Numba that still has the classes ``cached`` relies on but
+    no longer consults ``Dispatcher._cache`` would otherwise recompile everything at every start
+    without a word. Warns once when it did not; True when the cache is in use."""
+    if MISSING_INTERNALS is not None or not isinstance(probe._cache, KernelCache):
+        return False  # cached() has warned already
+    probe()
+    if not _state.consulted:
+        _warn_once(
+            "internals",
+            f"Numba {numba.__version__} did not consult tinynet's kernel cache; kernels compile "
+            "in memory at every start (several seconds).",
+        )
+    return _state.consulted
+
+
 def cached(dispatcher: Any) -> Any:
     """Give a Numba dispatcher (``njit`` without ``cache=True``) tinynet's kernel cache. Checks
     that the dispatcher has the cache slot this relies on; if not, warns once and leaves the
@@ -266,4 +285,11 @@ def cached(dispatcher: Any) -> Any:
     return dispatcher
 
 
-__all__ = ["MISSING_INTERNALS", "cache_root", "cached", "configure", "source_hash"]
+__all__ = [
+    "MISSING_INTERNALS",
+    "cache_root",
+    "cached",
+    "check_active",
+    "configure",
+    "source_hash",
+]

@@ -192,3 +192,20 @@ def test_the_compile_notice_comes_whenever_kernels_compile(warm_cache, tmp_path,
     stderr = _checked_run(root, expected_weights)
     assert stderr.count(COMPILING) == 1, stderr
     assert "Warning" not in stderr
+
+
+def test_a_numba_that_stops_consulting_the_cache_is_reported(tmp_path, expected_weights):
+    # What a Numba release that keeps the classes but compiles without asking
+    # Dispatcher._cache looks like: every compile sees Numba's own empty cache.
+    code = (
+        "from numba.core import caching, dispatcher\n"
+        "real = dispatcher.Dispatcher.compile\n"
+        "def compile_without_cache(self, sig):\n"
+        "    self._cache = caching.NullCache()\n"
+        "    return real(self, sig)\n"
+        "dispatcher.Dispatcher.compile = compile_without_cache\n" + TRAIN
+    )
+    done = python(code, clean_env(XDG_CACHE_HOME=str(tmp_path)))
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_allclose(_weights(done.stdout), expected_weights, rtol=1e-5, atol=1e-6)
+    assert done.stderr.count("did not consult tinynet's kernel cache") == 1, done.stderr
