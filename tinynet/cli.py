@@ -62,23 +62,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"tinynet: error: {message} (see '{self.prog} -h')\n")
 
 
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _recipe_default(key: str) -> str:
     """'(default: 12; seed recipe: 5)': what each recipe gives a flag left out."""
-    values = {name: recipe[key] for name, recipe in RECIPES.items()}
-
-    def show(v: Any) -> str:
-        return (
-            " ".join(map(str, v))
-            if isinstance(v, list)
-            else f"{v:g}"
-            if isinstance(v, float)
-            else str(v)
-        )
-
     others = "; ".join(
-        f"{name} recipe: {show(v)}" for name, v in values.items() if name != "default"
+        f"{name} recipe: {_shown(recipe[key])}"
+        for name, recipe in RECIPES.items()
+        if name != "default"
     )
-    return f"(default: {show(values['default'])}; {others})"
+    return f"(default: {_shown(RECIPES['default'][key])}; {others})"
 
 
 def _build_parser() -> argparse.ArgumentParser:
