@@ -3,8 +3,10 @@
 Where ``mnist()`` looks, in order: ``data_dir``, ``$TINYNET_DATA_DIR``, ``~/.cache/tinynet/mnist``
 (``$XDG_CACHE_HOME/tinynet/mnist`` when that is set); each file may be raw or ``.gz``. If a file is
 in none of them it is downloaded from the mirrors (``mirrors=``, or ``$TINYNET_MNIST_MIRRORS`` as a
-comma-separated list) into the cache. Every file, found or downloaded, must match the SHA-256 of
-the canonical decompressed file, so recompressed copies pass and damaged ones do not.
+comma-separated list) into the cache. Any failure of one mirror (refused, HTTP error, too slow
+for the per-file ``deadline``, bad gzip, too long, wrong checksum) moves on to the next. Every
+file, found or downloaded, must match the SHA-256 of the canonical decompressed file, so
+recompressed copies pass and damaged ones do not; files are never inflated past their known size.
 
 MNIST (LeCun, Cortes, Burges) is licensed CC BY-SA 3.0; credit Yann LeCun and Corinna Cortes.
 """
@@ -16,7 +18,6 @@ import http.client
 import os
 import tempfile
 import time
-import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
