@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from tinynet.backend import EpochSpec
+from tinynet.backend import Backend, EpochSpec
 from tinynet.errors import BackendError
 from tinynet.kernels.numpy_backend import NumpyBackend
 from tinynet.system import install_hint
@@ -86,10 +86,17 @@ def _import_cupy() -> Any:
     return cupy
 
 
-class CupyBackend(NumpyBackend):
-    """CuPy arrays on the current CUDA device; inherits the reference for what it does not fuse."""
+class CupyBackend(Backend):
+    """CuPy arrays on the current CUDA device."""
 
     name = "cupy"
+    # The reference's kernels are written against ``self.xp``; these run as they are on CuPy
+    # arrays (cuBLAS GEMMs, CuPy reductions), taken on purpose, one by one.
+    asarray = NumpyBackend.asarray
+    matmul = NumpyBackend.matmul
+    weight_grad = NumpyBackend.weight_grad
+    bias_grad = NumpyBackend.bias_grad
+    softmax_cross_entropy = NumpyBackend.softmax_cross_entropy
 
     def __init__(self) -> None:
         cp = self.xp = _import_cupy()
@@ -147,7 +154,7 @@ class CupyBackend(NumpyBackend):
     # -- forward ----------------------------------------------------------------------------
     def activate(self, z: Any, activation: str) -> Any:
         if activation == "softmax":
-            return super().activate(z, activation)
+            return NumpyBackend.activate(self, z, activation)
         return self._bias_act(z, z.dtype.type(0), ACT[activation], z)
 
     def dense_forward(self, x: Any, W: Any, b: Any, activation: str) -> Any:
@@ -155,19 +162,19 @@ class CupyBackend(NumpyBackend):
         if activation == "softmax":
             if b is not None:
                 z += b
-            return super().activate(z, activation)
+            return NumpyBackend.activate(self, z, activation)
         bias = b if b is not None else z.dtype.type(0)
         return self._bias_act(z, bias, ACT[activation], z)
 
     # -- backward ---------------------------------------------------------------------------
     def activation_backward(self, activation: str, y: Any, dy: Any) -> Any:
         if activation == "softmax":
-            return super().activation_backward(activation, y, dy)
+            return NumpyBackend.activation_backward(self, activation, y, dy)
         return self._act_grad(y, dy, ACT[activation])
 
     # -- losses -----------------------------------------------------------------------------
     def squared_error(self, y: Any, t: Any, scale: float, reduction: str, grad: bool = True):
-        loss, _ = super().squared_error(y, t, scale, reduction, grad=False)
+        loss, _ = NumpyBackend.squared_error(self, y, t, scale, reduction, grad=False)
         if not grad:
             return loss, None
         n = y.shape[0] if reduction == "mean" else 1

@@ -86,3 +86,41 @@ def test_to_numpy_returns_numpy(backend_name):
     arr = B.asarray(np.arange(3.0))
     out = tn.to_numpy(arr)
     assert isinstance(out, np.ndarray) and out.tolist() == [0.0, 1.0, 2.0]
+
+
+def _backend_classes() -> list:
+    """Every registered backend class, imported even where it cannot run (the cupy module
+    imports CuPy only when its backend is made)."""
+    import importlib
+
+    return [
+        pytest.param(getattr(importlib.import_module(module), cls), id=name)
+        for name, (module, cls) in backend_module._REGISTRY.items()
+        if name != "numba" or backend_module.backend_status()["numba"] is None
+    ]
+
+
+@pytest.mark.parametrize("cls", _backend_classes())
+def test_every_registered_backend_implements_the_whole_contract(cls):
+    import inspect
+
+    assert issubclass(cls, backend_module.Backend)
+    missing = sorted(cls.__abstractmethods__)
+    assert missing == [], f"{cls.__name__} lacks {missing}"
+    for name in backend_module.Backend.__abstractmethods__:
+        contract = inspect.signature(getattr(backend_module.Backend, name))
+        implemented = inspect.signature(getattr(cls, name))
+        assert list(implemented.parameters) == list(contract.parameters), (cls.__name__, name)
+
+
+def test_a_backend_that_forgets_a_kernel_cannot_be_made():
+    from tinynet.kernels.numpy_backend import NumpyBackend
+
+    namespace = {
+        name: getattr(NumpyBackend, name)
+        for name in backend_module.Backend.__abstractmethods__
+        if name != "rescale"
+    }
+    Forgetful = type("Forgetful", (backend_module.Backend,), namespace)
+    with pytest.raises(TypeError, match="rescale"):
+        Forgetful()

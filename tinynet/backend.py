@@ -1,8 +1,8 @@
 """Backend selection: which array module and which kernels run the math.
 
-A backend is an array module (``xp``) plus the fixed set of named kernels that
-:class:`Backend` declares. Layers, losses, optimizers and the trainer call kernels only through
-the active backend, so a new backend is one new module in ``kernels/`` and one line in
+A backend is an array module (``xp``) plus the fixed set of named kernels that the abstract
+class :class:`Backend` declares. Layers, losses, optimizers and the trainer call kernels only
+through the active backend, so a new backend is one new module in ``kernels/`` and one line in
 ``_REGISTRY`` below.
 
 Which backend is active, highest precedence first:
@@ -16,6 +16,7 @@ Backends are imported lazily, so ``import tinynet`` never imports Numba or CuPy.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import importlib
 import importlib.util
@@ -51,48 +52,97 @@ _instances: dict[str, Backend] = {}
 _explicit: str | None = None
 
 
-class Backend:
-    """The contract every backend implements. Arrays are batch-first.
+class Backend(abc.ABC):
+    """The contract every backend implements: an array module ``xp`` and these kernels.
 
-    Shapes: ``x`` (batch, in), ``W`` (out, in) as in the seeds' X_hidden = W·X, ``b`` (out,),
-    ``y``/``z``/``dz`` (batch, out). ``dtype`` is float32 or float64; kernels keep the dtype of
-    their inputs. Kernel names and meaning:
-
-    =====================  ====================================================================
-    ``matmul(a, b)``        a @ b, (m, k) @ (k, n) -> (m, n)
-    ``dense_forward``       y = f(x W^T + b), bias and activation fused
-    ``activation_backward`` dz = dy * f'(z), from the saved output y (sigmoid: y(1-y))
-    ``weight_grad``         dW = dz^T x, (out, in)
-    ``bias_grad``           db = sum over the batch of dz, (out,)
-    ``squared_error``       loss and dE/dy of E = scale * sum_k (t_k - y_k)^2
-    ``softmax_cross_entropy`` loss and dE/dz = p - t of E = -sum_k t_k log p_k
-    ``sgd_update``          w <- w - lr * g (with momentum: v <- m v + g; w <- w - lr v), in place
-    ``rescale``             x * scale + offset as floats (uint8 pixels -> inputs)
-    =====================  ====================================================================
-
-    ``squared_error`` and ``softmax_cross_entropy`` take ``reduction`` ("mean" or "sum" over the
-    batch) and return the loss as a 0-d backend array, so the trainer can add losses up on the
-    device without a sync per step.
-
-    A backend whose ``fuses(spec, batch_size)`` says True also has ``train_epoch(spec, X, T,
-    order, batch_size)``: train on the rows ``X[order]`` in steps of ``batch_size`` as the
-    kernel-by-kernel loop would (same batches, same updates), in place on the arrays of the
-    :class:`EpochSpec`, and return the sum of the per-sample losses (a float, or a 0-d array on
-    the device). X, T and the int64 ``order`` are backend arrays.
+    Arrays are batch-first: ``x`` (batch, in), ``W`` (out, in) as in the seeds' X_hidden = W·X,
+    ``b`` (out,), ``y``/``z``/``dz`` (batch, out). Floats are float32 or float64, and every
+    kernel keeps the dtype of its inputs. The NumPy backend (kernels/numpy_backend.py) is the
+    reference implementation; the others are tested against it. A class that leaves one of the
+    abstract kernels out cannot be instantiated, so no kernel falls back to another backend's
+    code without a word (tests/test_backend.py checks every registered backend).
     """
 
     name: str = "?"
     xp: Any = np
 
+    # -- arrays -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        """``x`` as an array of this backend (no copy when it already is one of that dtype)."""
+
+    @abc.abstractmethod
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """A backend array as a NumPy array (a copy from the device for a GPU backend)."""
+
+    # -- forward ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def matmul(self, a: Any, b: Any) -> Any:
+        """a @ b: (m, k) @ (k, n) -> (m, n)."""
+
+    @abc.abstractmethod
+    def dense_forward(self, x: Any, W: Any, b: Any | None, activation: str) -> Any:
+        """y = f(x W^T + b), bias and activation fused: x (batch, in), W (out, in), b (out,) or
+        None -> y (batch, out)."""
+
+    # -- backward -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def activation_backward(self, activation: str, y: Any, dy: Any) -> Any:
+        """dz = dy * f'(z), from the saved output y = f(z) (sigmoid: y (1 - y)); (batch, out)."""
+
+    @abc.abstractmethod
+    def weight_grad(self, dz: Any, x: Any) -> Any:
+        """dE/dW = dz^T x: dz (batch, out), x (batch, in) -> (out, in)."""
+
+    @abc.abstractmethod
+    def bias_grad(self, dz: Any) -> Any:
+        """dE/db = the sum of dz over the batch: (batch, out) -> (out,)."""
+
+    # -- losses -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def squared_error(
+        self, y: Any, t: Any, scale: float, reduction: str, grad: bool = True
+    ) -> tuple[Any, Any | None]:
+        """E = scale * sum_k (t_k - y_k)^2 per sample, averaged over the batch ("mean") or added
+        ("sum"): (E as a 0-d array, dE/dy (batch, out) or None)."""
+
+    @abc.abstractmethod
+    def softmax_cross_entropy(
+        self, p: Any, t: Any, reduction: str, grad: bool = True
+    ) -> tuple[Any, Any | None]:
+        """E = -sum_k t_k log p_k per sample for softmax outputs p: (E as a 0-d array,
+        dE/dz = p - t (batch, out) or None). The loss stays on the device: the trainer adds
+        losses up without waiting for each."""
+
+    # -- update and data ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def sgd_update(
+        self, w: Any, g: Any, lr: float, velocity: Any | None = None, momentum: float = 0.0
+    ) -> None:
+        """In place: w <- w - lr g; with momentum, v <- momentum v + g, w <- w - lr v."""
+
+    @abc.abstractmethod
+    def rescale(self, x: Any, scale: float, offset: float, dtype: Any) -> Any:
+        """x * scale + offset as ``dtype``: a uint8 batch (batch, in) into network inputs."""
+
+    # -- whole stretches of an epoch (optional) -----------------------------------------------
+    def fuses(self, spec: EpochSpec, batch_size: int) -> bool:
+        """Whether the trainer should hand this model and batch size to ``train_epoch``."""
+        return False
+
+    def train_epoch(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int) -> Any:
+        """Train on the rows ``X[order]`` in steps of ``batch_size`` as the kernel-by-kernel
+        loop would (same batches, same updates), in place on the arrays of ``spec``; return the
+        sum of the per-sample losses (a float, or a 0-d device array). X (n, in) and T (n, out)
+        are backend arrays, ``order`` int64 indices. Only called where ``fuses`` said True."""
+        raise NotImplementedError(f"backend {self.name!r} has no train_epoch")
+
+    # -- the machine --------------------------------------------------------------------------
     def info(self) -> dict[str, str]:
         """Versions and device, for ``tinynet info`` and benchmark reports."""
         return {"backend": self.name}
 
-    def fuses(self, spec: EpochSpec, batch_size: int) -> bool:
-        """Whether ``train_epoch`` should run this model at this batch size (it is faster)."""
-        return False
-
-    def synchronize(self) -> None:
+    def synchronize(self) -> None:  # noqa: B027 - optional: the CPU backends need nothing
         """Wait until queued device work is done (timing); a no-op on the CPU."""
 
     def __repr__(self) -> str:
