@@ -177,7 +177,7 @@ def test_bad_settings_fail_before_any_data_loads(capsys, monkeypatch):
 def test_evaluate_reads_only_the_test_split(tmp_path, capsys, monkeypatch):
     import tinynet as tn
 
-    net = tn.MLP.from_sizes([784, 10], output_activation="softmax", seed=0)
+    net = tn.MLP.from_sizes([784, 10], output_activation="softmax", seed=0, rescale=(1 / 255, 0))
     net.save(tmp_path / "m.npz")
     asked = []
     real = tn.datasets.mnist_sample

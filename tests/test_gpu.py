@@ -47,7 +47,7 @@ def test_training_steps_stay_on_the_device():
     (x, y) = tn.datasets.mnist_sample("train")
     with tn.use_backend("cupy") as B:
         net = tn.MLP.from_sizes([784, 64, 10], "relu", "softmax", seed=0, rescale=(1 / 255, 0))
-        X, T = net._input(x), net._targets(y, len(x))  # uploaded once, uint8 stays uint8
+        X, T = net.as_inputs(x), net.as_targets(y, len(x))  # uploaded once, uint8 stays uint8
         assert isinstance(X, B.xp.ndarray) and X.dtype == np.uint8
         order = B.asarray(np.random.default_rng(0).permutation(len(x)))
         loss, opt = tn.CrossEntropy(), tn.SGD(0.1, momentum=0.9)
@@ -56,7 +56,7 @@ def test_training_steps_stay_on_the_device():
         with cupyx.allow_synchronize(False):
             for start in range(0, 2048, 64):
                 idx = order[start : start + 64]
-                total += net._step(X[idx], T[idx], loss, opt)
+                total += net.step(X[idx], T[idx], loss, opt)
         assert float(total) > 0
 
 
@@ -188,7 +188,7 @@ def _second_epoch_call(graphs: bool, around: contextlib.AbstractContextManager):
     (x, y) = tn.datasets.mnist_sample("train")
     with tn.use_backend("cupy") as B, _cupy_graphs(graphs):
         net = tn.MLP.from_sizes([784, 64, 10], "relu", "softmax", seed=0, rescale=(1 / 255, 0))
-        X, T = net._input(x), net._targets(y, len(x))
+        X, T = net.as_inputs(x), net.as_targets(y, len(x))
         spec = net.epoch_spec(tn.CrossEntropy(), tn.SGD(0.05, momentum=0.9))
         order = B.asarray(np.random.default_rng(0).permutation(len(x)))
         B.train_epoch(spec, X, T, order[:1280], 64)

@@ -11,20 +11,19 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from tinynet import training
 from tinynet.backend import EpochSpec, LayerSpec
 from tinynet.errors import InvalidInputError, ModelFileError, ShapeError, TinynetError
 from tinynet.layers import INITS, Dense, Layer, Parameter, Rescaling, SeedLike
 from tinynet.losses import CrossEntropy, Loss, SquaredError
 from tinynet.model_file import ModelArchive, parse_config, write_atomically
 from tinynet.optim import SGD
-
-if TYPE_CHECKING:
-    from tinynet.training import History
 
 FORMAT = "tinynet-mlp-v1"
 
@@ -105,8 +104,9 @@ class MLP:
             layer.unfreeze(what)
 
     # -- input checks ---------------------------------------------------------------------------
-    def _input(self, x: Any, check_finite: bool = True) -> Any:
-        """x as a backend array of shape (batch, in_features); clear errors otherwise."""
+    def as_inputs(self, x: Any, check_finite: bool = True) -> Any:
+        """x as a checked backend array (batch, in_features); clear errors otherwise, and a
+        warning for raw uint8 pixels without a Rescaling layer."""
         xp = self.backend.xp
         if not isinstance(x, np.ndarray | xp.ndarray):
             x = _as_array(x, "input")
@@ -121,10 +121,20 @@ class MLP:
             raise InvalidInputError("input contains NaN or inf")
         # A Rescaling layer converts uint8 batches itself; anything else becomes our dtype.
         keep_dtype = isinstance(self.layers[0], Rescaling)
+        if x.dtype == np.uint8 and not keep_dtype and int(x.max(initial=0)) > 1:
+            # 0..255 straight into a Dense layer saturates it: training stalls near chance
+            warnings.warn(
+                "the inputs look like raw pixels (uint8 up to 255) and the model has no "
+                "Rescaling layer: pass rescale=(1 / 255, 0.0) to MLP.from_sizes, or put "
+                "tn.Rescaling(1 / 255) first",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return self.backend.asarray(x, None if keep_dtype else self.dtype)
 
-    def _targets(self, t: Any, n: int, check_finite: bool = True) -> Any:
-        """Targets as a backend array (n, out_features); integer labels become one-hot rows."""
+    def as_targets(self, t: Any, n: int, check_finite: bool = True) -> Any:
+        """Targets as a checked backend array (n, out_features); integer labels become one-hot
+        rows."""
         xp = self.backend.xp
         if not isinstance(t, np.ndarray | xp.ndarray):
             t = _as_array(t, "targets")
@@ -149,7 +159,8 @@ class MLP:
             raise InvalidInputError("targets contain NaN or inf")
         return self.backend.asarray(t, self.dtype)
 
-    def _check_loss(self, loss: Loss) -> None:
+    def check_loss(self, loss: Loss) -> None:
+        """InvalidInputError unless ``loss`` is a tinynet loss that suits the last activation."""
         if not isinstance(loss, Loss):
             raise InvalidInputError(f"loss must be a tinynet loss, got {loss!r}")
         loss.check_activation(self.layers[-1].activation)
@@ -157,9 +168,15 @@ class MLP:
     # -- forward / backward ---------------------------------------------------------------------
     def forward(self, x: Any, keep: bool = True) -> Any:
         """Outputs (batch, out_features) as a backend array; ``keep`` saves what backward needs."""
-        x = self._input(x)
+        x = self.as_inputs(x)
         for layer in self.layers:
             x = layer.forward(x, keep)
+        return x
+
+    def outputs(self, x: Any) -> Any:
+        """Outputs for a checked backend batch (``as_inputs``), nothing kept for backward."""
+        for layer in self.layers:
+            x = layer.forward(x, keep=False)
         return x
 
     def backward(self, delta_out: Any) -> None:
@@ -175,16 +192,13 @@ class MLP:
 
     def predict(self, x: Any, batch_size: int = 4096) -> np.ndarray:
         """Outputs for ``x`` (batch, in_features) as a NumPy array, computed in chunks."""
-        x = self._input(x)
+        x = self.as_inputs(x)
         chunks = [np.empty((0, self.out_features), self.dtype)]
         for start in range(0, x.shape[0], batch_size):
-            y = x[start : start + batch_size]
-            for layer in self.layers:
-                y = layer.forward(y, keep=False)
-            chunks.append(self.backend.to_numpy(y))
+            chunks.append(self.backend.to_numpy(self.outputs(x[start : start + batch_size])))
         return np.concatenate(chunks)
 
-    def _step(self, x: Any, t: Any, loss: Loss, optimizer: SGD) -> Any:
+    def step(self, x: Any, t: Any, loss: Loss, optimizer: SGD) -> Any:
         """One training step on checked backend arrays; the loss before the update, 0-d."""
         y = x
         for layer in self.layers:
@@ -235,50 +249,14 @@ class MLP:
 
     def train_step(self, x: Any, t: Any, loss: Loss, optimizer: SGD) -> float:
         """Forward, backpropagate and update once on (x, t); returns the loss before the update."""
-        self._check_loss(loss)
-        x = self._input(x)
-        return float(self._step(x, self._targets(t, x.shape[0]), loss, optimizer))
+        self.check_loss(loss)
+        x = self.as_inputs(x)
+        return float(self.step(x, self.as_targets(t, x.shape[0]), loss, optimizer))
 
-    def fit(
-        self,
-        X: Any,
-        T: Any,
-        loss: Loss,
-        optimizer: SGD,
-        epochs: int = 1,
-        batch_size: int = 32,
-        shuffle: bool = True,
-        seed: int | None = None,
-        validation_data: tuple[Any, Any] | None = None,
-        progress: bool = False,
-        on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
-    ) -> History:
-        """Train for ``epochs`` passes over (X, T) in mini-batches; see ``tinynet.training.fit``."""
-        from tinynet.training import fit
-
-        return fit(
-            self,
-            X,
-            T,
-            loss,
-            optimizer,
-            epochs,
-            batch_size,
-            shuffle,
-            seed,
-            validation_data,
-            progress,
-            on_epoch_end,
-        )
-
-    def evaluate(
-        self, X: Any, T: Any, loss: Loss | None = None, batch_size: int = 4096
-    ) -> dict[str, float]:
-        """``{"accuracy": ..., "loss": ...}`` over (X, T); accuracy compares argmax of outputs
-        and targets (threshold 0.5 for a single output)."""
-        from tinynet.training import evaluate
-
-        return evaluate(self, X, T, loss, batch_size)
+    # The trainer's functions as methods (net.fit(...), net.evaluate(...)): one signature, in
+    # tinynet/training.py, which knows the model only through the interface above.
+    fit = training.fit
+    evaluate = training.evaluate
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

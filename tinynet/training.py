@@ -1,7 +1,7 @@
 """The training loop: batches from the data, steps through the model, a history back.
 
 A batch flows like this: the data stay where they are (uint8 images are not converted to a float
-copy), each step gathers ``batch_size`` rows by index, ``MLP._step`` runs forward, loss,
+copy), each step gathers ``batch_size`` rows by index, the model's ``step`` runs forward, loss,
 backward and the optimizer through the backend's kernels, and the loss is added up on the
 device so the loop never waits for it except to refresh the progress bar. Where the backend
 ``fuses`` the model at this batch size (Numba: per-sample and small batches), the same batches go
@@ -12,21 +12,40 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from tinynet.backend import Backend, EpochSpec
 from tinynet.errors import InvalidInputError, ShapeError
-from tinynet.layers import Rescaling
+from tinynet.layers import Parameter
 from tinynet.losses import Loss
+from tinynet.optim import SGD
 
-if TYPE_CHECKING:
-    from tinynet.model import MLP
-    from tinynet.optim import SGD
+
+class Trainable(Protocol):
+    """What the trainer needs of a model; ``tinynet.MLP`` is one. The trainer never imports the
+    model: the dependency runs one way, model -> training."""
+
+    backend: Backend
+    out_features: int
+
+    def check_loss(self, loss: Loss) -> None: ...
+
+    def as_inputs(self, x: Any) -> Any: ...  # a checked backend array (batch, in)
+
+    def as_targets(self, t: Any, n: int) -> Any: ...  # a checked backend array (n, out)
+
+    def step(self, x: Any, t: Any, loss: Loss, optimizer: SGD) -> Any: ...  # 0-d loss
+
+    def outputs(self, x: Any) -> Any: ...  # forward on a checked batch, nothing kept
+
+    def parameters(self) -> list[Parameter]: ...
+
+    def epoch_spec(self, loss: Loss, optimizer: SGD) -> EpochSpec | None: ...
 
 
 @dataclass
@@ -50,7 +69,7 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def fit(
-    model: MLP,
+    model: Trainable,
     X: Any,
     T: Any,
     loss: Loss,
@@ -74,18 +93,17 @@ def fit(
     """
     epochs = _positive_int("epochs", epochs)
     batch_size = _positive_int("batch_size", batch_size)
-    model._check_loss(loss)
+    model.check_loss(loss)
     B = model.backend
-    _warn_if_raw_pixels(model, X)
-    X = model._input(X)  # checks shape and NaN/inf once; uint8 stays uint8
+    X = model.as_inputs(X)  # checks shape and NaN/inf once; uint8 stays uint8
     n = X.shape[0]
     if n == 0:
         raise ShapeError("no training samples")
-    T = model._targets(T, n)
+    T = model.as_targets(T, n)
     if validation_data is not None:
         X_val, T_val = validation_data
-        X_val = model._input(X_val)
-        T_val = model._targets(T_val, X_val.shape[0])
+        X_val = model.as_inputs(X_val)
+        T_val = model.as_targets(T_val, X_val.shape[0])
     rng = np.random.default_rng(seed)
     history = History()
     per_sample = loss.reduction == "mean"
@@ -128,7 +146,7 @@ def fit(
                     else:
                         idx = order_on_device[start:stop]
                         xb, tb = X[idx], T[idx]
-                    value = model._step(xb, tb, loss, optimizer)
+                    value = model.step(xb, tb, loss, optimizer)
                     total += value * (stop - start) if per_sample else value
                 if progress:
                     bar.update(stop - start)
@@ -160,21 +178,7 @@ def fit(
     return history
 
 
-def _warn_if_raw_pixels(model: MLP, X: Any) -> None:
-    """uint8 inputs of 0..255 straight into a Dense layer saturate it, and training stalls
-    near chance with no error: say so."""
-    dtype = getattr(X, "dtype", None)
-    if dtype == np.uint8 and not isinstance(model.layers[0], Rescaling) and int(X.max()) > 1:
-        warnings.warn(
-            "the inputs look like raw pixels (uint8 up to 255) and the model has no Rescaling "
-            "layer: pass rescale=(1 / 255, 0.0) to MLP.from_sizes, or put "
-            "tn.Rescaling(1 / 255) first",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-
-def _snapshot(model: MLP, optimizer: SGD) -> list[tuple[Any, Any]]:
+def _snapshot(model: Trainable, optimizer: SGD) -> list[tuple[Any, Any]]:
     """(live array, copy) of every parameter and momentum buffer, for ``_restore``."""
     xp = model.backend.xp
     live = [p.data for p in model.parameters()]
@@ -197,16 +201,14 @@ def _chunk(n: int, batch_size: int) -> int:
     return batch_size * max(1, max(n // 100, 4096) // batch_size)
 
 
-def _evaluate_arrays(model: MLP, X: Any, T: Any, loss: Loss | None, batch_size: int) -> dict:
+def _evaluate_arrays(model: Trainable, X: Any, T: Any, loss: Loss | None, batch_size: int) -> dict:
     """Accuracy (and loss) over checked backend arrays, in chunks of ``batch_size``."""
     xp = model.backend.xp
     n = X.shape[0]
     correct = xp.zeros((), dtype=np.int64)
     total = 0.0
     for start in range(0, n, batch_size):
-        y = X[start : start + batch_size]
-        for layer in model.layers:
-            y = layer.forward(y, keep=False)
+        y = model.outputs(X[start : start + batch_size])
         t = T[start : start + batch_size]
         if model.out_features == 1:
             correct += ((y > 0.5) == (t > 0.5)).sum()
@@ -222,9 +224,10 @@ def _evaluate_arrays(model: MLP, X: Any, T: Any, loss: Loss | None, batch_size: 
 
 
 def evaluate(
-    model: MLP, X: Any, T: Any, loss: Loss | None = None, batch_size: int = 4096
+    model: Trainable, X: Any, T: Any, loss: Loss | None = None, batch_size: int = 4096
 ) -> dict[str, float]:
-    """``{"accuracy": ...}`` and, with ``loss``, the mean per-sample ``"loss"`` over (X, T)."""
+    """``{"accuracy": ...}`` and, with ``loss``, the mean per-sample ``"loss"`` over (X, T);
+    accuracy compares the argmax of outputs and targets (threshold 0.5 for one output)."""
     batch_size = _positive_int("batch_size", batch_size)
-    X = model._input(X)
-    return _evaluate_arrays(model, X, model._targets(T, X.shape[0]), loss, batch_size)
+    X = model.as_inputs(X)
+    return _evaluate_arrays(model, X, model.as_targets(T, X.shape[0]), loss, batch_size)
