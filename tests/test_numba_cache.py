@@ -20,6 +20,7 @@ WHY_NOT = backend_module.backend_status()["numba"]
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"numba unavailable: {WHY_NOT}")
 
 KERNELS = Path(tn.__file__).resolve().parents[1] / "kernels"
+SOURCES = KERNELS / "numba"  # every source file of the sub-package keys the cache
 # Trains the smallest net the per-sample epoch runs (one thread), prints its weights.
 TRAIN = """
 import json, logging, numpy as np, tinynet as tn
@@ -59,8 +60,8 @@ def expected_weights() -> np.ndarray:
 
 def _version_folder(root: Path) -> Path:
     digest = hashlib.sha256()
-    for name in ("numba_backend.py", "numba_cache.py"):
-        digest.update((KERNELS / name).read_bytes())
+    for path in sorted(SOURCES.glob("*.py")):
+        digest.update(path.read_bytes())
     return root / "tinynet" / "numba" / digest.hexdigest()[:16]
 
 
@@ -120,12 +121,12 @@ def test_a_damaged_cache_file_is_discarded_and_recompiled(
 ):
     root = _copy(warm_cache, tmp_path)
     folder = _version_folder(root)
-    (target,) = folder.glob(f"*._epoch_per_sample-*{suffix}")
+    (target,) = folder.glob(f"per_sample.epoch_per_sample-*{suffix}")
     _damage(target, how)
 
     stderr = _checked_run(root, expected_weights)
     assert stderr.count(DAMAGED) == 1, stderr
-    assert "_epoch_per_sample" in stderr
+    assert "epoch_per_sample" in stderr
     # the entry was rewritten: the next run loads everything without a word
     stderr = _checked_run(root, expected_weights)
     assert DAMAGED not in stderr and COMPILING not in stderr, stderr
@@ -187,7 +188,7 @@ def test_info_says_where_the_kernel_cache_is():
 def test_the_compile_notice_comes_whenever_kernels_compile(warm_cache, tmp_path, expected_weights):
     # Not only when the cache folder is new: here it exists and holds every other kernel.
     root = _copy(warm_cache, tmp_path)
-    for path in _version_folder(root).glob("*._epoch_per_sample-*"):
+    for path in _version_folder(root).glob("per_sample.epoch_per_sample-*"):
         path.unlink()
     stderr = _checked_run(root, expected_weights)
     assert stderr.count(COMPILING) == 1, stderr

@@ -145,16 +145,16 @@ def test_mini_batch_team_matches_one_thread_and_the_reference(
 def test_blas_epoch_gemm_writes_in_place_or_fails():
     from scipy.linalg.blas import get_blas_funcs
 
-    from tinynet.kernels.numba_backend import _gemm_into
+    from tinynet.kernels.numba.blas import gemm_into
 
     gemm = get_blas_funcs("gemm", dtype=np.float32)
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)
     c = np.ones((5, 4), np.float32)
-    _gemm_into(gemm, 2.0, b.T, a.T, c.T, trans_a=1, beta=1.0)  # c <- 2 a b^T + c, through c.T
+    gemm_into(gemm, 2.0, b.T, a.T, c.T, trans_a=1, beta=1.0)  # c <- 2 a b^T + c, through c.T
     np.testing.assert_allclose(c, 2 * a.astype(np.float64) @ b.T + 1, rtol=1e-6)
     with pytest.raises(RuntimeError, match="in place"):
-        _gemm_into(gemm, 1.0, b.T, a.T, np.ones((4, 5), np.float32), trans_a=1)  # C-ordered
+        gemm_into(gemm, 1.0, b.T, a.T, np.ones((4, 5), np.float32), trans_a=1)  # C-ordered
 
 
 FORK_CHILD = """

@@ -39,7 +39,7 @@ DEFAULT = "auto"
 # name -> (module, class). The modules live in the top-level kernels/ folder.
 _REGISTRY: dict[str, tuple[str, str]] = {
     "numpy": ("tinynet.kernels.numpy_backend", "NumpyBackend"),
-    "numba": ("tinynet.kernels.numba_backend", "NumbaBackend"),
+    "numba": ("tinynet.kernels.numba.backend", "NumbaBackend"),
     "cupy": ("tinynet.kernels.cupy_backend", "CupyBackend"),
 }
 # `auto` tries these in order and takes the first that is registered and usable.

@@ -1,0 +1,80 @@
+"""What every compiled kernel shares: ``jit`` with tinynet's kernel cache, the activation and
+loss codes, and the intrinsics that keep float32 arithmetic in float32."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic
+
+from tinynet.kernels.numba import cache
+
+# The kernels' on-disk cache: a folder per version of this sub-package's sources (the cache's
+# own format included), so a kernel is never loaded beside callers built from other sources.
+SOURCES = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "*.py")))
+CACHE = cache.configure(SOURCES)
+
+FAST = {"reassoc", "contract", "nsz", "arcp"}
+ACT = {"identity": 0, "step": 1, "sigmoid": 2, "tanh": 3, "relu": 4, "softmax": 5}
+IDENTITY, STEP, SIGMOID, TANH, RELU, SOFTMAX = range(6)
+SQUARED_ERROR, CROSS_ENTROPY = 0, 1
+
+
+def jit(fn=None, *, fastmath=FAST, **options):
+    """``njit`` with tinynet's kernel cache (see cache.py) and these defaults."""
+    # error_model="numpy": float division by zero gives inf or NaN, as in NumPy, instead of
+    # raising ZeroDivisionError; the check Numba adds otherwise keeps loops with a division from
+    # vectorising.
+    if fn is None:
+        return lambda f: jit(f, fastmath=fastmath, **options)
+    compiled = njit(fastmath=fastmath, nogil=True, error_model="numpy", **options)(fn)
+    return cache.cached(compiled)
+
+
+def inner_jit(fn):
+    """A helper only compiled code calls: without the wrappers that let Python call a function,
+    each compiles faster."""
+    return jit(fn, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+
+
+@intrinsic
+def typed(typingctx, like, value):
+    """``value`` as the element type of the array ``like``, so float32 arithmetic stays float32
+    (Numba widens ``float32 op <Python float>`` to float64). An intrinsic, because the obvious
+    ``typed(like, 1.0)`` costs about 0.3 s of compiling per process and dtype."""
+
+    def codegen(context, builder, signature, args):
+        return context.cast(builder, args[1], signature.args[1], signature.return_type)
+
+    return like.dtype(like, types.unliteral(value)), codegen
+
+
+@intrinsic
+def smallest_normal(typingctx, like):
+    """The smallest positive normal number of ``like``'s element type (np.finfo(...).tiny)."""
+    tiny = float(np.finfo(np.dtype(str(like.dtype))).tiny)
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(signature.return_type, tiny)
+
+    return like.dtype(like), codegen
+
+
+@intrinsic
+def is_float32(typingctx, like):
+    """Whether ``like`` holds float32, as a constant the compiler folds (a dtype switch)."""
+    is_float32 = like.dtype == types.float32
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.boolean, is_float32)
+
+    return types.boolean(like), codegen
+
+
+@jit
+def cache_probe():
+    """Nothing: called once so that numba_cache can check that Numba consults its cache."""
+    return 0
