@@ -164,13 +164,13 @@ def test_captured_steps_follow_a_new_learning_rate():
 
 @needs_gpu
 def test_without_its_own_cublas_handle_training_runs_kernel_by_kernel(monkeypatch):
-    from tinynet.kernels import cupy_backend
+    from tinynet.kernels.cupy import cublas
 
     def cannot_load(cp):
         raise tn.BackendError("backend 'cupy': cannot load cuBLAS (tried libcublas.so.99)")
 
     B = backend_module._resolve("cupy")
-    monkeypatch.setattr(cupy_backend, "_load_cublas", cannot_load)
+    monkeypatch.setattr(cublas, "load_cublas", cannot_load)
     for name, value in (("_blas", {}), ("_blas_error", None), ("_epochs", {})):
         monkeypatch.setattr(B, name, value)  # as if no epoch had run in this process
     args = ([784, 32, 10], "relu", "softmax", tn.CrossEntropy(), 0.9, "float32", 64, None, True)
@@ -227,7 +227,7 @@ def test_fused_epoch_allocates_only_its_result(graphs):
 
 
 def test_cuda_graphs_setting_is_0_or_1(monkeypatch):
-    from tinynet.kernels.cupy_backend import graphs_from_env
+    from tinynet.kernels.cupy.backend import graphs_from_env
 
     for value, expected in (("1", True), ("0", False), ("", False)):
         monkeypatch.setenv("TINYNET_CUDA_GRAPHS", value)
@@ -243,16 +243,16 @@ def test_cuda_graphs_setting_is_0_or_1(monkeypatch):
 def test_a_failed_capture_reports_its_error_and_trains_eagerly(monkeypatch):
     """An exception inside stream capture: the real error in a warning (not end_capture's),
     the handle back on the training stream, and the same results as eager steps."""
-    from tinynet.kernels import cupy_backend
+    from tinynet.kernels.cupy import plan
 
-    real_step = cupy_backend._Epoch._step
+    real_step = plan.EpochPlan._step
 
     def step_failing_in_capture(self, nb):
         if self.cp.cuda.get_current_stream().is_capturing():
             raise RuntimeError("injected fault during capture")
         return real_step(self, nb)
 
-    monkeypatch.setattr(cupy_backend._Epoch, "_step", step_failing_in_capture)
+    monkeypatch.setattr(plan.EpochPlan, "_step", step_failing_in_capture)
     B = backend_module._resolve("cupy")
     monkeypatch.setattr(B, "_epochs", {})
     args = ([784, 32, 10], "relu", "softmax", tn.CrossEntropy(), 0.9, "float32", 64, None, True)
@@ -276,7 +276,7 @@ def test_synchronize_waits_for_the_current_stream():
 
 
 def test_cublas_is_looked_for_at_cupys_cuda_major_version_first():
-    from tinynet.kernels.cupy_backend import cublas_candidates
+    from tinynet.kernels.cupy.cublas import cublas_candidates
 
     assert cublas_candidates(12080)[0] == "libcublas.so.12"
     assert cublas_candidates(13000, "/opt/x/libcublas.so.13")[:2] == [
@@ -288,7 +288,7 @@ def test_cublas_is_looked_for_at_cupys_cuda_major_version_first():
 
 @pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")
 def test_without_cupys_cublas_loading_is_a_backend_error_not_an_import_error():
-    from tinynet.kernels.cupy_backend import _load_cublas
+    from tinynet.kernels.cupy.cublas import load_cublas
 
     with pytest.raises(tn.BackendError, match="cuBLAS"):
-        _load_cublas(None)
+        load_cublas(None)

@@ -40,7 +40,7 @@ DEFAULT = "auto"
 _REGISTRY: dict[str, tuple[str, str]] = {
     "numpy": ("tinynet.kernels.numpy_backend", "NumpyBackend"),
     "numba": ("tinynet.kernels.numba.backend", "NumbaBackend"),
-    "cupy": ("tinynet.kernels.cupy_backend", "CupyBackend"),
+    "cupy": ("tinynet.kernels.cupy.backend", "CupyBackend"),
 }
 # `auto` tries these in order and takes the first that is registered and usable.
 _AUTO_PREFERENCE = ("cupy", "numba", "numpy")

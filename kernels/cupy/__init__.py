@@ -1,0 +1,26 @@
+"""The CuPy GPU backend: the reference's kernels on CUDA arrays, the elementwise steps fused.
+
+Modules: ``sources`` (the CUDA sources), ``cublas`` (cuBLAS on a handle of our own), ``plan``
+(a model's prepared training plan: buffers, kernels, CUDA graphs), ``backend`` (the class).
+
+* Arrays are ``cupy.ndarray``; ``asarray`` uploads, ``to_numpy`` downloads. ``fit`` uploads the
+  training set once (uint8 stays uint8) and gathers and rescales each batch on the device.
+* GEMMs: ``cupy.dot`` hands cuBLAS the transposed views (``W.T``) as transpose flags, not copies.
+* Fused ``ElementwiseKernel``s, built once when the backend is created and compiled by CuPy on
+  first use per dtype (then cached on disk): bias + activation, activation gradient times delta,
+  SGD and momentum updates, uint8 -> float rescaling, the squared-error gradient. Softmax and the
+  losses' sums use the reference code on CuPy arrays (a reduction each).
+* ``train_epoch`` (``plan.EpochPlan``) runs built-in models without the per-kernel Python: every
+  array preallocated per batch size, each batch gathered from the uint8 images by index on the
+  device, the batch counter and learning rate in device memory, GEMMs through cuBLAS on a handle
+  of our own, the output layer's softmax, cross-entropy and gradient in one kernel, plain SGD
+  folded into the gradient GEMMs (W <- W - lr d^T a with beta = 1; a bias's sum over the batch is
+  the GEMM d^T 1), losses summed on the device with atomics: no host <-> device transfer and no
+  sync inside an epoch. With ``graphs=True`` (or ``TINYNET_CUDA_GRAPHS=1``) up to 16 steps are
+  captured as one CUDA graph and replayed for the full batches (the partial batch at the end of an
+  epoch runs eagerly).
+* FP32 by default. CuPy uses TF32 tensor cores only when ``CUPY_TF32=1`` is set: opt in there
+  (the fused epoch's cuBLAS handle follows the same variable).
+* Nothing here imports CuPy at module import time; ``CupyBackend()`` raises BackendError saying
+  why the GPU cannot be used (package missing, no driver, no device) and how to fix it.
+"""
