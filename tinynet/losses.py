@@ -61,9 +61,6 @@ class SquaredError(Loss):
         loss, dy = backend.squared_error(y, t, self.scale, self.reduction)
         return loss, backend.activation_backward(activation, y, dy)
 
-    def config(self) -> dict[str, Any]:
-        return {"type": "SquaredError", "scale": self.scale, "reduction": self.reduction}
-
     def __repr__(self) -> str:
         return f"SquaredError(scale={self.scale:g}, reduction={self.reduction!r})"
 
@@ -89,9 +86,6 @@ class CrossEntropy(Loss):
     def value_and_delta(self, backend: Backend, y: Any, t: Any, activation: str) -> Any:
         self.check_activation(activation)
         return backend.softmax_cross_entropy(y, t, self.reduction)
-
-    def config(self) -> dict[str, Any]:
-        return {"type": "CrossEntropy", "reduction": self.reduction}
 
     def __repr__(self) -> str:
         return f"CrossEntropy(reduction={self.reduction!r})"

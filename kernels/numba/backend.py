@@ -61,10 +61,6 @@ class NumbaBackend(Backend):
         elementwise.bias_act(z, bias, ACT[activation])
         return z
 
-    def activate(self, z: Any, activation: str) -> Any:
-        elementwise.bias_act(z, np.zeros(z.shape[1], z.dtype), ACT[activation])
-        return z
-
     # -- backward ---------------------------------------------------------------------------
     def activation_backward(self, activation: str, y: Any, dy: Any) -> Any:
         out = np.array(dy, order="C")  # a copy, multiplied in place
