@@ -134,7 +134,7 @@ def _assert_parity(reference, got, dtype):
 def test_fused_epoch_matches_the_reference(
     graphs, sizes, hidden, output, loss, momentum, dtype, batch, freeze, bias
 ):
-    # 2000 samples, one train_epoch call per epoch. Batch 32: 62 full batches and 16 samples
+    # 2000 samples, one train_batches call per epoch. Batch 32: 62 full batches and 16 samples
     # left, run as one eager step, 16-step graphs and a 13-step graph in the first epoch (a
     # 14-step one in the second), then the partial batch eagerly
     args = (sizes, hidden, output, loss, momentum, dtype, batch, freeze, bias, None)
@@ -179,7 +179,7 @@ def test_without_its_own_cublas_handle_training_runs_kernel_by_kernel(monkeypatc
     _assert_parity(reference, got, "float32")
     assert B._epochs == {}  # no fused epoch ran
     with pytest.raises(tn.BackendError, match="no fused epochs here"):
-        B.train_epoch(None, None, None, None, 64)
+        B.train_batches(None, None, None, None, 64)
 
 
 def _second_epoch_call(graphs: bool, around: contextlib.AbstractContextManager):
@@ -191,9 +191,9 @@ def _second_epoch_call(graphs: bool, around: contextlib.AbstractContextManager):
         X, T = net.as_inputs(x), net.as_targets(y, len(x))
         spec = net.epoch_spec(tn.CrossEntropy(), tn.SGD(0.05, momentum=0.9))
         order = B.asarray(np.random.default_rng(0).permutation(len(x)))
-        B.train_epoch(spec, X, T, order[:1280], 64)
+        B.train_batches(spec, X, T, order[:1280], 64)
         with around:
-            total = B.train_epoch(spec, X, T, order[1280:3328], 64)
+            total = B.train_batches(spec, X, T, order[1280:3328], 64)
         assert isinstance(total, B.xp.ndarray) and float(total) > 0
         return total
 

@@ -126,16 +126,17 @@ class Backend(abc.ABC):
         """x * scale + offset as ``dtype``: a uint8 batch (batch, in) into network inputs."""
 
     # -- whole stretches of an epoch (optional) -----------------------------------------------
-    def fuses(self, spec: EpochSpec, batch_size: int) -> bool:
-        """Whether the trainer should hand this model and batch size to ``train_epoch``."""
+    def can_train_batches(self, spec: EpochSpec, batch_size: int) -> bool:
+        """Whether the trainer should hand this model and batch size to ``train_batches``."""
         return False
 
-    def train_epoch(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int) -> Any:
+    def train_batches(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int) -> Any:
         """Train on the rows ``X[order]`` in steps of ``batch_size`` as the kernel-by-kernel
         loop would (same batches, same updates), in place on the arrays of ``spec``; return the
         sum of the per-sample losses (a float, or a 0-d device array). X (n, in) and T (n, out)
-        are backend arrays, ``order`` int64 indices. Only called where ``fuses`` said True."""
-        raise NotImplementedError(f"backend {self.name!r} has no train_epoch")
+        are backend arrays, ``order`` int64 indices. Called only where ``can_train_batches``
+        said True."""
+        raise NotImplementedError(f"backend {self.name!r} has no train_batches")
 
     # -- the machine --------------------------------------------------------------------------
     def info(self) -> dict[str, str]:
@@ -151,7 +152,7 @@ class Backend(abc.ABC):
 
 @dataclass
 class LayerSpec:
-    """One Dense layer for ``train_epoch``: its live arrays (updated in place) and settings."""
+    """One Dense layer for ``train_batches``: its live arrays (updated in place) and settings."""
 
     W: Any  # (out, in)
     b: Any | None  # (out,), None without bias
@@ -164,7 +165,7 @@ class LayerSpec:
 
 @dataclass
 class EpochSpec:
-    """Everything ``train_epoch`` needs, as arrays and numbers (no tinynet objects)."""
+    """Everything ``train_batches`` needs, as arrays and numbers (no tinynet objects)."""
 
     layers: list[LayerSpec]
     in_scale: float  # inputs are X * in_scale + in_offset (a Rescaling layer, or 1 and 0)

@@ -209,7 +209,7 @@ class MLP:
         return value
 
     def epoch_spec(self, loss: Loss, optimizer: SGD) -> EpochSpec | None:
-        """This model, loss and optimizer as arrays for a backend's ``train_epoch``; None when
+        """This model, loss and optimizer as arrays for a backend's ``train_batches``; None when
         the model is not [Rescaling] + Dense layers or the loss/optimizer are not the built-in
         ones (then the trainer runs its kernel-by-kernel loop)."""
         layers = self.layers

@@ -3,9 +3,9 @@
 A batch flows like this: the data stay where they are (uint8 images are not converted to a float
 copy), each step gathers ``batch_size`` rows by index, the model's ``step`` runs forward, loss,
 backward and the optimizer through the backend's kernels, and the loss is added up on the
-device so the loop never waits for it except to refresh the progress bar. Where the backend
-``fuses`` the model at this batch size (Numba: per-sample and small batches), the same batches go
-to its compiled ``train_epoch`` instead, a stretch of the epoch per call.
+device so the loop never waits for it except to refresh the progress bar. Where the backend's
+``can_train_batches`` says so for the model and batch size (Numba: always), the same batches go
+to its ``train_batches`` instead, a stretch of the epoch per call.
 """
 
 from __future__ import annotations
@@ -109,11 +109,11 @@ def fit(
     per_sample = loss.reduction == "mean"
     for epoch in range(1, epochs + 1):
         saved = _snapshot(model, optimizer)  # restored if this epoch diverges
-        # A backend that fuses this model and batch size takes stretches of the epoch (a whole
+        # A backend that can train this model's batches takes stretches of the epoch (a whole
         # number of batches, the same batches as below) and the progress bar moves between them.
         # Built per epoch, so a learning rate changed in on_epoch_end takes effect.
         spec = model.epoch_spec(loss, optimizer)
-        if spec is not None and not B.fuses(spec, batch_size):
+        if spec is not None and not B.can_train_batches(spec, batch_size):
             spec = None
         chunk = _chunk(n, batch_size) if spec is not None else batch_size
         order = rng.permutation(n) if shuffle else None
@@ -139,7 +139,7 @@ def fit(
                         if order_on_device is not None
                         else B.xp.arange(start, stop)
                     )
-                    total += B.train_epoch(spec, X, T, idx, batch_size)
+                    total += B.train_batches(spec, X, T, idx, batch_size)
                 else:
                     if order_on_device is None:
                         xb, tb = X[start:stop], T[start:stop]
@@ -195,7 +195,7 @@ def _restore(saved: list[tuple[Any, Any]]) -> None:
 
 
 def _chunk(n: int, batch_size: int) -> int:
-    """Samples per ``train_epoch`` call: a whole number of batches, about 1% of the epoch for
+    """Samples per ``train_batches`` call: a whole number of batches, about 1% of the epoch for
     the progress bar, but at least 4096 samples so that the call's fixed cost (arguments, a
     team of threads) stays small next to the work (a per-sample step is a few microseconds)."""
     return batch_size * max(1, max(n // 100, 4096) // batch_size)

@@ -10,7 +10,7 @@ Modules: ``sources`` (the CUDA sources), ``cublas`` (cuBLAS on a handle of our o
   first use per dtype (then cached on disk): bias + activation, activation gradient times delta,
   SGD and momentum updates, uint8 -> float rescaling, the squared-error gradient. Softmax and the
   losses' sums use the reference code on CuPy arrays (a reduction each).
-* ``train_epoch`` (``plan.EpochPlan``) runs built-in models without the per-kernel Python: every
+* ``train_batches`` (``plan.EpochPlan``) runs built-in models without the per-kernel Python: every
   array preallocated per batch size, each batch gathered from the uint8 images by index on the
   device, the batch counter and learning rate in device memory, GEMMs through cuBLAS on a handle
   of our own, the output layer's softmax, cross-entropy and gradient in one kernel, plain SGD

@@ -77,7 +77,7 @@ class CupyBackend(Backend):
         self._se_grad = cp.ElementwiseKernel(
             "T y, T t, T c", "T dy", "dy = c * (y - t)", "tinynet_se_grad"
         )
-        # train_epoch: CUDA-graph mode, the cuBLAS handle, kernels per dtype, and the
+        # train_batches: CUDA-graph mode, the cuBLAS handle, kernels per dtype, and the
         # preallocated state of the last model trained (see EpochPlan)
         self.graphs = graphs_from_env()
         # cuBLAS handles are tied to the device current when they are made: one per device
@@ -157,7 +157,7 @@ class CupyBackend(Backend):
         return self._rescale(x, dt(scale), dt(offset), self.xp.empty(x.shape, dtype))
 
     # -- whole epochs -----------------------------------------------------------------------
-    def fuses(self, spec: EpochSpec, batch_size: int) -> bool:
+    def can_train_batches(self, spec: EpochSpec, batch_size: int) -> bool:
         # a softmax before the last layer couples a row's units: the kernel-by-kernel path
         if any(layer.activation == "softmax" for layer in spec.layers[:-1]):
             return False
@@ -182,7 +182,7 @@ class CupyBackend(Backend):
                     )
         return self._blas.get(device)
 
-    def train_epoch(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int) -> Any:
+    def train_batches(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int) -> Any:
         """SGD on X[order] in steps of batch_size; the sum of the per-sample losses as a 0-d
         device array (read by the trainer once per epoch)."""
         if self._cublas() is None:

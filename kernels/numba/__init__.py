@@ -7,7 +7,7 @@ kernel cache), ``elementwise`` (one pass per rule: activation, loss, update, dat
 
 Choices, each measured on the 2-core Zen 4 machine (benchmarks/results/):
 
-* ``train_epoch`` takes every batch size (``fuses``), in three ways:
+* ``train_batches`` takes every batch size (``can_train_batches``), in three ways:
   - per-sample SGD (the tutorials' way): one compiled call per stretch of the epoch, reading
     the uint8 images directly. Matrix-vector loops in which the first layer's update and the
     next sample's forward pass share one pass over its weights, the bound of a per-sample step;

@@ -41,7 +41,7 @@ class NumbaBackend(Backend):
 
     def __init__(self) -> None:
         cache.check_active(cache_probe)
-        self._local = threading.local()  # train_epoch's work arrays, per calling thread
+        self._local = threading.local()  # train_batches's work arrays, per calling thread
         self._compiled: set = set()  # kernels and argument kinds run by a team, see team.run_team
 
     def info(self) -> dict[str, str]:
@@ -106,8 +106,8 @@ class NumbaBackend(Backend):
         return out
 
     # -- whole epochs -----------------------------------------------------------------------
-    def fuses(self, spec: EpochSpec, batch_size: int) -> bool:
-        return True  # every batch size has a path in train_epoch
+    def can_train_batches(self, spec: EpochSpec, batch_size: int) -> bool:
+        return True  # every batch size has a path in train_batches
 
     def _compiled_loop(self, spec: EpochSpec, batch_size: int) -> bool:
         """Whether this batch size runs in one compiled call (else: the BLAS epoch)."""
@@ -116,7 +116,7 @@ class NumbaBackend(Backend):
         largest = max(layer.W.nbytes for layer in spec.layers)
         return batch_size <= self.FUSED_MAX_BATCH and largest <= self.FUSED_MAX_WEIGHT_BYTES
 
-    def train_epoch(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int) -> float:
+    def train_batches(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int) -> float:
         """SGD on X[order] in steps of batch_size; the sum of the per-sample losses. Per-sample
         steps and small batches run in one compiled call each, larger ones in blas.blas_epoch."""
         if not self._compiled_loop(spec, batch_size):
