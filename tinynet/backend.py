@@ -48,6 +48,11 @@ _AUTO_PREFERENCE = ("cupy", "numba", "numpy")
 # but warns when it is installed and still cannot run (a broken setting, a missing driver).
 _LIBRARY = {"numba": "numba", "cupy": "cupy"}
 
+# The activations every backend implements, and the integer code compiled kernels know each by
+# (one table: the Numba and CUDA kernels take their codes from it).
+ACTIVATIONS = ("identity", "step", "sigmoid", "tanh", "relu", "softmax")
+ACTIVATION_CODE = {name: code for code, name in enumerate(ACTIVATIONS)}
+
 _instances: dict[str, Backend] = {}
 _explicit: str | None = None
 

@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from tinynet.backend import Backend, get_backend
+from tinynet.backend import ACTIVATIONS, Backend, get_backend
 from tinynet.errors import InvalidInputError, ShapeError
 
-ACTIVATIONS = ("identity", "step", "sigmoid", "tanh", "relu", "softmax")
 _ALIASES = {None: "identity", "linear": "identity", "none": "identity", "logistic": "sigmoid"}
 INITS = ("auto", "glorot_uniform", "he_normal", "normal", "uniform", "zeros")
 DTYPES = ("float32", "float64")

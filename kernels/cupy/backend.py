@@ -15,7 +15,7 @@ from tinynet.backend import Backend, EpochSpec
 from tinynet.errors import BackendError
 from tinynet.kernels.cupy.cublas import Cublas
 from tinynet.kernels.cupy.plan import EpochPlan
-from tinynet.kernels.cupy.sources import ACT, ACT_GRAD, BIAS_ACT
+from tinynet.kernels.cupy.sources import ACT, ACT_GRAD, ACTIVATION_FUNCTIONS, BIAS_ACT
 from tinynet.kernels.numpy_backend import NumpyBackend
 from tinynet.system import install_hint
 
@@ -62,10 +62,18 @@ class CupyBackend(Backend):
     def __init__(self) -> None:
         cp = self.xp = import_cupy()
         self._bias_act = cp.ElementwiseKernel(
-            "T z, T b, int32 act", "T y", BIAS_ACT, "tinynet_bias_act"
+            "T z, T b, int32 act",
+            "T y",
+            BIAS_ACT,
+            "tinynet_bias_act",
+            preamble=ACTIVATION_FUNCTIONS,
         )
         self._act_grad = cp.ElementwiseKernel(
-            "T y, T dy, int32 act", "T dz", ACT_GRAD, "tinynet_act_grad"
+            "T y, T dy, int32 act",
+            "T dz",
+            ACT_GRAD,
+            "tinynet_act_grad",
+            preamble=ACTIVATION_FUNCTIONS,
         )
         self._sgd = cp.ElementwiseKernel("T g, T lr", "T w", "w -= lr * g", "tinynet_sgd")
         self._momentum = cp.ElementwiseKernel(

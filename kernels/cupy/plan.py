@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tinynet.backend import EpochSpec
-from tinynet.kernels.cupy.sources import ACT, ROW_ACT, ROW_KERNELS
+from tinynet.kernels.cupy.sources import ACT, ROW_KERNELS
 
 if TYPE_CHECKING:
     from tinynet.kernels.cupy.backend import CupyBackend
@@ -190,7 +190,7 @@ class EpochPlan:
                                        np.int32(nb), np.int32(classes), inv_n, self.tiny, d,
                                        self.loss))  # fmt: skip
         else:
-            act = np.int32(ROW_ACT[layers[-1].activation])
+            act = np.int32(ACT[layers[-1].activation])
             coef = dt(2) * self.loss_scale * inv_n
             k.squared_error(grid, block, (y, self.T, self.order, self.step,
                                           np.int64(self.batch), np.int32(nb), np.int32(classes),

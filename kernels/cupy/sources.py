@@ -3,28 +3,46 @@ fused epoch. ``T`` is the float type each is compiled for."""
 
 from __future__ import annotations
 
-ACT = {"identity": 0, "step": 1, "sigmoid": 2, "tanh": 3, "relu": 4}  # softmax: reference code
-ROW_ACT = {**ACT, "softmax": 5}  # the per-row kernels of the fused epoch
+from tinynet.backend import ACTIVATION_CODE
 
-BIAS_ACT = """
-    T v = z + b;
-    if (act == 2) y = (T)1 / ((T)1 + exp(-v));
-    else if (act == 3) y = tanh(v);
-    else if (act == 4) y = v < (T)0 ? (T)0 : v;
-    else if (act == 1) y = v >= (T)0 ? (T)1 : (T)0;
-    else y = v;
-"""
-ACT_GRAD = """
-    if (act == 2) dz = dy * y * ((T)1 - y);
-    else if (act == 3) dz = dy * ((T)1 - y * y);
-    else if (act == 4) dz = y > (T)0 ? dy : (T)0;
-    else if (act == 1) dz = (T)0;
-    else dz = dy;
-"""
+ACT = ACTIVATION_CODE  # activation name -> the ``act`` argument of the kernels below
+
+# Each activation once, as CUDA expressions: the value from v = z + b, and dz from the saved
+# output y and dy (so a NaN dy stays NaN where the reference's would, and step's is exactly 0).
+# Softmax couples a row: the per-row kernels below handle it, the reference code elsewhere.
+ACTIVATION_CUDA = {
+    "identity": ("v", "dy"),
+    "step": ("v >= (T)0 ? (T)1 : (T)0", "(T)0"),
+    "sigmoid": ("(T)1 / ((T)1 + exp(-v))", "dy * y * ((T)1 - y)"),
+    "tanh": ("tanh(v)", "dy * ((T)1 - y * y)"),
+    "relu": ("v < (T)0 ? (T)0 : v", "dy * (y > (T)0 ? (T)1 : (T)0)"),
+}
+
+
+def _device_function(name: str, args: str, part: int) -> str:
+    """A function template over the float type F, one branch per activation of the table."""
+    cases = "\n".join(
+        f"  if (act == {ACT[act]}) return {exprs[part]};".replace("(T)", "(F)")
+        for act, exprs in ACTIVATION_CUDA.items()
+    )
+    head = f"template <typename F>\n__device__ F {name}({args}, int act) {{"
+    return f"{head}\n{cases}\n  return {args.split()[-1]};\n}}\n"
+
+
+# act_value(v, act) = f(v); act_grad(y, dy, act) = dy * f'(z) from y = f(z); for both the
+# elementwise kernels (as their preamble) and the per-row kernels.
+ACTIVATION_FUNCTIONS = _device_function("act_value", "F v", 0) + _device_function(
+    "act_grad", "F y, F dy", 1
+)
+BIAS_ACT = "y = act_value(z + b, act);"
+ACT_GRAD = "dz = act_grad(y, dy, act);"
 
 
 # Per-row kernels (one thread per sample) for the output layer. T is the float type.
-ROW_KERNELS = r"""
+ROW_KERNELS = (
+    f"#define SOFTMAX {ACT['softmax']}\n"
+    + ACTIVATION_FUNCTIONS
+    + r"""
 __device__ void softmax_row(T* zr, const T* bias, int classes) {
   // zr <- softmax(zr + bias) in place, shifted by the row's maximum
   T m = zr[0] + bias[0];
@@ -67,8 +85,7 @@ extern "C" __global__ void tinynet_squared_error(
     long long batch, int rows, int classes, int act, T scale, T coef, T* delta,
     double* loss_sum) {
   // loss_sum += scale * sum_k (y_k - t_k)^2; delta = coef (y - t) * f'(z), coef = 2 scale / n,
-  // with f' from the saved output y (act: 0 identity, 1 step, 2 sigmoid, 3 tanh, 4 relu,
-  // 5 softmax, whose Jacobian couples the row).
+  // with f' from the saved output y (act_grad), or softmax's Jacobian, which couples the row.
   int r = blockDim.x * blockIdx.x + threadIdx.x;
   if (r >= rows) return;
   const T* yr = y + (long long)r * classes;
@@ -79,14 +96,11 @@ extern "C" __global__ void tinynet_squared_error(
   for (int k = 0; k < classes; ++k) {
     T v = yr[k], diff = v - tr[k], g = coef * diff;
     loss += (double)diff * diff;
-    if (act == 1) g = 0;
-    else if (act == 2) g *= v * (1 - v);
-    else if (act == 3) g *= 1 - v * v;
-    else if (act == 4) g *= v > 0 ? 1 : 0;
+    if (act != SOFTMAX) g = act_grad(v, g, act);
     dr[k] = g;
     dot += g * v;
   }
-  if (act == 5)
+  if (act == SOFTMAX)
     for (int k = 0; k < classes; ++k) dr[k] = yr[k] * (dr[k] - dot);
   atomicAdd(loss_sum, loss * (double)scale);
 }
@@ -100,3 +114,4 @@ extern "C" __global__ void tinynet_softmax_rows(T* z, const T* bias, int rows, i
 
 extern "C" __global__ void tinynet_next_step(long long* step) { step[0] += 1; }
 """
+)

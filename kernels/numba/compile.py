@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
+from tinynet.backend import ACTIVATION_CODE
 from tinynet.kernels.numba import cache
 
 # The kernels' on-disk cache: a folder per version of this sub-package's sources (the cache's
@@ -18,8 +19,10 @@ SOURCES = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__
 CACHE = cache.configure(SOURCES)
 
 FAST = {"reassoc", "contract", "nsz", "arcp"}
-ACT = {"identity": 0, "step": 1, "sigmoid": 2, "tanh": 3, "relu": 4, "softmax": 5}
-IDENTITY, STEP, SIGMOID, TANH, RELU, SOFTMAX = range(6)
+ACT = ACTIVATION_CODE  # activation name -> the code the kernels branch on
+IDENTITY, STEP, SIGMOID, TANH, RELU, SOFTMAX = (
+    ACT[name] for name in ("identity", "step", "sigmoid", "tanh", "relu", "softmax")
+)
 SQUARED_ERROR, CROSS_ENTROPY = 0, 1
 
 
