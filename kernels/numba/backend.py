@@ -11,7 +11,17 @@ import numpy as np
 from tinynet.backend import Backend, EpochSpec
 from tinynet.kernels.numba import cache, elementwise
 from tinynet.kernels.numba.blas import blas_epoch
-from tinynet.kernels.numba.compile import ACT, CACHE, CROSS_ENTROPY, SQUARED_ERROR, cache_probe
+from tinynet.kernels.numba.compile import (
+    ACT,
+    CACHE,
+    CROSS_ENTROPY,
+    SQUARED_ERROR,
+    Data,
+    Net,
+    Rule,
+    Thread,
+    cache_probe,
+)
 from tinynet.kernels.numba.per_sample import epoch_per_sample
 from tinynet.kernels.numba.small_batch import epoch_small_batch
 from tinynet.kernels.numba.team import FLAG_STRIDE, run_team, split_rows
@@ -126,38 +136,44 @@ class NumbaBackend(Backend):
         dt = dtype.type
         layers = spec.layers
         no_velocity_W, no_velocity_b = np.zeros((0, 0), dtype), np.zeros(0, dtype)
-        args = (
+        data = Data(
             X,
             np.ascontiguousarray(order, np.int64),
             np.ascontiguousarray(T, dtype),
             dt(spec.in_scale),
             dt(spec.in_offset),
-            tuple([layer.W for layer in layers]),
-            tuple(
+        )
+        net = Net(
+            Ws=tuple([layer.W for layer in layers]),
+            bs=tuple(
                 [
                     layer.b if layer.b is not None else np.zeros(layer.W.shape[0], dtype)
                     for layer in layers
                 ]
             ),
-            np.array([ACT[layer.activation] for layer in layers], np.int64),
-            np.array([layer.train_W for layer in layers]),
-            np.array([layer.train_b and layer.b is not None for layer in layers]),
+            acts=np.array([ACT[layer.activation] for layer in layers], np.int64),
+            train_w=np.array([layer.train_W for layer in layers]),
+            train_b=np.array([layer.train_b and layer.b is not None for layer in layers]),
+            vWs=tuple([layer.vW if layer.vW is not None else no_velocity_W for layer in layers]),
+            vbs=tuple([layer.vb if layer.vb is not None else no_velocity_b for layer in layers]),
+        )
+        rule = Rule(
             CROSS_ENTROPY if spec.loss == "cross_entropy" else SQUARED_ERROR,
             dt(spec.loss_scale),
+            spec.reduction == "mean",
+            dt(spec.lr),
+            dt(spec.momentum),
         )
-        velocities = (
-            tuple([layer.vW if layer.vW is not None else no_velocity_W for layer in layers]),
-            tuple([layer.vb if layer.vb is not None else no_velocity_b for layer in layers]),
-        )
-        lr, momentum = dt(spec.lr), dt(spec.momentum)
         size = self.team_size(spec, batch_size)
-        progress = np.zeros(size * FLAG_STRIDE, np.int64)  # see meet
+        progress = np.zeros(size * FLAG_STRIDE, np.int64)  # see team.meet
         if batch_size == 1:
-            return self._per_sample_epoch(spec, size, progress, args, lr, momentum, velocities)
+            return self._per_sample_epoch(layers, size, progress, data, net, rule)
         bounds = np.array([split_rows(layer.W.shape[0], size) for layer in layers], np.int64)
         A, D, _ = self._work_arrays(dtype, layers, batch_size)
-        settings = (spec.reduction == "mean", lr, momentum, *velocities, A, D, batch_size)
-        per_rank = [(rank, progress, bounds, *args, *settings) for rank in range(size)]
+        per_rank = [
+            (Thread(rank, progress, bounds), data, net, rule, A, D, batch_size)
+            for rank in range(size)
+        ]
         return sum(run_team(self._compiled, epoch_small_batch, per_rank))
 
     def team_size(self, spec: EpochSpec, batch_size: int = 1) -> int:
@@ -176,14 +192,10 @@ class NumbaBackend(Backend):
             return 1
         return max(1, min(threads, first.W.shape[0] // 32))
 
-    def _per_sample_epoch(self, spec, size, progress, args, lr, momentum, velocities) -> float:
-        layers = spec.layers
+    def _per_sample_epoch(self, layers, size, progress, data, net, rule) -> float:
         dtype = layers[0].W.dtype
         bounds = np.array([split_rows(layers[0].W.shape[0], size)], np.int64)
         H = np.zeros((2, layers[0].W.shape[0]), dtype)
-        *data, Ws, bs, acts, train_w, train_b, kind, scale = args  # data: X, order, T, scaling
-        vWs, vbs = velocities
-        settings = (acts, train_w, train_b, kind, scale, lr, momentum)
 
         def own(arrays):  # rank > 0: the first layer shared, the later layers copied
             return (arrays[0], *[a.copy() for a in arrays[1:]])
@@ -191,9 +203,15 @@ class NumbaBackend(Backend):
         per_rank = []
         for rank in range(size):
             A, D, spare = self._work_arrays(dtype, layers, 1, rank)
-            W, b, vW, vb = (Ws, bs, vWs, vbs) if rank == 0 else map(own, (Ws, bs, vWs, vbs))
-            work = (tuple([a[0] for a in A]), tuple([d[0] for d in D]), spare, H)
-            per_rank.append((rank, progress, bounds, *data, W, b, *settings, vW, vb, *work))
+            mine = (
+                net
+                if rank == 0
+                else net._replace(
+                    Ws=own(net.Ws), bs=own(net.bs), vWs=own(net.vWs), vbs=own(net.vbs)
+                )
+            )
+            rows = (tuple([a[0] for a in A]), tuple([d[0] for d in D]))
+            per_rank.append((Thread(rank, progress, bounds), data, mine, rule, *rows, spare, H))
         # every thread scores every sample: rank 0's sum
         return run_team(self._compiled, epoch_per_sample, per_rank)[0]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections import namedtuple
 
 import numpy as np
 from numba import njit, types
@@ -17,6 +18,16 @@ from tinynet.kernels.numba import cache
 # own format included), so a kernel is never loaded beside callers built from other sources.
 SOURCES = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "*.py")))
 CACHE = cache.configure(SOURCES)
+
+# The compiled epochs' arguments, grouped (Numba takes namedtuples of arrays and scalars):
+# Thread: its rank in the team, the counters the team meets through, each layer's unit bounds.
+Thread = namedtuple("Thread", "rank progress bounds")
+# Data: the rows X[order] with targets T[order], inputs scaled as X * in_scale + in_offset.
+Data = namedtuple("Data", "X order T in_scale in_offset")
+# Net: per layer W, b, activation code, whether W and b train, and their momentum velocities.
+Net = namedtuple("Net", "Ws bs acts train_w train_b vWs vbs")
+# Rule: the loss (code, scale, mean or sum per batch) and the update (lr, momentum).
+Rule = namedtuple("Rule", "kind scale mean lr momentum")
 
 FAST = {"reassoc", "contract", "nsz", "arcp"}
 ACT = ACTIVATION_CODE  # activation name -> the code the kernels branch on

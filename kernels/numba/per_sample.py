@@ -119,31 +119,7 @@ def _first_layer_update_and_next_forward(
 
 
 @jit
-def epoch_per_sample(
-    rank,
-    progress,
-    bounds,
-    X,
-    order,
-    T,
-    in_scale,
-    in_offset,
-    Ws,
-    bs,
-    acts,
-    train_w,
-    train_b,
-    kind,
-    scale,
-    lr,
-    momentum,
-    vWs,
-    vbs,
-    A,
-    D,
-    x_spare,
-    H,
-):
+def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H):
     """Per-sample SGD over X[order] as thread ``rank`` of a team; the sum of the per-sample losses.
 
     The thread owns rows r0..r1 = bounds[0, rank]..bounds[0, rank + 1] of the first layer (W, b,
@@ -154,6 +130,10 @@ def epoch_per_sample(
     delta of layer l. Frozen weights/biases have train_w/train_b False; bias-free layers carry a
     zero bias that is never trained. With momentum, vWs/vbs hold the velocities.
     """
+    rank, progress, bounds = thread
+    X, order, T, in_scale, in_offset = data
+    Ws, bs, acts, train_w, train_b, vWs, vbs = net
+    kind, scale, _, lr, momentum = rule
     n_layers = len(Ws)
     last = n_layers - 1
     one = typed(A[0], 1.0)

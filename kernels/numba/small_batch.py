@@ -166,31 +166,7 @@ def _delta_below(D, W, Y, act, G, c0, c1):
 
 
 @jit
-def epoch_small_batch(
-    rank,
-    progress,
-    bounds,
-    X,
-    order,
-    T,
-    in_scale,
-    in_offset,
-    Ws,
-    bs,
-    acts,
-    train_w,
-    train_b,
-    kind,
-    scale,
-    mean,
-    lr,
-    momentum,
-    vWs,
-    vbs,
-    A,
-    D,
-    batch,
-):
+def epoch_small_batch(thread, data, net, rule, A, D, batch):
     """Mini-batch SGD over X[order] in steps of ``batch``, as thread ``rank`` of a team; the sum
     of the per-sample losses of the samples this thread scored.
 
@@ -200,6 +176,10 @@ def epoch_small_batch(
     is formed before any thread changes W. Inputs, losses and softmax rows are split by sample.
     The team meets between the steps that read what another thread wrote.
     """
+    rank, progress, bounds = thread
+    X, order, T, in_scale, in_offset = data
+    Ws, bs, acts, train_w, train_b, vWs, vbs = net
+    kind, scale, mean, lr, momentum = rule
     n_layers = len(Ws)
     last = n_layers - 1
     team = bounds.shape[1] - 1

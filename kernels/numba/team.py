@@ -89,11 +89,11 @@ if hasattr(os, "register_at_fork"):
 
 def argument_kind(value: Any) -> Any:
     """What of an argument Numba's dispatch depends on: an array's dtype and dimensions, a
-    tuple's length and first element, a scalar's type."""
+    tuple's (or namedtuple's) type and each of its fields, a scalar's type."""
     if isinstance(value, np.ndarray):
         return value.dtype, value.ndim
     if isinstance(value, tuple):
-        return len(value), argument_kind(value[0]) if value else None
+        return type(value), tuple(argument_kind(v) for v in value)
     return type(value)
 
 
@@ -107,9 +107,9 @@ def split_rows(rows: int, parts: int) -> list[int]:
 
 def run_team(compiled: set, kernel: Any, per_rank: list[tuple]) -> list[float]:
     """kernel(*per_rank[t]) for every rank t at once, rank 0 on this thread and the others on
-    a pool kept for the process; their results. Every kernel takes (rank, progress, bounds,
-    X, order, ...). ``compiled``: the (kernel, argument kinds) already compiled, kept by the
-    caller."""
+    a pool kept for the process; their results. Every kernel takes (thread: compile.Thread,
+    data: compile.Data, ...). ``compiled``: the (kernel, argument kinds) already compiled, kept
+    by the caller."""
     global _TEAM_POOL
     if len(per_rank) == 1:
         return [kernel(*per_rank[0])]
@@ -117,8 +117,8 @@ def run_team(compiled: set, kernel: Any, per_rank: list[tuple]) -> list[float]:
     if key not in compiled:
         # compile on this thread first, with no samples: a thread of the team that failed
         # to compile would leave the others waiting for it forever
-        rank, progress, bounds, X, order, *rest = per_rank[0]
-        kernel(rank, progress, bounds, X, order[:0], *rest)
+        thread, data, *rest = per_rank[0]
+        kernel(thread, data._replace(order=data.order[:0]), *rest)
         compiled.add(key)
     if _TEAM_POOL is None or _TEAM_POOL._max_workers < len(per_rank) - 1:
         _TEAM_POOL = ThreadPoolExecutor(len(per_rank) - 1, thread_name_prefix="tinynet")
