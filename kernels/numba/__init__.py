@@ -5,7 +5,7 @@ kernel cache), ``elementwise`` (one pass per rule: activation, loss, update, dat
 ``team`` (threads meeting in compiled code, and the pool that runs them), ``per_sample`` and
 ``small_batch`` (the two compiled epochs), ``blas`` (the BLAS epoch), ``backend`` (the class).
 
-Choices, each measured on the 2-core Zen 4 machine (benchmarks/results/):
+Choices, each measured on the 2-core Zen 4 machine (the numbers: benchmarks/results/design.md):
 
 * ``train_batches`` takes every batch size (``can_train_batches``), in three ways:
   - per-sample SGD (the tutorials' way): one compiled call per stretch of the epoch, reading
@@ -16,14 +16,12 @@ Choices, each measured on the 2-core Zen 4 machine (benchmarks/results/):
   - larger batches (``blas.blas_epoch``): GEMMs on BLAS, the weight gradient accumulated into W by
     gemm itself (beta = 1), compiled elementwise passes, no array allocated per batch.
   The per-kernel methods (``dense_forward``, ...) serve models the epochs cannot express; their
-  GEMMs are NumPy's: compiled dot-product loops lost to OpenBLAS at every shape the networks use,
-  float32: 7.0 vs 6.8 us at 1x784x128, 57 vs 32 us at 1x784x1024, 186 vs 77 us at 32x784x128.
+  GEMMs are NumPy's: compiled dot-product loops lost to OpenBLAS at every shape the networks use.
 * Threads: the compiled epochs run as a team of nogil calls, one per thread (``team.run_team``),
   meeting through atomic counters (``meet``) rather than ``prange``: a parallel region per
-  sample cost about as much as it saved (8.5 vs 10.2 us a step at 784x128), and the
-  ``parallel=True`` mini-batch epoch took 7.3 s to compile against 6.2 s for the team's. Per
-  sample, each thread owns a slice of the first layer's rows and repeats the small later
-  layers, so the team meets once per sample (784-128-10: 0.75 -> 0.41 s/epoch on two cores).
+  sample cost about as much as it saved, and the ``parallel=True`` mini-batch epoch took longer
+  to compile than the team's. Per sample, each thread owns a slice of the first layer's rows
+  and repeats the small later layers, so the team meets once per sample.
   The team never runs while BLAS does; its size is Numba's thread count (``NUMBA_NUM_THREADS``),
   at most the cores we may use.
 * Every elementwise step is one pass: bias + activation in place; activation gradient times
@@ -33,7 +31,7 @@ Choices, each measured on the 2-core Zen 4 machine (benchmarks/results/):
   from ``typed(array, 1.0)`` and scalar arguments are cast before the call.
 * fastmath is limited to {reassoc, contract, nsz, arcp} (vectorised sums, FMAs): never nnan/ninf,
   so NaN and inf behave as in NumPy, e.g. sigmoid(-1000) = 1/(1+inf) = 0 exactly.
-* Compile time: no slice assignments (``a[:] = b`` compiled for about 3 s), no literal
+* Compile time: no slice assignments (``a[:] = b`` compiles for seconds), no literal
   arguments (each compiles another copy of the callee), no ``np.ones`` & co. for constants.
 * Kernels are cached on disk by ``cache`` in a folder named by the hash of every source file of
   this sub-package (``~/.cache/tinynet/numba/<hash>``): kernels that call each other are always

@@ -35,17 +35,13 @@ class NumbaBackend(Backend):
     name = "numba"
     xp = np
     # Taken from the reference on purpose: the same arrays, and GEMMs that OpenBLAS runs faster
-    # than compiled loops at every shape the networks use (float32: 57 vs 32 us at 1x784x1024).
+    # than compiled loops at every shape the networks use (benchmarks/results/design.md).
     asarray = NumpyBackend.asarray
     to_numpy = NumpyBackend.to_numpy
     matmul = NumpyBackend.matmul
     weight_grad = NumpyBackend.weight_grad
     # The compiled mini-batch epoch: for batches up to 32 while every weight matrix has at most
-    # 512 KiB; beyond that BLAS's blocking wins. Measured, s/epoch, compiled vs the BLAS epoch,
-    # medians of 3 alternating runs, two sessions of runs: 784-128-10 sigmoid batch 16 0.39 vs
-    # 0.47, batch 32 0.34 vs 0.28 and 0.34 vs 0.37, batch 64 0.31 vs 0.24; 784-256-128-10 ReLU
-    # (784 x 256: 784 KiB) batch 16 0.83 vs 0.81, batch 32 0.70 vs 0.61 and 0.77 vs 0.67;
-    # 784-1024-1024-10 batch 32 23.2 vs 5.5.
+    # 512 KiB; beyond that BLAS's blocking wins (the measurements: benchmarks/results/design.md).
     FUSED_MAX_BATCH = 32
     FUSED_MAX_WEIGHT_BYTES = 512 << 10
 

@@ -67,8 +67,7 @@ def _first_layer_update_and_next_forward(
     zero = typed(W, 0.0)
     i = r0
     # Plain SGD four rows at a time: each load of x[j] and x_next[j] serves four weights. The
-    # pass is bound by loads, not arithmetic: one row at a time did 6.5 weights/ns on one Zen 4
-    # core, two 9.8, four 12.3 (200 x 784); a 784-200-10 step on two cores 13.7 -> 9.3 us.
+    # pass is bound by loads, not arithmetic (four rows beat two and one: design.md).
     if train_w and momentum == zero:
         while i + 3 < r1:
             w0, w1, w2, w3 = W[i], W[i + 1], W[i + 2], W[i + 3]

@@ -160,7 +160,7 @@ def _delta_below(D, W, Y, act, G, c0, c1):
             g[j] = zero
         for i in range(W.shape[0]):
             di, w = D[r, i], W[i, c0:c1]
-            for j in range(g.shape[0]):  # not W[i, c0 + j]: that loop ran 6x slower
+            for j in range(g.shape[0]):  # not W[i, c0 + j]: that loop ran far slower
                 g[j] += di * w[j]
         act_grad_row(Y[r, c0:c1], g, act)
 
