@@ -193,12 +193,13 @@ class CupyBackend(Backend):
     def train_batches(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int) -> Any:
         """SGD on X[order] in steps of batch_size; the sum of the per-sample losses as a 0-d
         device array (read by the trainer once per epoch)."""
-        if self._cublas() is None:
+        blas = self._cublas()  # takes the lock itself: before the block below, not inside it
+        if blas is None:
             raise BackendError(f"backend 'cupy': no fused epochs here ({self._blas_error})")
-        key = EpochPlan.key(spec, X, T, batch_size)
+        key = (self.xp.cuda.Device().id, *EpochPlan.key(spec, X, T, batch_size))
         with self._epoch_lock:
             epoch = self._epochs.get(key)
             if epoch is None:
                 self._epochs.clear()  # buffers of other models and batch sizes: freed
-                epoch = self._epochs[key] = EpochPlan(self, spec, X, T, batch_size)
+                epoch = self._epochs[key] = EpochPlan(self, blas, spec, X, T, batch_size)
             return epoch.run(spec, order, self.graphs)

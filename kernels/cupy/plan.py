@@ -14,6 +14,7 @@ from tinynet.kernels.cupy.sources import ACT, ROW_KERNELS
 
 if TYPE_CHECKING:
     from tinynet.kernels.cupy.backend import CupyBackend
+    from tinynet.kernels.cupy.cublas import Cublas
 
 
 class PlanKernels:
@@ -57,9 +58,11 @@ class EpochPlan:
         return (pointers, settings, batch_size, spec.in_scale, spec.in_offset, spec.loss,
                 spec.loss_scale, spec.reduction, spec.momentum)  # fmt: skip
 
-    def __init__(self, backend: CupyBackend, spec: EpochSpec, X: Any, T: Any, batch: int) -> None:
+    def __init__(
+        self, backend: CupyBackend, blas: Cublas, spec: EpochSpec, X: Any, T: Any, batch: int
+    ) -> None:
         cp = self.cp = backend.xp
-        self.blas = backend._cublas()  # this device's handle
+        self.blas = blas  # the current device's handle
         self.layers = spec.layers
         dtype = self.dtype = np.dtype(spec.layers[0].W.dtype)
         dt = dtype.type
