@@ -44,8 +44,8 @@ def read_json(path: Path) -> dict:
     return data
 
 
-def load(path: Path) -> tuple[dict, list[dict]]:
-    data = read_json(path)
+def load(data: dict) -> tuple[dict, list[dict]]:
+    """(machine facts, one row per benchmark) of a run read by ``read_json``."""
     rows = []
     for bench in data["benchmarks"]:
         row = dict(bench.get("extra_info", {}))
@@ -208,11 +208,12 @@ def _section(title: str, intro: str, table: list[str]) -> list[str]:
 
 
 def render(json_path: Path, prefix: Path) -> str:
-    machine, rows = load(json_path)
+    data = read_json(json_path)
+    machine, rows = load(data)
     train_lines, speeds = training_table(rows)
     if not rows:
         raise ReportError(f"{json_path} holds no benchmarks (were they all skipped?)")
-    data = sorted({r["data"] for r in rows if r.get("kind") == "train"}) or ["-"]
+    sources = sorted({r["data"] for r in rows if r.get("kind") == "train"}) or ["-"]
     header = [
         f"# tinynet benchmarks ({machine.get('date', '?')})",
         "",
@@ -222,7 +223,7 @@ def render(json_path: Path, prefix: Path) -> str:
         "| machine | |",
         "|---|---|",
         *(f"| {k} | {v} |" for k, v in machine.items() if k != "date"),
-        f"| training data | {', '.join(data)} |",
+        f"| training data | {', '.join(sources)} |",
         "",
     ]
     sections = [
@@ -251,10 +252,9 @@ def render(json_path: Path, prefix: Path) -> str:
     text = "\n".join([*header, *sections])
     prefix.parent.mkdir(parents=True, exist_ok=True)
     prefix.with_suffix(".md").write_text(text)
-    slim = read_json(json_path)
-    for bench in slim["benchmarks"]:
+    for bench in data["benchmarks"]:
         bench["stats"].pop("data", None)  # every raw timing: megabytes, not needed to compare
-    prefix.with_suffix(".json").write_text(json.dumps(slim, indent=1))
+    prefix.with_suffix(".json").write_text(json.dumps(data, indent=1))
     if speeds:
         chart(
             speeds,

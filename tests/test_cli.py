@@ -171,7 +171,9 @@ def test_bad_settings_fail_before_any_data_loads(capsys, monkeypatch):
     _one_line_error(capsys, ["train", "--batch-size", "-3"], "--batch-size must be >= 1")
     _one_line_error(capsys, ["train", "--hidden", "64", "0"], "--hidden sizes must be >= 1")
     _one_line_error(capsys, ["train", "--activation", "swish"], "unknown activation 'swish'")
-    _one_line_error(capsys, ["train", "--download-deadline", "0"], "--download-deadline")
+    _one_line_error(
+        capsys, ["train", "--download-deadline", "0"], "download deadline must be a positive number"
+    )
 
 
 def test_evaluate_reads_only_the_test_split(tmp_path, capsys, monkeypatch):

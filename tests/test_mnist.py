@@ -272,3 +272,9 @@ def test_full_mnist_end_to_end(mnist_dir, backend_name):
 def test_sample_folder_is_small():
     size = sum(p.stat().st_size for p in Path(mnist_module.SAMPLE_DIR).iterdir())
     assert size <= 1_000_000
+
+
+@pytest.mark.parametrize("deadline", [0, -1.0, float("nan"), "60", True])
+def test_a_deadline_that_is_not_a_positive_number_is_refused(no_data_anywhere, deadline):
+    with pytest.raises(tn.InvalidInputError, match="download deadline must be a positive"):
+        tn.datasets.mnist("test", deadline=deadline, mirrors=["http://127.0.0.1:9/"])

@@ -154,8 +154,7 @@ def _data(args: argparse.Namespace, train: bool = True):
             tn.datasets.mnist_sample("test"),
             mnist_loader.SAMPLE_NAME,
         )
-    if not args.download_deadline > 0:
-        raise InvalidInputError(f"--download-deadline must be > 0, got {args.download_deadline}")
+    mnist_loader.check_deadline(args.download_deadline)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train, test, source = tn.datasets.load_mnist(

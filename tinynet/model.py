@@ -121,7 +121,7 @@ class MLP:
             raise InvalidInputError("input contains NaN or inf")
         # A Rescaling layer converts uint8 batches itself; anything else becomes our dtype.
         keep_dtype = isinstance(self.layers[0], Rescaling)
-        if x.dtype == np.uint8 and not keep_dtype and int(x.max(initial=0)) > 1:
+        if x.dtype == np.uint8 and not keep_dtype and x.size and int(x.max()) > 1:
             # 0..255 straight into a Dense layer saturates it: training stalls near chance
             warnings.warn(
                 "the inputs look like raw pixels (uint8 up to 255) and the model has no "

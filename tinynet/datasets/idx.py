@@ -108,8 +108,8 @@ def read_payload(
                 out += chunk
                 if declared is None and (header := idx_header(bytes(out[:1024]), name)):
                     declared = header[2]
-                limit = min(x for x in (declared, max_bytes, len(out)) if x is not None)
-                if len(out) > limit:
+                limit = min((n for n in (declared, max_bytes) if n is not None), default=None)
+                if limit is not None and len(out) > limit:
                     what = "its header declares" if limit == declared else "such a file can have"
                     raise DataFileError(
                         f"oversized IDX file: {name} holds more than the {limit:,} bytes "

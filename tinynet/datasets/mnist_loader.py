@@ -208,6 +208,15 @@ def _finish(images: np.ndarray, labels: np.ndarray, flatten: bool, as_float: boo
     return images, labels.astype(np.int64)
 
 
+def check_deadline(deadline: float) -> float:
+    """``deadline`` as a float of seconds; InvalidInputError unless it is a positive number."""
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float) or not deadline > 0:
+        raise InvalidInputError(
+            f"download deadline must be a positive number of seconds, got {deadline!r}"
+        )
+    return float(deadline)
+
+
 def _check_split(split: str) -> None:
     if split not in ("train", "test"):
         raise InvalidInputError(f"split must be 'train' or 'test', got {split!r}")
@@ -231,6 +240,7 @@ def mnist(
     A download gives up on a mirror after ``deadline`` seconds per file and tries the next.
     """
     _check_split(split)
+    deadline = check_deadline(deadline)
     images, labels = (
         mnist_file(FILES[split, kind], data_dir, download, mirrors, progress, deadline)
         for kind in ("images", "labels")
