@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
 from tinynet.backend import ACTIVATION_CODE, ACTIVATIONS
@@ -62,3 +63,48 @@ def test_the_cuda_sources_compile(tmp_path, ctype, which):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
+
+
+GXX = shutil.which("g++")
+
+
+def _c_array(values: np.ndarray) -> str:
+    return ", ".join(repr(float(v)) for v in values)  # repr of a float: exact, and valid C
+
+
+@pytest.mark.skipif(GXX is None, reason="g++ not installed")
+@pytest.mark.parametrize("name", sorted(set(ACTIVATIONS) - {"softmax"}))
+def test_the_cuda_activation_formulas_match_the_reference(tmp_path, name):
+    """The generated device functions, built for the host with g++ (``__device__`` defined away)
+    and run on a grid of inputs, against the NumPy reference's activate / activation_backward."""
+    from tinynet.kernels.numpy_backend import NumpyBackend
+
+    z = np.array([-1000.0, -3.5, -1.0, -1e-3, 0.0, 1e-3, 0.5, 2.0, 30.0, 1000.0])
+    y = NumpyBackend().activate(z.reshape(1, -1).copy(), name).ravel()
+    dy = np.linspace(-2.0, 2.0, z.size)
+    program = (
+        "#include <cmath>\n#include <cstdio>\nusing std::exp; using std::tanh;\n"
+        "#define __device__\n"
+        + sources.ACTIVATION_FUNCTIONS
+        + "int main() {\n"
+        + f"  const double z[] = {{{_c_array(z)}}};\n"
+        + f"  const double y[] = {{{_c_array(y)}}};\n"
+        + f"  const double dy[] = {{{_c_array(dy)}}};\n"
+        + f"  for (int i = 0; i < {z.size}; ++i)\n"
+        + f'    printf("%.17g %.17g\\n", act_value(z[i], {ACTIVATION_CODE[name]}),\n'
+        + f"           act_grad(y[i], dy[i], {ACTIVATION_CODE[name]}));\n"
+        + "}\n"
+    )
+    (tmp_path / "act.cpp").write_text(program)
+    build = subprocess.run(
+        [GXX, "-O1", str(tmp_path / "act.cpp"), "-o", str(tmp_path / "act")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert build.returncode == 0, build.stderr
+    out = subprocess.run([tmp_path / "act"], capture_output=True, text=True, timeout=60).stdout
+    value, grad = np.array([line.split() for line in out.splitlines()], float).T
+    np.testing.assert_allclose(value, y, rtol=1e-15, atol=1e-300)
+    expected_grad = NumpyBackend().activation_backward(name, y[None], dy[None]).ravel()
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-15, atol=1e-300)

@@ -41,7 +41,7 @@ def gzip_bomb(header: bytes, inflated: int) -> bytes:
 # The t10k labels' real header (10,000 labels) and 64 MiB of zeros: 62 KB of gzip, less than
 # the real file could take uncompressed, so only inflating it shows what it is.
 LABELS_BOMB = gzip_bomb(b"\x00\x00\x08\x01" + (10_000).to_bytes(4, "big"), 64 << 20)
-KINDS = ("good", "corrupt", "drop", "missing", "bad-deflate", "trickle", "bomb")
+KINDS = ("good", "corrupt", "drop", "missing", "bad-deflate", "trickle", "bomb", "huge", "endless")
 
 
 @pytest.fixture
@@ -70,8 +70,11 @@ def mirrors(mnist_dir):
                 body = body[:10] + bytes(range(256)) * 8
             elif kind == "bomb":
                 body = LABELS_BOMB
+            elif kind in ("huge", "endless"):  # far longer than the raw file (10,008 bytes)
+                body = body + bytes(1 << 20)
             self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
+            if kind != "endless":  # endless: no length, the body runs until the close
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if kind == "trickle":
                 for i in range(len(body)):
@@ -171,6 +174,17 @@ def test_a_gzip_bomb_on_disk_stops_at_the_declared_size(
     # the mnist case also reads the real 7.8 MB of images
     limit = (16 if where == "read_idx" else 32) << 20
     assert peak < limit, f"peak {peak / 2**20:.0f} MiB while reading a 64 MiB bomb"
+
+
+@pytest.mark.parametrize(("kind", "says"), [("huge", "announces"), ("endless", "sent more than")])
+def test_a_mirror_sending_more_than_the_file_can_hold_moves_on(
+    mirrors, no_data_anywhere, kind, says
+):
+    labels = mnist_module.mnist_file(LABELS, mirrors=[mirrors[kind], mirrors["good"]])
+    assert labels[0] == 7
+    (no_data_anywhere / (LABELS + ".gz")).unlink()
+    with pytest.raises(tn.DataFileError, match=rf"{kind}/t10k-labels.*{says}"):
+        mnist_module.mnist_file(LABELS, mirrors=[mirrors[kind]])
 
 
 def test_offline_error_says_what_to_do(no_data_anywhere):

@@ -37,7 +37,7 @@ def _npy_header_only(shape: tuple[int, ...], dtype: str = "<f4", body: bytes = b
     np.lib.format.write_array_header_1_0(
         buffer, {"descr": dtype, "fortran_order": False, "shape": shape}
     )
-    return b"\x93NUMPY\x01\x00" + buffer.getvalue()[8:] + body
+    return buffer.getvalue() + body  # the header (magic included), then only ``body``
 
 
 def _archive(path: Path, members: dict[str, bytes], deflated: tuple[str, ...] = ()) -> Path:
@@ -188,6 +188,20 @@ def test_a_deflate_bomb_member_the_model_does_not_need_is_never_read(tmp_path):
     np.testing.assert_array_equal(net.get_weights()[0][0], np.ones((3, 2)))
 
 
+def test_a_member_whose_zip_entry_claims_more_bytes_than_the_file_holds(tmp_path):
+    # zipfile writes honest sizes: forge the central directory's uncompressed size by hand
+    path = _archive(tmp_path / "forged.npz", _model_members([_dense(2, 3)], GOOD))
+    data = bytearray(path.read_bytes())
+    name = b"0.weight.npy"
+    entry = data.index(b"PK\x01\x02")  # central directory entries, in member order
+    while data[entry + 46 : entry + 46 + len(name)] != name:
+        entry = data.index(b"PK\x01\x02", entry + 4)
+    data[entry + 24 : entry + 28] = (1 << 31).to_bytes(4, "little")  # uncompressed size: 2 GiB
+    path.write_bytes(bytes(data))
+    with pytest.raises(tn.ModelFileError, match=r"forged\.npz.*'0\.weight' claims 2,147,483,648"):
+        tn.load(path)
+
+
 # -- save -----------------------------------------------------------------------------------
 def _net(seed: int = 0) -> tn.MLP:
     return tn.MLP.from_sizes([2, 3, 1], "tanh", "sigmoid", seed=seed)
@@ -241,6 +255,16 @@ def test_a_killed_save_keeps_the_old_file_and_the_next_save_tidies_up(tmp_path):
     assert len(leftovers) == 1
     np.testing.assert_array_equal(tn.load(path).get_weights()[0][0], _net(0).get_weights()[0][0])
     _net(2).save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+
+
+def test_a_temp_file_older_than_a_day_is_removed_even_if_its_process_lives(tmp_path):
+    # another host's save to a shared folder: its pid means nothing here, its age does
+    old = tmp_path / f".tinynet-{os.getpid()}-elsewhere.tmp"
+    old.write_bytes(b"left two days ago")
+    two_days_ago = old.stat().st_mtime - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+    _net().save(tmp_path / "m.npz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
 
 
