@@ -160,7 +160,8 @@ def test_an_npy_header_declaring_2_to_the_34_floats_allocates_nothing(tmp_path):
     path = _archive(tmp_path / "liar.npz", members)
 
     def load():
-        with pytest.raises(tn.ModelFileError, match=r"liar\.npz.*'0\.weight'"):
+        # refused on its sizes, before a byte of the data is read
+        with pytest.raises(tn.ModelFileError, match=r"liar\.npz.*'0\.weight' is [\d,]+ bytes"):
             tn.load(path)
 
     assert _peak_while(load) < 8 << 20
