@@ -21,18 +21,25 @@ def install_hint(*extras: str) -> str:
 
 
 def blas_info() -> dict[str, str]:
-    """BLAS library and its thread count, as threadpoolctl sees them."""
+    """Every BLAS loaded in this process, as threadpoolctl sees them: library, version, the
+    kernels it chose for this CPU (``OPENBLAS_CORETYPE`` overrides them), threads, and the
+    package that ships it (NumPy's serves the reference's GEMMs, SciPy's the Numba BLAS epoch)."""
     from threadpoolctl import threadpool_info
 
     pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
     if not pools:
         return {"blas": "none found"}
-    pool = pools[0]
+
+    def owner(path: str) -> str:
+        folder = os.path.basename(os.path.dirname(path))  # e.g. numpy.libs, scipy.libs
+        return folder.removesuffix(".libs")
+
     return {
-        "blas": f"{pool.get('internal_api')} {pool.get('version')}",
-        # the kernels OpenBLAS chose for this CPU (OPENBLAS_CORETYPE overrides them)
-        "blas_kernel": str(pool.get("architecture") or "?"),
-        "blas_threads": str(pool.get("num_threads")),
+        "blas": "; ".join(
+            f"{p.get('internal_api')} {p.get('version')} ({owner(p.get('filepath', ''))}, "
+            f"{p.get('architecture') or '?'} kernels, {p.get('num_threads')} threads)"
+            for p in pools
+        )
     }
 
 
