@@ -30,8 +30,8 @@ def test_every_elementwise_activation_has_cuda_and_the_shared_code():
 
 
 def _elementwise_harness(ctype: str) -> str:
-    """The two elementwise bodies inside kernels shaped as CuPy generates them: the preamble
-    first, then one thread per element with the parameters as local names."""
+    """The elementwise bodies inside kernels shaped as CuPy generates them: the preamble first,
+    then one thread per element with the parameters as local names (outputs as references)."""
     return (
         sources.ACTIVATION_FUNCTIONS
         + f"typedef {ctype} T;\n"
@@ -42,6 +42,18 @@ def _elementwise_harness(ctype: str) -> str:
         + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
         + f"  const T y = yp[i]; const T dy = dyp[i]; T dz;\n  {sources.ACT_GRAD}\n"
         + "  dzp[i] = dz;\n}\n"
+        + sources.SGD_STEP
+        + 'extern "C" __global__ void sgd(const T* gp, T lr, T* wp, int n) {\n'
+        + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
+        + f"  const T g = gp[i]; T& w = wp[i];\n  {sources.SGD}\n}}\n"
+        + 'extern "C" __global__ void momentum(const T* gp, T lr, T m, T* wp, T* vp, int n) {\n'
+        + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
+        + f"  const T g = gp[i]; T& w = wp[i]; T& v = vp[i];\n  {sources.MOMENTUM}\n}}\n"
+        + 'extern "C" __global__ void plan_momentum(const T* gp, const T* lr_m, T* wp, T* vp,\n'
+        + "                                         int n) {\n"
+        + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
+        + "  const T g = gp[i]; T& w = wp[i]; T& v = vp[i];\n"
+        + f"  {sources.MOMENTUM_FROM_DEVICE}\n}}\n"
     )
 
 
@@ -108,3 +120,49 @@ def test_the_cuda_activation_formulas_match_the_reference(tmp_path, name):
     np.testing.assert_allclose(value, y, rtol=1e-15, atol=1e-300)
     expected_grad = NumpyBackend().activation_backward(name, y[None], dy[None]).ravel()
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-15, atol=1e-300)
+
+
+@pytest.mark.skipif(GXX is None, reason="g++ not installed")
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_the_cuda_update_rule_matches_the_reference(tmp_path, momentum):
+    """The SGD/momentum bodies the CUDA kernels run, built for the host with g++, three steps
+    on random parameters, against the NumPy reference's sgd_update in float64."""
+    from tinynet.kernels.numpy_backend import NumpyBackend
+
+    rng = np.random.default_rng(0)
+    w0, v0 = rng.normal(size=8), rng.normal(size=8)
+    grads = rng.normal(size=(3, 8))
+    lr = 0.05
+    w, v = w0.copy(), v0.copy()
+    for g in grads:
+        NumpyBackend().sgd_update(w, g, lr, v if momentum else None, momentum)
+    body = sources.MOMENTUM if momentum else sources.SGD
+    program = (
+        "#include <cstdio>\n#define __device__\ntypedef double T;\n"
+        + sources.SGD_STEP
+        + f"int main() {{\n  double ws[] = {{{_c_array(w0)}}};\n"
+        + f"  double vs[] = {{{_c_array(v0)}}};\n"
+        + f"  const double gs[3][8] = {{{', '.join('{' + _c_array(g) + '}' for g in grads)}}};\n"
+        + f"  const T lr = {lr!r}, m = {momentum!r};\n"
+        + "  for (int s = 0; s < 3; ++s)\n"
+        + "    for (int i = 0; i < 8; ++i) {\n"
+        + "      const T g = gs[s][i]; T& w = ws[i];"
+        + (" T& v = vs[i];\n" if momentum else "\n")
+        + f"      {body}\n"
+        + "    }\n"
+        + '  for (int i = 0; i < 8; ++i) printf("%.17g %.17g\\n", ws[i], vs[i]);\n'
+        + "}\n"
+    )
+    (tmp_path / "rule.cpp").write_text(program)
+    build = subprocess.run(
+        [GXX, "-O1", str(tmp_path / "rule.cpp"), "-o", str(tmp_path / "rule")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert build.returncode == 0, build.stderr
+    out = subprocess.run([tmp_path / "rule"], capture_output=True, text=True, timeout=60).stdout
+    w_cuda, v_cuda = np.array([line.split() for line in out.splitlines()], float).T
+    np.testing.assert_allclose(w_cuda, w, rtol=1e-15)
+    if momentum:
+        np.testing.assert_allclose(v_cuda, v, rtol=1e-15)

@@ -15,7 +15,15 @@ from tinynet.backend import Backend, EpochSpec
 from tinynet.errors import BackendError
 from tinynet.kernels.cupy.cublas import Cublas
 from tinynet.kernels.cupy.plan import EpochPlan
-from tinynet.kernels.cupy.sources import ACT, ACT_GRAD, ACTIVATION_FUNCTIONS, BIAS_ACT
+from tinynet.kernels.cupy.sources import (
+    ACT,
+    ACT_GRAD,
+    ACTIVATION_FUNCTIONS,
+    BIAS_ACT,
+    MOMENTUM,
+    SGD,
+    SGD_STEP,
+)
 from tinynet.kernels.numpy_backend import NumpyBackend
 from tinynet.system import install_hint
 
@@ -75,9 +83,9 @@ class CupyBackend(Backend):
             "tinynet_act_grad",
             preamble=ACTIVATION_FUNCTIONS,
         )
-        self._sgd = cp.ElementwiseKernel("T g, T lr", "T w", "w -= lr * g", "tinynet_sgd")
+        self._sgd = cp.ElementwiseKernel("T g, T lr", "T w", SGD, "tinynet_sgd", preamble=SGD_STEP)
         self._momentum = cp.ElementwiseKernel(
-            "T g, T lr, T m", "T w, T v", "v = m * v + g; w -= lr * v", "tinynet_momentum"
+            "T g, T lr, T m", "T w, T v", MOMENTUM, "tinynet_momentum", preamble=SGD_STEP
         )
         self._rescale = cp.ElementwiseKernel(
             "X x, T scale, T offset", "T y", "y = (T)x * scale + offset", "tinynet_rescale"

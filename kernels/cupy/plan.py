@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tinynet.backend import EpochSpec
-from tinynet.kernels.cupy.sources import ACT, ROW_KERNELS
+from tinynet.kernels.cupy.sources import ACT, MOMENTUM_FROM_DEVICE, ROW_KERNELS, SGD_STEP
 
 if TYPE_CHECKING:
     from tinynet.kernels.cupy.backend import CupyBackend
@@ -34,9 +34,13 @@ class PlanKernels:
             "y = (T)x[order[step[0] * batch + r] * width + (i - r * width)] * scale + offset",
             "tinynet_gather",
         )
-        # momentum: v <- m v + grad is a GEMM (beta = m), then w <- w - lr v; -lr in device memory
-        self.momentum_step = cp.ElementwiseKernel(
-            "T v, raw T neg_lr", "T w", "w += neg_lr[0] * v", "tinynet_momentum_step"
+        # momentum: the gradient by a GEMM, then the rule
+        self.momentum = cp.ElementwiseKernel(
+            "T g, raw T lr_m",
+            "T w, T v",
+            MOMENTUM_FROM_DEVICE,
+            "tinynet_plan_momentum",
+            preamble=SGD_STEP,
         )
 
 
@@ -75,25 +79,28 @@ class EpochPlan:
         self.A = [cp.zeros((batch, w), dtype) for w in widths]  # activations, A[0] the input
         self.D = [cp.zeros((batch, w), dtype) for w in widths[1:]]  # deltas dE/dz
         self.zero_bias = [cp.zeros(layer.W.shape[0], dtype) for layer in spec.layers]
-        # what each layer's step updates: (parameter, velocity or None, is_bias); the gradient
-        # is d^T a for W and d^T 1 for a bias, taken as a column (out, 1)
+        # what each layer's step updates: (parameter, velocity or None, is_bias, gradient
+        # buffer with momentum); the gradient is d^T a for W and d^T 1 for a bias, taken as a
+        # column (out, 1)
         self.updates = []
         for layer in spec.layers:
-            updates = [(layer.W, layer.vW, False)] if layer.train_W else []
+            params = [(layer.W, layer.vW, False)] if layer.train_W else []
             if layer.train_b:
                 vb = None if layer.vb is None else layer.vb.reshape(-1, 1)
-                updates.append((layer.b.reshape(-1, 1), vb, True))
-            self.updates.append(updates)
+                params.append((layer.b.reshape(-1, 1), vb, True))
+            grads = [None if v is None else cp.empty_like(p) for p, v, _ in params]
+            self.updates.append([(*param, g) for param, g in zip(params, grads, strict=True)])
         self.ones = cp.ones((batch, 1), dtype)
         self.order = cp.zeros(X.shape[0], np.int64)
         self.step = cp.zeros(1, np.int64)
         self.loss = cp.zeros((), np.float64)
-        # the GEMMs' alpha and beta, read on the device: 1, 0, momentum, -lr (set per run)
-        self.scalars = cp.asarray(np.array([1, 0, spec.momentum, 0], dtype))
-        self.one, self.zero, self.beta_m, self.alpha_lr = (
-            self.scalars.data.ptr + i * dtype.itemsize for i in range(4)
+        # the GEMMs' alpha and beta, read on the device: 1, 0, -lr; then lr and momentum for
+        # the momentum kernel (the learning rates set per run)
+        self.scalars = cp.asarray(np.array([1, 0, 0, 0, spec.momentum], dtype))
+        self.one, self.zero, self.alpha_lr = (
+            self.scalars.data.ptr + i * dtype.itemsize for i in range(3)
         )
-        self.neg_lr = self.scalars[3:]
+        self.neg_lr, self.lr_m, self.lr = self.scalars[2:3], self.scalars[3:5], self.scalars[3:4]
         self.in_scale, self.in_offset = dt(spec.in_scale), dt(spec.in_offset)
         self.ce = spec.loss == "cross_entropy"
         self.loss_scale, self.mean = dt(spec.loss_scale), spec.reduction == "mean"
@@ -108,6 +115,7 @@ class EpochPlan:
         self.order[:n] = order
         self.step.fill(0)
         self.neg_lr.fill(-spec.lr)  # the learning rate may change between epochs
+        self.lr.fill(spec.lr)
         stream = cp.cuda.get_current_stream()
         self.blas.bind(stream.ptr)
         full, rest = divmod(n, self.batch)
@@ -204,11 +212,11 @@ class EpochPlan:
                 below = D[i - 1][:nb]
                 blas.gemm(below, d, layer.W, self.one, self.zero)
                 self.act_grad(a_in, below, ACT[layers[i - 1].activation], below)
-            for param, velocity, is_bias in self.updates[i]:
+            for param, velocity, is_bias, grad in self.updates[i]:
                 x = self.ones[:nb] if is_bias else a_in
-                if velocity is None:  # SGD: p <- p - lr d^T x, one GEMM
+                if velocity is None:  # SGD: p <- p - lr d^T x, one GEMM (sources.SGD_STEP)
                     blas.gemm(param, d, x, self.alpha_lr, self.one, trans_a=True)
-                else:  # momentum: v <- m v + d^T x; p <- p - lr v
-                    blas.gemm(velocity, d, x, self.one, self.beta_m, trans_a=True)
-                    k.momentum_step(velocity, self.neg_lr, param)
+                else:  # momentum: g = d^T x, then the rule
+                    blas.gemm(grad, d, x, self.one, self.zero, trans_a=True)
+                    k.momentum(grad, self.lr_m, param, velocity)
         k.next_step((1,), (1,), (self.step,))

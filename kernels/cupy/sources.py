@@ -37,6 +37,24 @@ ACTIVATION_FUNCTIONS = _device_function("act_value", "F v", 0) + _device_functio
 BIAS_ACT = "y = act_value(z + b, act);"
 ACT_GRAD = "dz = act_grad(y, dy, act);"
 
+# The update rule once, for every elementwise kernel that applies it (CuPy passes an output
+# parameter of an elementwise kernel as a reference to the array element). Plain SGD is
+# momentum 0 with v 0. Where plain SGD's gradient is a GEMM's sum, the GEMM adds it into w
+# with alpha = -lr instead (plan.py): the step is linear in g, and no pass over w is needed.
+SGD_STEP = r"""
+template <typename F>
+__device__ void sgd_step(F& w, F g, F& v, F lr, F momentum) {
+  // v <- momentum v + g; w <- w - lr v
+  v = momentum * v + g;
+  w -= lr * v;
+}
+"""
+SGD = "T v = 0; sgd_step(w, g, v, lr, (T)0);"  # inputs g, lr; output w
+MOMENTUM = "sgd_step(w, g, v, lr, m);"  # inputs g, lr, m; outputs w, v
+# the same, with lr and momentum read from device memory (raw lr_m): a captured CUDA graph
+# keeps serving when the learning rate changes
+MOMENTUM_FROM_DEVICE = "sgd_step(w, g, v, lr_m[0], lr_m[1]);"  # inputs g, lr_m; outputs w, v
+
 
 # Per-row kernels (one thread per sample) for the output layer. T is the float type.
 ROW_KERNELS = (

@@ -53,6 +53,7 @@ def blas_epoch(
         layer.b if layer.b is not None else np.zeros(layer.W.shape[0], dtype) for layer in layers
     ]
     grad_b = [np.empty(layer.W.shape[0], dtype) for layer in layers]
+    grads_W = [np.empty_like(layer.W) if layer.vW is not None else None for layer in layers]
     no_velocity = np.zeros(0, dtype)
     total = 0.0
     for start in range(0, order.shape[0], batch_size):
@@ -70,10 +71,11 @@ def blas_epoch(
                 below = D[i - 1][:nb]
                 gemm_into(gemm, 1.0, layer.W.T, d.T, below.T)
                 act_grad(a_in, below, acts[i - 1])
-            if layer.train_W and layer.vW is not None:  # v <- m v + g; W <- W - lr v
-                gemm_into(gemm, 1.0, a_in.T, d.T, layer.vW.T, trans_b=1, beta=momentum)
-                sgd(layer.W.reshape(-1), layer.vW.reshape(-1), lr, no_velocity, momentum)
-            elif layer.train_W:  # W <- W - lr d^T a, in the GEMM
+            if layer.train_W and layer.vW is not None:  # g = d^T a, then the rule
+                grad_W = grads_W[i]
+                gemm_into(gemm, 1.0, a_in.T, d.T, grad_W.T, trans_b=1)
+                sgd(layer.W.reshape(-1), grad_W.reshape(-1), lr, layer.vW.reshape(-1), momentum)
+            elif layer.train_W:  # W <- W - lr d^T a, in the GEMM (elementwise.sgd_step: why)
                 gemm_into(gemm, -lr, a_in.T, d.T, layer.W.T, trans_b=1, beta=1.0)
             if layer.train_b:
                 column_sums(d, grad_b[i])

@@ -1,5 +1,5 @@
 """Elementwise passes, one row at a time so rows stay in L1: bias + activation, activation
-gradient, loss and delta, the SGD/momentum update, uint8 rows in."""
+gradient, loss and delta, the SGD/momentum update rule, uint8 rows in."""
 
 from __future__ import annotations
 
@@ -177,16 +177,30 @@ def loss_delta(y, t, kind, scale, inv_n, delta):
     return total
 
 
+# -- the update rule: defined here once; every compiled path applies it through sgd_step -------
+@inner_jit
+def sgd_step(w, g, v, lr, momentum):
+    """One parameter's SGD step: v <- momentum v + g; w <- w - lr v. Returns (new w, new v).
+    Plain SGD is momentum 0 with v 0 (the compiler folds 0 v + g to g): w - lr g.
+
+    The one exception: plain SGD's step is linear in g, so where g is a sum over a batch that
+    a GEMM or a register tile forms, the sum is added straight into w with coefficient -lr
+    (small_batch._update_block, blas.blas_epoch). A separate pass over w would cost more
+    than the GEMM there; any rule with state accumulates g apart and comes through here."""
+    v = momentum * v + g
+    return w - lr * v, v
+
+
 @jit
 def sgd(w, g, lr, v, momentum):
-    """w <- w - lr g, or v <- momentum v + g; w <- w - lr v. Flat, contiguous arrays."""
+    """sgd_step over flat, contiguous arrays: v holds the velocities, or is empty (plain SGD)."""
     if v.shape[0]:
         for j in range(w.shape[0]):
-            v[j] = momentum * v[j] + g[j]
-            w[j] -= lr * v[j]
+            w[j], v[j] = sgd_step(w[j], g[j], v[j], lr, momentum)
     else:
+        zero = typed(w, 0.0)
         for j in range(w.shape[0]):
-            w[j] -= lr * g[j]
+            w[j], _ = sgd_step(w[j], g[j], zero, lr, zero)
 
 
 @jit
@@ -231,8 +245,9 @@ def load_input(X, idx, in_scale, in_offset, x):
 
 @inner_jit
 def update_bias(b, i, di, lr, momentum, vb):
+    """b[i] by sgd_step with gradient di; vb holds the velocities, or is empty."""
     if vb.shape[0]:
-        vb[i] = momentum * vb[i] + di
-        b[i] -= lr * vb[i]
+        b[i], vb[i] = sgd_step(b[i], di, vb[i], lr, momentum)
     else:
-        b[i] -= lr * di
+        zero = typed(b, 0.0)
+        b[i], _ = sgd_step(b[i], di, zero, lr, zero)

@@ -10,6 +10,7 @@ from tinynet.kernels.numba.elementwise import (
     bias_act_row,
     load_input,
     loss_delta_row,
+    sgd_step,
     update_bias,
 )
 from tinynet.kernels.numba.team import publish, wait_for_team
@@ -38,14 +39,12 @@ def _backward_update(W, b, d, a_in, g, train_w, train_b, lr, momentum, vW, vb):
             for j in range(W.shape[1]):
                 w = W[i, j]
                 g[j] += di * w
-                vW[i, j] = momentum * vW[i, j] + di * a_in[j]
-                W[i, j] = w - lr * vW[i, j]
+                W[i, j], vW[i, j] = sgd_step(w, di * a_in[j], vW[i, j], lr, momentum)
         elif train_w:
-            step = lr * di
             for j in range(W.shape[1]):
                 w = W[i, j]
                 g[j] += di * w
-                W[i, j] = w - step * a_in[j]
+                W[i, j], _ = sgd_step(w, di * a_in[j], zero, lr, zero)
         else:
             for j in range(W.shape[1]):
                 g[j] += di * W[i, j]
@@ -71,14 +70,14 @@ def _first_layer_update_and_next_forward(
     if train_w and momentum == zero:
         while i + 3 < r1:
             w0, w1, w2, w3 = W[i], W[i + 1], W[i + 2], W[i + 3]
-            s0, s1, s2, s3 = lr * d[i], lr * d[i + 1], lr * d[i + 2], lr * d[i + 3]
+            d0, d1, d2, d3 = d[i], d[i + 1], d[i + 2], d[i + 3]
             acc0 = acc1 = acc2 = acc3 = zero
             for j in range(W.shape[1]):
                 xj, xnj = x[j], x_next[j]
-                a0 = w0[j] - s0 * xj
-                a1 = w1[j] - s1 * xj
-                a2 = w2[j] - s2 * xj
-                a3 = w3[j] - s3 * xj
+                a0, _ = sgd_step(w0[j], d0 * xj, zero, lr, zero)
+                a1, _ = sgd_step(w1[j], d1 * xj, zero, lr, zero)
+                a2, _ = sgd_step(w2[j], d2 * xj, zero, lr, zero)
+                a3, _ = sgd_step(w3[j], d3 * xj, zero, lr, zero)
                 w0[j] = a0
                 w1[j] = a1
                 w2[j] = a2
@@ -98,14 +97,12 @@ def _first_layer_update_and_next_forward(
         acc = zero
         if train_w and momentum != zero:
             for j in range(W.shape[1]):
-                vW[i, j] = momentum * vW[i, j] + di * x[j]
-                w = W[i, j] - lr * vW[i, j]
+                w, vW[i, j] = sgd_step(W[i, j], di * x[j], vW[i, j], lr, momentum)
                 W[i, j] = w
                 acc += w * x_next[j]
         elif train_w:
-            step = lr * di
             for j in range(W.shape[1]):
-                w = W[i, j] - step * x[j]
+                w, _ = sgd_step(W[i, j], di * x[j], zero, lr, zero)
                 W[i, j] = w
                 acc += w * x_next[j]
         else:

@@ -11,6 +11,7 @@ from tinynet.kernels.numba.elementwise import (
     bias_act_row,
     gather_inputs,
     loss_delta_gathered,
+    sgd_step,
     update_bias,
 )
 from tinynet.kernels.numba.team import meet
@@ -69,9 +70,9 @@ def _forward_block(W, A, Z, blk):
 
 
 @inner_jit
-def _add_outer_rows(target, D, A, i0, i1, coef):
-    """target[i] += coef * sum_r D[r, i] * A[r] for rows i0 <= i < i1 (at most 4), four
-    samples at a time so each stored weight carries 4 multiply-adds."""
+def _add_outer_rows(target, t0, D, A, i0, i1, coef):
+    """target[t0 + i - i0] += coef * sum_r D[r, i] * A[r] for rows i0 <= i < i1 (at most 4),
+    four samples at a time so each stored weight carries 4 multiply-adds."""
     n_in = target.shape[1]
     n_rows = D.shape[0]
     r = 0
@@ -103,37 +104,38 @@ def _add_outer_rows(target, D, A, i0, i1, coef):
             )
             for j in range(n_in):
                 x0, x1, x2, x3 = A[r, j], A[r + 1, j], A[r + 2, j], A[r + 3, j]
-                target[i0, j] += s00 * x0 + s01 * x1 + s02 * x2 + s03 * x3
-                target[i0 + 1, j] += s10 * x0 + s11 * x1 + s12 * x2 + s13 * x3
-                target[i0 + 2, j] += s20 * x0 + s21 * x1 + s22 * x2 + s23 * x3
-                target[i0 + 3, j] += s30 * x0 + s31 * x1 + s32 * x2 + s33 * x3
+                target[t0, j] += s00 * x0 + s01 * x1 + s02 * x2 + s03 * x3
+                target[t0 + 1, j] += s10 * x0 + s11 * x1 + s12 * x2 + s13 * x3
+                target[t0 + 2, j] += s20 * x0 + s21 * x1 + s22 * x2 + s23 * x3
+                target[t0 + 3, j] += s30 * x0 + s31 * x1 + s32 * x2 + s33 * x3
             r += 4
     for rr in range(r, n_rows):
         for i in range(i0, i1):
             si = coef * D[rr, i]
             for j in range(n_in):
-                target[i, j] += si * A[rr, j]
+                target[t0 + i - i0, j] += si * A[rr, j]
 
 
 @inner_jit
-def _update_block(W, b, D, A, blk, train_w, train_b, lr, momentum, vW, vb):
-    """Rows 4 blk .. 4 blk + 3: W -= lr D^T A, b -= lr sum_r D[r] (with momentum: vW <- m vW +
-    D^T A; W -= lr vW), added straight into the weights: no gradient array."""
+def _update_block(W, b, D, A, blk, train_w, train_b, lr, momentum, vW, vb, G):
+    """Rows 4 blk .. 4 blk + 3 of W and b by the rule (elementwise.sgd_step) with gradients
+    D^T A and sum_r D[r]. With momentum the weight gradient is summed in G (4, in) first; plain
+    SGD adds -lr D^T A straight into the weights (sgd_step says why)."""
     one = typed(W, 1.0)
     zero = one - one
     n_out, n_in = W.shape
     i0 = blk * 4
     i1 = min(i0 + 4, n_out)
     if train_w and momentum != zero:
+        for k in range(i1 - i0):
+            for j in range(n_in):
+                G[k, j] = zero
+        _add_outer_rows(G, np.int64(0), D, A, i0, i1, one)
         for i in range(i0, i1):
             for j in range(n_in):
-                vW[i, j] *= momentum
-        _add_outer_rows(vW, D, A, i0, i1, one)
-        for i in range(i0, i1):
-            for j in range(n_in):
-                W[i, j] -= lr * vW[i, j]
+                W[i, j], vW[i, j] = sgd_step(W[i, j], G[i - i0, j], vW[i, j], lr, momentum)
     elif train_w:
-        _add_outer_rows(W, D, A, i0, i1, -lr)
+        _add_outer_rows(W, i0, D, A, i0, i1, -lr)
     if train_b:
         for i in range(i0, i1):
             g = zero
@@ -186,6 +188,7 @@ def epoch_small_batch(thread, data, net, rule, A, D, batch):
     n = order.shape[0]
     total = 0.0
     step = np.int64(1)  # see the literal constants in epoch_per_sample
+    G = np.empty((4, max([W.shape[1] for W in Ws])), A[0].dtype)  # see _update_block
     for start in range(0, n, batch):
         nb = min(batch, n - start)
         inv_n = _batch_scale(A[0], nb, mean)
@@ -229,6 +232,7 @@ def epoch_small_batch(thread, data, net, rule, A, D, batch):
                     momentum,
                     vW,
                     vb,
+                    G,
                 )
         step = meet(progress, rank, step)  # A[0] is read by the updates until here
     return total
