@@ -46,14 +46,16 @@ class NumpyBackend(Backend):
         """(m, k) @ (k, n) -> (m, n)."""
         return self.xp.dot(a, b)
 
-    def dense_forward(self, x: Array, W: Array, b: Array | None, activation: str) -> Array:
+    def dense_forward(
+        self, x: Array, W: Array, b: Array | None, activation: str, alpha: float = 0.0
+    ) -> Array:
         """y = f(x W^T + b): x (batch, in), W (out, in), b (out,) or None -> y (batch, out)."""
         z = self.xp.dot(x, W.T)
         if b is not None:
             z += b
-        return self.activate(z, activation)
+        return self.activate(z, activation, alpha)
 
-    def activate(self, z: Array, activation: str) -> Array:
+    def activate(self, z: Array, activation: str, alpha: float = 0.0) -> Array:
         """f(z), computed in place in ``z`` (which is returned)."""
         xp = self.xp
         if activation == "identity":
@@ -69,6 +71,10 @@ class NumpyBackend(Backend):
             return xp.tanh(z, out=z)
         if activation == "relu":
             return xp.maximum(z, 0, out=z)
+        if activation == "leaky_relu":
+            # z for z > 0, alpha z otherwise (alpha >= 0, so y has the sign of z)
+            one, slope = z.dtype.type(1), z.dtype.type(alpha)
+            return xp.multiply(z, xp.where(z > 0, one, slope), out=z)
         if activation == "step":
             # The seeds' threshold unit: 1 for z >= 0, else 0.
             return xp.greater_equal(z, 0, out=z, casting="unsafe")
@@ -82,11 +88,14 @@ class NumpyBackend(Backend):
         raise ValueError(f"unknown activation {activation!r}")
 
     # -- backward -------------------------------------------------------------------------------
-    def activation_backward(self, activation: str, y: Array, dy: Array) -> Array:
+    def activation_backward(
+        self, activation: str, y: Array, dy: Array, alpha: float = 0.0
+    ) -> Array:
         """dz = dy * f'(z), with f' written in terms of the saved output y = f(z).
 
         identity: 1; step: 0 (almost everywhere); sigmoid: y(1 - y); tanh: 1 - y^2;
-        relu: [y > 0]; softmax (full Jacobian): y * (dy - sum_k dy_k y_k).
+        relu: [y > 0]; leaky_relu: 1 where y > 0, else alpha (PyTorch's choice at z = 0);
+        softmax (full Jacobian): y * (dy - sum_k dy_k y_k).
         """
         xp = self.xp
         if activation == "identity":
@@ -97,6 +106,8 @@ class NumpyBackend(Backend):
             return dy * (1 - y * y)
         if activation == "relu":
             return dy * (y > 0)
+        if activation == "leaky_relu":
+            return dy * xp.where(y > 0, y.dtype.type(1), y.dtype.type(alpha))
         if activation == "step":
             return xp.zeros_like(dy)
         if activation == "softmax":

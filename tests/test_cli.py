@@ -171,6 +171,10 @@ def test_bad_settings_fail_before_any_data_loads(capsys, monkeypatch):
     _one_line_error(capsys, ["train", "--batch-size", "-3"], "--batch-size must be >= 1")
     _one_line_error(capsys, ["train", "--hidden", "64", "0"], "--hidden sizes must be >= 1")
     _one_line_error(capsys, ["train", "--activation", "swish"], "unknown activation 'swish'")
+    _one_line_error(capsys, ["train", "--alpha", "0.2"], "activation 'relu' takes none")
+    _one_line_error(
+        capsys, ["train", "--activation", "leaky_relu", "--alpha", "-1"], "finite alpha >= 0"
+    )
     _one_line_error(
         capsys, ["train", "--download-deadline", "0"], "download deadline must be a positive number"
     )
@@ -192,6 +196,16 @@ def test_evaluate_reads_only_the_test_split(tmp_path, capsys, monkeypatch):
     assert main(["evaluate", str(tmp_path / "m.npz"), "--sample"]) == 0
     assert asked == ["test"]
     assert "(1,000 images)" in capsys.readouterr().out
+
+
+def test_train_with_leaky_relu_saves_its_alpha(tmp_path, capsys):
+    import tinynet as tn
+
+    args = ["train", "--sample", "--epochs", "1", "--hidden", "8", "--quiet"]
+    path = tmp_path / "leaky.npz"
+    assert main([*args, "--activation", "leaky_relu", "--alpha", "0.2", "--save", str(path)]) == 0
+    assert "leaky_relu" in capsys.readouterr().out
+    assert [getattr(layer, "alpha", None) for layer in tn.load(path).layers] == [None, 0.2, 0.0]
 
 
 def test_one_epoch_is_singular(capsys):

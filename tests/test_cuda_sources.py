@@ -35,10 +35,12 @@ def _elementwise_harness(ctype: str) -> str:
     return (
         sources.ACTIVATION_FUNCTIONS
         + f"typedef {ctype} T;\n"
-        + 'extern "C" __global__ void bias_act(const T* zp, const T* bp, int act, T* yp, int n) {\n'
+        + 'extern "C" __global__ void bias_act(const T* zp, const T* bp, int act, T alpha,\n'
+        + "                                    T* yp, int n) {\n"
         + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
         + f"  const T z = zp[i]; const T b = bp[i]; T y;\n  {sources.BIAS_ACT}\n  yp[i] = y;\n}}\n"
-        + 'extern "C" __global__ void grad(const T* yp, const T* dyp, int act, T* dzp, int n) {\n'
+        + 'extern "C" __global__ void grad(const T* yp, const T* dyp, int act, T alpha, T* dzp,\n'
+        + "                                int n) {\n"
         + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
         + f"  const T y = yp[i]; const T dy = dyp[i]; T dz;\n  {sources.ACT_GRAD}\n"
         + "  dzp[i] = dz;\n}\n"
@@ -92,7 +94,8 @@ def test_the_cuda_activation_formulas_match_the_reference(tmp_path, name):
     from tinynet.kernels.numpy_backend import NumpyBackend
 
     z = np.array([-1000.0, -3.5, -1.0, -1e-3, 0.0, 1e-3, 0.5, 2.0, 30.0, 1000.0])
-    y = NumpyBackend().activate(z.reshape(1, -1).copy(), name).ravel()
+    alpha = 0.3 if name == "leaky_relu" else 0.0  # not 0.01: a slope a default cannot hide
+    y = NumpyBackend().activate(z.reshape(1, -1).copy(), name, alpha).ravel()
     dy = np.linspace(-2.0, 2.0, z.size)
     program = (
         "#include <cmath>\n#include <cstdio>\nusing std::exp; using std::tanh;\n"
@@ -103,8 +106,8 @@ def test_the_cuda_activation_formulas_match_the_reference(tmp_path, name):
         + f"  const double y[] = {{{_c_array(y)}}};\n"
         + f"  const double dy[] = {{{_c_array(dy)}}};\n"
         + f"  for (int i = 0; i < {z.size}; ++i)\n"
-        + f'    printf("%.17g %.17g\\n", act_value(z[i], {ACTIVATION_CODE[name]}),\n'
-        + f"           act_grad(y[i], dy[i], {ACTIVATION_CODE[name]}));\n"
+        + f'    printf("%.17g %.17g\\n", act_value(z[i], {ACTIVATION_CODE[name]}, {alpha!r}),\n'
+        + f"           act_grad(y[i], dy[i], {ACTIVATION_CODE[name]}, {alpha!r}));\n"
         + "}\n"
     )
     (tmp_path / "act.cpp").write_text(program)
@@ -118,7 +121,7 @@ def test_the_cuda_activation_formulas_match_the_reference(tmp_path, name):
     out = subprocess.run([tmp_path / "act"], capture_output=True, text=True, timeout=60).stdout
     value, grad = np.array([line.split() for line in out.splitlines()], float).T
     np.testing.assert_allclose(value, y, rtol=1e-15, atol=1e-300)
-    expected_grad = NumpyBackend().activation_backward(name, y[None], dy[None]).ravel()
+    expected_grad = NumpyBackend().activation_backward(name, y[None], dy[None], alpha).ravel()
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-15, atol=1e-300)
 
 

@@ -18,7 +18,9 @@ ACTS = {
     "tanh": math.tanh,
     "relu": lambda z: max(z, 0.0),
     "step": lambda z: 1.0 if z >= 0 else 0.0,
+    "leaky_relu": lambda z: z if z > 0 else 0.2 * z,  # alpha 0.2, passed below
 }
+ALPHA = {"leaky_relu": 0.2}
 
 
 def _naive_dense(x, W, b, activation):
@@ -52,7 +54,13 @@ def test_dense_forward_matches_the_formula(batch, n_in, n_out, activation, bias,
     rng = np.random.default_rng(seed)
     x, W, b = rng.normal(size=(batch, n_in)), rng.normal(size=(n_out, n_in)), rng.normal(size=n_out)
     B = tn.get_backend()
-    y = B.dense_forward(B.asarray(x), B.asarray(W), B.asarray(b) if bias else None, activation)
+    y = B.dense_forward(
+        B.asarray(x),
+        B.asarray(W),
+        B.asarray(b) if bias else None,
+        activation,
+        ALPHA.get(activation, 0.0),
+    )
     assert y.shape == (batch, n_out)
     expected = _naive_dense(x.tolist(), W.tolist(), b.tolist() if bias else None, activation)
     np.testing.assert_allclose(tn.to_numpy(y), expected, rtol=1e-12, atol=1e-12)
@@ -83,9 +91,10 @@ def test_activation_gradients_from_saved_outputs(backend_name):
         "tanh": dy * (1 - y**2),
         "relu": dy * np.array([[1, 1, 0, 1]]),
         "step": np.zeros_like(dy),
+        "leaky_relu": dy * np.array([[1, 1, 0.2, 1]]),  # alpha 0.2 where y <= 0, as PyTorch
     }
     for name, expected in cases.items():
-        got = B.activation_backward(name, B.asarray(y), B.asarray(dy))
+        got = B.activation_backward(name, B.asarray(y), B.asarray(dy), ALPHA.get(name, 0.0))
         np.testing.assert_allclose(tn.to_numpy(got), expected, rtol=1e-15, err_msg=name)
     # softmax: the Jacobian diag(p) - p p^T applied to dy, built explicitly.
     p = np.array([[0.1, 0.2, 0.3, 0.4]])

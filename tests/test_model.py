@@ -178,6 +178,28 @@ def test_save_and_load_round_trip(tmp_path, backend_name):
     assert os.listdir(tmp_path) == ["model.npz"]  # no temp file left behind
 
 
+def test_a_leaky_relu_model_keeps_its_alpha_through_a_file(tmp_path, backend_name):
+    net = tn.MLP.from_sizes([4, 6, 3], "leaky_relu", "softmax", seed=1, alpha=0.25)
+    assert [layer.alpha for layer in net.layers] == [0.25, 0.0]
+    net.save(tmp_path / "model.npz")
+    loaded = tn.load(tmp_path / "model.npz")
+    assert loaded.layers[0].alpha == 0.25
+    x = np.random.default_rng(0).normal(size=(64, 4))  # negative pre-activations among them
+    np.testing.assert_array_equal(loaded.predict(x), net.predict(x))
+    assert "alpha=0.25" in repr(loaded)
+
+
+def test_leaky_relu_alpha_defaults_to_pytorchs_and_is_checked():
+    assert tn.Dense(2, 2, "leaky_relu").alpha == 0.01
+    for bad in (-0.1, float("nan"), float("inf"), True, "0.1"):
+        with pytest.raises(tn.InvalidInputError, match="finite alpha >= 0"):
+            tn.Dense(2, 2, "leaky_relu", alpha=bad)
+    with pytest.raises(tn.InvalidInputError, match="activation 'relu' takes none"):
+        tn.Dense(2, 2, "relu", alpha=0.1)
+    with pytest.raises(tn.InvalidInputError, match="activation 'relu' takes none"):
+        tn.MLP.from_sizes([2, 3, 2], "relu", alpha=0.1)
+
+
 def test_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch):
     net = tn.MLP.from_sizes([2, 2], seed=0)
     path = tmp_path / "model.npz"

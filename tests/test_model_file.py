@@ -95,6 +95,9 @@ def test_a_hand_written_model_file_loads(tmp_path):
         ("wrong-shape", r"shape \(2, 3\), the config needs \(3, 2\)"),
         ("int-weights", "not floats"),
         ("config-not-string", "'__config__' is not a string"),
+        ("alpha-on-relu", "activation 'relu' takes none"),
+        ("alpha-not-a-number", "alpha = '0.1' has the wrong type"),
+        ("alpha-negative", "finite alpha >= 0"),
     ],
 )
 def test_a_bad_model_file_is_a_model_file_error_naming_it(tmp_path, case, says):
@@ -114,6 +117,13 @@ def test_a_bad_model_file_is_a_model_file_error_naming_it(tmp_path, case, says):
         "wrong-shape": _model_members([dense], {**GOOD, "0.weight": np.ones((2, 3), "f4")}),
         "int-weights": _model_members([dense], {**GOOD, "0.weight": np.ones((3, 2), int)}),
         "config-not-string": {**_model_members([dense], GOOD), "__config__": _npy(np.ones(3))},
+        "alpha-on-relu": _model_members([{**dense, "activation": "relu", "alpha": 0.1}], GOOD),
+        "alpha-not-a-number": _model_members(
+            [{**dense, "activation": "leaky_relu", "alpha": "0.1"}], GOOD
+        ),
+        "alpha-negative": _model_members(
+            [{**dense, "activation": "leaky_relu", "alpha": -1.0}], GOOD
+        ),
     }[case]
     if members is None:
         np.save(path, np.ones((3, 2)))

@@ -16,7 +16,8 @@ from tests.backends import backend_params
 from tinynet import backend as backend_module
 
 TOL = {"float32": dict(rtol=1e-4, atol=1e-5), "float64": dict(rtol=1e-10, atol=1e-12)}
-ACTIVATIONS = ["identity", "step", "sigmoid", "tanh", "relu", "softmax"]
+ACTIVATIONS = ["identity", "step", "sigmoid", "tanh", "relu", "softmax", "leaky_relu"]
+ALPHA = {"leaky_relu": 0.2}  # the parameter each takes (not the default 0.01); 0 otherwise
 SIZES = [1, 7, 784, 1030]
 
 
@@ -66,15 +67,16 @@ def test_dense_forward_and_activation_backward(other, dtype, activation, bias):
     for batch, n_in, n_out in [(1, 784, 128), (7, 13, 1030), (33, 1030, 10)]:
         x, W, b = _data(rng, batch, n_in, n_out, dtype)
         b = b if bias else None
-        y_ref = REF.dense_forward(x, W, b, activation)
+        alpha = ALPHA.get(activation, 0.0)
+        y_ref = REF.dense_forward(x, W, b, activation, alpha)
         y = other.dense_forward(
-            *_both(other, x, W), None if b is None else other.asarray(b), activation
+            *_both(other, x, W), None if b is None else other.asarray(b), activation, alpha
         )
         _close(y, y_ref, dtype)
         dy = rng.normal(size=y_ref.shape).astype(dtype)
         _close(
-            other.activation_backward(activation, *_both(other, y_ref, dy)),
-            REF.activation_backward(activation, y_ref, dy),
+            other.activation_backward(activation, *_both(other, y_ref, dy), alpha),
+            REF.activation_backward(activation, y_ref, dy, alpha),
             dtype,
         )
 
@@ -136,16 +138,9 @@ def test_dense_layer_parity_any_shape(batch, n_in, n_out, activation, dtype):
         if name == "numpy" or why:
             continue
         B = backend_module._resolve(name)
-        y = B.dense_forward(
-            *_both(
-                B,
-                x,
-                W,
-            ),
-            B.asarray(b),
-            activation,
-        )
-        _close(y, REF.dense_forward(x, W, b, activation), dtype)
+        alpha = ALPHA.get(activation, 0.0)
+        y = B.dense_forward(*_both(B, x, W), B.asarray(b), activation, alpha)
+        _close(y, REF.dense_forward(x, W, b, activation, alpha), dtype)
         dz = rng.normal(size=(batch, n_out)).astype(dtype)
         _close(B.weight_grad(*_both(B, dz, x)), REF.weight_grad(dz, x), dtype)
 

@@ -20,6 +20,7 @@ import tinynet as tn
 
 SIZES = (6, 5, 4, 3)
 HIDDEN = ("tanh", "sigmoid")
+ALPHA = 0.2  # leaky_relu's slope where a run uses it (not the default 0.01)
 TOL = dict(rtol=1e-9, atol=1e-12)
 # Per-sample steps with momentum at 0.3 grow weights past 40 and amplify rounding (any two
 # float64 implementations then differ by 1e-5): a smaller step keeps the comparison exact.
@@ -32,17 +33,35 @@ def _act(name: str, z: np.ndarray) -> np.ndarray:
         return np.tanh(z)
     if name == "sigmoid":
         return 1.0 / (1.0 + np.exp(-z))
+    if name == "leaky_relu":
+        return np.where(z > 0, z, ALPHA * z)
     e = np.exp(z - z.max(axis=1, keepdims=True))  # softmax
     return e / e.sum(axis=1, keepdims=True)
 
 
 def _act_grad(name: str, y: np.ndarray) -> np.ndarray:
     """f'(z) from the output y = f(z)."""
+    if name == "leaky_relu":
+        return np.where(y > 0, 1.0, ALPHA)
     return 1.0 - y**2 if name == "tanh" else y * (1.0 - y)
 
 
 def oracle(
-    Ws, bs, X, T, *, loss, batch, lr, momentum, bias, epochs, out_act, scale=1.0, offset=0.0
+    Ws,
+    bs,
+    X,
+    T,
+    *,
+    loss,
+    batch,
+    lr,
+    momentum,
+    bias,
+    epochs,
+    out_act,
+    scale=1.0,
+    offset=0.0,
+    hidden=HIDDEN,
 ):
     """Mini-batch SGD as the tutorials derive it, in float64; ``bias``: "on", "off", "frozen".
     Returns the weights and biases after ``epochs`` passes over the rows in order."""
@@ -53,7 +72,7 @@ def oracle(
     ]
     vW = [np.zeros_like(W) for W in Ws]
     vb = [np.zeros_like(b) for b in bs]
-    acts = [*HIDDEN, out_act]
+    acts = [*hidden, out_act]
     for _ in range(epochs):
         for start in range(0, len(X), batch):
             x = X[start : start + batch].astype(np.float64) * scale + offset
@@ -65,7 +84,7 @@ def oracle(
             y = a[-1]
             if loss == "cross_entropy":  # E = -sum t log p, after softmax: dE/dz = p - t
                 d = (y - t) / nb
-            else:  # E = 0.5 sum (t - y)^2 through a sigmoid: dE/dz = (y - t) y (1 - y)
+            else:  # E = 0.5 sum (t - y)^2: dE/dz = (y - t) f'(z), sigmoid: (y - t) y (1 - y)
                 d = 0.5 * 2.0 * (y - t) * _act_grad(out_act, y) / nb
             for layer in range(len(Ws) - 1, -1, -1):
                 gW, gb = d.T @ a[layer], d.sum(axis=0)
@@ -93,20 +112,19 @@ def _problem(seed: int = 0, n: int = 2 * 64 + 3):
     return X, labels, Ws, bs
 
 
-def _tinynet_run(X, T, Ws, bs, *, loss, batch, lr, momentum, bias, epochs, out_act, rescale=None):
-    net = tn.MLP.from_sizes(
-        SIZES,
-        HIDDEN[0],
-        out_act,
-        bias=bias != "off",
-        dtype="float64",
-        seed=0,
-        rescale=rescale,
-    )
+def _tinynet_run(
+    X, T, Ws, bs, *, loss, batch, lr, momentum, bias, epochs, out_act, rescale=None, hidden=HIDDEN
+):
+    acts = [*hidden, out_act]
+    layers = [tn.Rescaling(*rescale, dtype="float64")] if rescale else []
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(SIZES)):
+        alpha = ALPHA if acts[i] == "leaky_relu" else None
+        layers.append(
+            tn.Dense(n_in, n_out, acts[i], bias=bias != "off", dtype="float64", alpha=alpha)
+        )
+        layers[-1].set_weights(Ws[i], bs[i] if bias != "off" else None)
+    net = tn.MLP(layers)
     dense = [layer for layer in net.layers if isinstance(layer, tn.Dense)]
-    for i, layer in enumerate(dense):
-        layer.activation = [*HIDDEN, out_act][i]
-        layer.set_weights(Ws[i], bs[i] if bias != "off" else None)
     if bias == "frozen":
         net.freeze("bias")
     fn = tn.CrossEntropy() if loss == "cross_entropy" else tn.SquaredError(scale=0.5)
@@ -142,6 +160,24 @@ def test_every_path_matches_the_oracle(backend_name, batch, momentum, bias, loss
     if bias == "frozen":
         for (_, b), b0 in zip(got, bs, strict=True):
             np.testing.assert_array_equal(b, b0)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize(("batch", "path"), [(1, "per_sample"), (8, "small_batch"), (64, "blas")])
+@pytest.mark.parametrize("out_act", ["softmax", "leaky_relu"])
+def test_leaky_relu_on_every_path_matches_the_oracle(backend_name, batch, path, momentum, out_act):
+    """leaky_relu with alpha 0.2 in both hidden layers, and as the output under squared error
+    (its gradient then taken where the loss's delta is formed)."""
+    X, labels, Ws, bs = _problem()
+    T = np.eye(SIZES[-1])[labels]
+    loss = "cross_entropy" if out_act == "softmax" else "squared_error"
+    settings = dict(loss=loss, batch=batch, lr=LR[batch], momentum=momentum, bias="on", epochs=2)
+    hidden = ("leaky_relu", "leaky_relu")
+    got = _tinynet_run(X, T, Ws, bs, out_act=out_act, hidden=hidden, **settings)
+    want_W, want_b = oracle(Ws, bs, X, T, out_act=out_act, hidden=hidden, **settings)
+    for (W, b), eW, eb in zip(got, want_W, want_b, strict=True):
+        np.testing.assert_allclose(W, eW, **TOL)
+        np.testing.assert_allclose(b, eb, **TOL)
 
 
 @pytest.mark.parametrize("batch", [1, 8, 64])

@@ -49,8 +49,9 @@ _AUTO_PREFERENCE = ("cupy", "numba", "numpy")
 _LIBRARY = {"numba": "numba", "cupy": "cupy"}
 
 # The activations every backend implements, and the integer code compiled kernels know each by
-# (one table: the Numba and CUDA kernels take their codes from it).
-ACTIVATIONS = ("identity", "step", "sigmoid", "tanh", "relu", "softmax")
+# (one table: the Numba and CUDA kernels take their codes from it). An activation with a
+# parameter takes it as ``alpha`` (leaky_relu: the slope for z <= 0); the others ignore it.
+ACTIVATIONS = ("identity", "step", "sigmoid", "tanh", "relu", "softmax", "leaky_relu")
 ACTIVATION_CODE = {name: code for code, name in enumerate(ACTIVATIONS)}
 
 _instances: dict[str, Backend] = {}
@@ -86,13 +87,15 @@ class Backend(abc.ABC):
         """a @ b: (m, k) @ (k, n) -> (m, n)."""
 
     @abc.abstractmethod
-    def dense_forward(self, x: Any, W: Any, b: Any | None, activation: str) -> Any:
+    def dense_forward(
+        self, x: Any, W: Any, b: Any | None, activation: str, alpha: float = 0.0
+    ) -> Any:
         """y = f(x W^T + b), bias and activation fused: x (batch, in), W (out, in), b (out,) or
-        None -> y (batch, out)."""
+        None -> y (batch, out). ``alpha``: the activation's parameter, if it has one."""
 
     # -- backward -----------------------------------------------------------------------------
     @abc.abstractmethod
-    def activation_backward(self, activation: str, y: Any, dy: Any) -> Any:
+    def activation_backward(self, activation: str, y: Any, dy: Any, alpha: float = 0.0) -> Any:
         """dz = dy * f'(z), from the saved output y = f(z) (sigmoid: y (1 - y)); (batch, out)."""
 
     @abc.abstractmethod
@@ -166,6 +169,7 @@ class LayerSpec:
     train_b: bool
     vW: Any | None = None  # momentum velocities, same shapes, when momentum > 0
     vb: Any | None = None
+    alpha: float = 0.0  # the activation's parameter (leaky_relu's slope)
 
 
 @dataclass

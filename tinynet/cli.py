@@ -18,6 +18,7 @@ import numpy as np
 import tinynet as tn
 from tinynet.datasets import mnist_loader
 from tinynet.errors import InvalidInputError, TinynetError
+from tinynet.layers import activation_alpha
 from tinynet.system import DISTRIBUTION, install_hint
 
 # Recipes: the settings each flag falls back to. `default` is tuned for accuracy (>= 98% on
@@ -100,6 +101,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--activation",
         help=f"hidden activation, one of {', '.join(tn.ACTIVATIONS)} "
         + _recipe_default("activation"),
+    )
+    train.add_argument(
+        "--alpha",
+        type=float,
+        help="leaky_relu's slope for negative inputs (default: 0.01)",
     )
     train.add_argument("--loss", help="cross_entropy or squared_error " + _recipe_default("loss"))
     train.add_argument("--epochs", type=int, help=_recipe_default("epochs"))
@@ -191,6 +197,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise InvalidInputError(
             f"unknown activation {opt['activation']!r}; valid: {', '.join(tn.ACTIVATIONS)}"
         )
+    activation_alpha(opt["activation"], args.alpha)  # an --alpha it cannot take: an error
     _check_output_path(args.save, "the model to")
     _check_output_path(args.plot, "the plot to")
     if args.plot:
@@ -217,6 +224,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         seed=args.seed,
         rescale=opt["inputs"],
+        alpha=args.alpha,
     )
     off, on = opt["targets"]
     t_train = tn.one_hot(y_train, 10, on=on, off=off, dtype=args.dtype)

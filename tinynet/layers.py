@@ -32,6 +32,33 @@ def activation_name(activation: str | None) -> str:
     return name
 
 
+# The activations with a parameter, and its default: leaky_relu's slope for z <= 0 (PyTorch's).
+PARAMETRIZED = {"leaky_relu": 0.01}
+
+
+def activation_alpha(activation: str, alpha: float | None) -> float:
+    """The parameter of ``activation``: ``alpha`` checked, or its default; 0.0 for the
+    activations without one. InvalidInputError for an alpha they cannot take."""
+    if activation not in PARAMETRIZED:
+        if alpha is not None:
+            raise InvalidInputError(
+                f"alpha is the parameter of {', '.join(PARAMETRIZED)}; "
+                f"activation {activation!r} takes none"
+            )
+        return 0.0
+    if alpha is None:
+        return PARAMETRIZED[activation]
+    if (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, int | float | np.floating | np.integer)
+        or not math.isfinite(alpha)
+        or alpha < 0
+    ):
+        # alpha >= 0 keeps the sign of z in y = f(z), which the gradient is computed from
+        raise InvalidInputError(f"{activation} needs a finite alpha >= 0, got {alpha!r}")
+    return float(alpha)
+
+
 def dtype_of(dtype: Any) -> np.dtype:
     """float32 or float64 as a NumPy dtype; InvalidInputError otherwise."""
     try:
@@ -52,10 +79,10 @@ def init_weights(
     ``he_normal``: N(0, 2 / in), for ReLU;
     ``normal``: N(0, 1 / in), the tutorials' ``numpy.random.normal(0.0, pow(in, -0.5))``;
     ``uniform``: U(-1/sqrt(in), 1/sqrt(in)) (PyTorch's ``nn.Linear`` default);
-    ``zeros``; ``auto``: ``he_normal`` for ReLU, else ``glorot_uniform``.
+    ``zeros``; ``auto``: ``he_normal`` for ReLU and leaky ReLU, else ``glorot_uniform``.
     """
     if init == "auto":
-        init = "he_normal" if activation == "relu" else "glorot_uniform"
+        init = "he_normal" if activation in ("relu", "leaky_relu") else "glorot_uniform"
     shape = (out_features, in_features)
     if init == "glorot_uniform":
         a = math.sqrt(6.0 / (in_features + out_features))
@@ -130,7 +157,8 @@ class Dense(Layer):
     x: (batch, in_features), W: (out_features, in_features) as in PyTorch's ``nn.Linear``,
     b: (out_features,), y: (batch, out_features). Biases start at zero; weights per ``init``
     (see :func:`init_weights`). ``seed`` (an int or a ``numpy.random.Generator``) makes the
-    initialisation reproducible.
+    initialisation reproducible. ``alpha``: leaky_relu's slope for z <= 0, f(z) = alpha z
+    (default 0.01, PyTorch's ``negative_slope``); only leaky_relu takes it.
     """
 
     def __init__(
@@ -142,6 +170,7 @@ class Dense(Layer):
         init: str = "auto",
         dtype: Any = "float32",
         seed: SeedLike = None,
+        alpha: float | None = None,
     ):
         for label, n in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(n, int | np.integer) or isinstance(n, bool) or n <= 0:
@@ -149,6 +178,7 @@ class Dense(Layer):
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.activation = activation_name(activation)
+        self.alpha = activation_alpha(self.activation, alpha)
         self.init = init
         self.dtype = dtype_of(dtype)
         self.backend = get_backend()
@@ -169,14 +199,14 @@ class Dense(Layer):
     def forward(self, x: Any, keep: bool = True) -> Any:
         """y = f(x W^T + b); with ``keep`` the input and output are saved for ``backward``."""
         b = None if self.bias is None else self.bias.data
-        y = self.backend.dense_forward(x, self.weight.data, b, self.activation)
+        y = self.backend.dense_forward(x, self.weight.data, b, self.activation, self.alpha)
         if keep:
             self._x, self._y = x, y
         return y
 
     def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
         """From dE/dy: delta = dy * f'(z), then gradients and dE/dx (see ``backward_delta``)."""
-        delta = self.backend.activation_backward(self.activation, self._y, dy)
+        delta = self.backend.activation_backward(self.activation, self._y, dy, self.alpha)
         return self.backward_delta(delta, need_input_grad)
 
     def backward_delta(self, delta: Any, need_input_grad: bool = True) -> Any:
@@ -233,13 +263,15 @@ class Dense(Layer):
             "bias": self.bias is not None,
             "init": self.init,
             "dtype": self.dtype.name,
+            **({"alpha": self.alpha} if self.activation in PARAMETRIZED else {}),
         }
 
     def __repr__(self) -> str:
         bias = "" if self.bias is not None else ", bias=False"
+        alpha = f", alpha={self.alpha:g}" if self.activation in PARAMETRIZED else ""
         return (
             f"Dense({self.in_features}, {self.out_features}, "
-            f"activation={self.activation!r}{bias}, dtype={self.dtype.name})"
+            f"activation={self.activation!r}{alpha}{bias}, dtype={self.dtype.name})"
         )
 
 

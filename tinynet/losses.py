@@ -32,8 +32,11 @@ class Loss:
         """The loss as a 0-d backend array."""
         raise NotImplementedError
 
-    def value_and_delta(self, backend: Backend, y: Any, t: Any, activation: str) -> Any:
-        """(loss as a 0-d array, delta = dE/dz of the last layer, shape of y)."""
+    def value_and_delta(
+        self, backend: Backend, y: Any, t: Any, activation: str, alpha: float = 0.0
+    ) -> Any:
+        """(loss as a 0-d array, delta = dE/dz of the last layer, shape of y); ``alpha``: the
+        last activation's parameter."""
         raise NotImplementedError
 
     def __call__(self, y: Any, t: Any) -> float:
@@ -57,9 +60,11 @@ class SquaredError(Loss):
     def value(self, backend: Backend, y: Any, t: Any) -> Any:
         return backend.squared_error(y, t, self.scale, self.reduction, grad=False)[0]
 
-    def value_and_delta(self, backend: Backend, y: Any, t: Any, activation: str) -> Any:
+    def value_and_delta(
+        self, backend: Backend, y: Any, t: Any, activation: str, alpha: float = 0.0
+    ) -> Any:
         loss, dy = backend.squared_error(y, t, self.scale, self.reduction)
-        return loss, backend.activation_backward(activation, y, dy)
+        return loss, backend.activation_backward(activation, y, dy, alpha)
 
     def __repr__(self) -> str:
         return f"SquaredError(scale={self.scale:g}, reduction={self.reduction!r})"
@@ -83,7 +88,9 @@ class CrossEntropy(Loss):
     def value(self, backend: Backend, y: Any, t: Any) -> Any:
         return backend.softmax_cross_entropy(y, t, self.reduction, grad=False)[0]
 
-    def value_and_delta(self, backend: Backend, y: Any, t: Any, activation: str) -> Any:
+    def value_and_delta(
+        self, backend: Backend, y: Any, t: Any, activation: str, alpha: float = 0.0
+    ) -> Any:
         self.check_activation(activation)
         return backend.softmax_cross_entropy(y, t, self.reduction)
 

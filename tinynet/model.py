@@ -20,7 +20,17 @@ import numpy as np
 from tinynet import training
 from tinynet.backend import EpochSpec, LayerSpec
 from tinynet.errors import InvalidInputError, ModelFileError, ShapeError, TinynetError
-from tinynet.layers import INITS, Dense, Layer, Parameter, Rescaling, SeedLike
+from tinynet.layers import (
+    INITS,
+    PARAMETRIZED,
+    Dense,
+    Layer,
+    Parameter,
+    Rescaling,
+    SeedLike,
+    activation_alpha,
+    activation_name,
+)
 from tinynet.losses import CrossEntropy, Loss, SquaredError
 from tinynet.model_file import ModelArchive, parse_config, write_atomically
 from tinynet.optim import SGD
@@ -68,12 +78,17 @@ class MLP:
         dtype: Any = "float32",
         seed: SeedLike = None,
         rescale: tuple[float, float] | None = None,
+        alpha: float | None = None,
     ) -> MLP:
         """``MLP.from_sizes([784, 128, 10])``: Dense layers between consecutive sizes.
 
         Hidden layers use ``activation``, the last ``output_activation``. ``rescale=(scale,
-        offset)`` puts a Rescaling layer first so uint8 inputs can be fed directly.
+        offset)`` puts a Rescaling layer first so uint8 inputs can be fed directly. ``alpha``:
+        the parameter of the layers whose activation takes one (leaky_relu's slope).
         """
+        acts = [activation_name(a) for a in (activation, output_activation)]
+        if alpha is not None and not any(a in PARAMETRIZED for a in acts):
+            activation_alpha(acts[0], alpha)  # the error saying which activations take one
         if len(sizes) < 2:
             raise InvalidInputError(f"need at least an input and an output size, got {sizes!r}")
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
@@ -82,8 +97,11 @@ class MLP:
             layers.append(Rescaling(*rescale, dtype=dtype))
         for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
             last = i == len(sizes) - 2
-            act = output_activation if last else activation
-            layers.append(Dense(n_in, n_out, act, bias=bias, init=init, dtype=dtype, seed=rng))
+            act = activation_name(output_activation if last else activation)
+            alpha_l = alpha if act in PARAMETRIZED else None
+            layers.append(
+                Dense(n_in, n_out, act, bias=bias, init=init, dtype=dtype, seed=rng, alpha=alpha_l)
+            )
         return cls(layers)
 
     # -- parameters -----------------------------------------------------------------------------
@@ -203,7 +221,8 @@ class MLP:
         y = x
         for layer in self.layers:
             y = layer.forward(y)
-        value, delta = loss.value_and_delta(self.backend, y, t, self.layers[-1].activation)
+        last = self.layers[-1]
+        value, delta = loss.value_and_delta(self.backend, y, t, last.activation, last.alpha)
         self.backward(delta)
         optimizer.step(self.parameters(), self.backend)
         return value
@@ -233,6 +252,7 @@ class MLP:
                     train_b=b is not None and not b.frozen,
                     vW=optimizer.velocity(layer.weight, B),
                     vb=None if b is None else optimizer.velocity(b, B),
+                    alpha=layer.alpha,
                 )
             )
         is_ce = isinstance(loss, CrossEntropy)
@@ -295,6 +315,11 @@ _CONFIG_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
     },
     "Rescaling": {"scale": (int, float), "offset": (int, float), "dtype": (str,)},
 }
+# Keys a layer's config holds only sometimes: a Dense layer's alpha, with leaky_relu.
+_OPTIONAL_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
+    "Dense": {"alpha": (int, float)},
+    "Rescaling": {},
+}
 
 
 def _checked_config(config: Any, archive: ModelArchive) -> list[dict[str, Any]]:
@@ -306,12 +331,13 @@ def _checked_config(config: Any, archive: ModelArchive) -> list[dict[str, Any]]:
         keys = _CONFIG_KEYS.get(kind) if isinstance(kind, str) else None
         if keys is None:
             raise archive.error(f"layer {i} of its config is not a Dense or Rescaling layer")
-        given = set(cfg) - {"type"}
-        if given != set(keys):
-            raise archive.error(
-                f"layer {i} ({kind}) has keys {sorted(given)}, expected {sorted(keys)}"
-            )
-        for key, types in keys.items():
+        given, optional = set(cfg) - {"type"}, _OPTIONAL_KEYS[kind]
+        if not set(keys) <= given <= set(keys) | set(optional):
+            expected = sorted(keys) + [f"{key} (optional)" for key in optional]
+            raise archive.error(f"layer {i} ({kind}) has keys {sorted(given)}, expected {expected}")
+        for key, types in {**keys, **optional}.items():
+            if key not in cfg:
+                continue
             value = cfg[key]
             if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
                 raise archive.error(f"layer {i} ({kind}): {key} = {value!r} has the wrong type")

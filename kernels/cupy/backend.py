@@ -70,14 +70,14 @@ class CupyBackend(Backend):
     def __init__(self) -> None:
         cp = self.xp = import_cupy()
         self._bias_act = cp.ElementwiseKernel(
-            "T z, T b, int32 act",
+            "T z, T b, int32 act, T alpha",
             "T y",
             BIAS_ACT,
             "tinynet_bias_act",
             preamble=ACTIVATION_FUNCTIONS,
         )
         self._act_grad = cp.ElementwiseKernel(
-            "T y, T dy, int32 act",
+            "T y, T dy, int32 act, T alpha",
             "T dz",
             ACT_GRAD,
             "tinynet_act_grad",
@@ -129,25 +129,27 @@ class CupyBackend(Backend):
         return contextlib.nullcontext()  # the GPU raises no floating-point warnings
 
     # -- forward ----------------------------------------------------------------------------
-    def activate(self, z: Any, activation: str) -> Any:
+    def activate(self, z: Any, activation: str, alpha: float = 0.0) -> Any:
         if activation == "softmax":
             return NumpyBackend.activate(self, z, activation)
-        return self._bias_act(z, z.dtype.type(0), ACT[activation], z)
+        dt = z.dtype.type
+        return self._bias_act(z, dt(0), ACT[activation], dt(alpha), z)
 
-    def dense_forward(self, x: Any, W: Any, b: Any, activation: str) -> Any:
+    def dense_forward(self, x: Any, W: Any, b: Any, activation: str, alpha: float = 0.0) -> Any:
         z = self.xp.dot(x, W.T)
         if activation == "softmax":
             if b is not None:
                 z += b
             return NumpyBackend.activate(self, z, activation)
-        bias = b if b is not None else z.dtype.type(0)
-        return self._bias_act(z, bias, ACT[activation], z)
+        dt = z.dtype.type
+        bias = b if b is not None else dt(0)
+        return self._bias_act(z, bias, ACT[activation], dt(alpha), z)
 
     # -- backward ---------------------------------------------------------------------------
-    def activation_backward(self, activation: str, y: Any, dy: Any) -> Any:
+    def activation_backward(self, activation: str, y: Any, dy: Any, alpha: float = 0.0) -> Any:
         if activation == "softmax":
             return NumpyBackend.activation_backward(self, activation, y, dy)
-        return self._act_grad(y, dy, ACT[activation])
+        return self._act_grad(y, dy, ACT[activation], y.dtype.type(alpha))
 
     # -- losses -----------------------------------------------------------------------------
     def squared_error(self, y: Any, t: Any, scale: float, reduction: str, grad: bool = True):

@@ -58,7 +58,9 @@ class EpochPlan:
         for layer in spec.layers:
             arrays += [layer.W, layer.b, layer.vW, layer.vb]
         pointers = tuple(None if a is None else (a.data.ptr, a.shape, a.dtype.str) for a in arrays)
-        settings = tuple((layer.activation, layer.train_W, layer.train_b) for layer in spec.layers)
+        settings = tuple(
+            (layer.activation, layer.alpha, layer.train_W, layer.train_b) for layer in spec.layers
+        )
         return (pointers, settings, batch_size, spec.in_scale, spec.in_offset, spec.loss,
                 spec.loss_scale, spec.reduction, spec.momentum)  # fmt: skip
 
@@ -191,7 +193,7 @@ class EpochPlan:
                 grid = ((nb + 127) // 128,)
                 k.softmax_rows(grid, (128,), (z, b, np.int32(nb), np.int32(z.shape[1])))
             else:
-                self.bias_act(z, b, ACT[layer.activation], z)
+                self.bias_act(z, b, ACT[layer.activation], dt(layer.alpha), z)
         y, d = A[-1][:nb], D[-1][:nb]
         classes = y.shape[1]
         grid, block = ((nb + 127) // 128,), (128,)
@@ -201,17 +203,20 @@ class EpochPlan:
                                        np.int32(nb), np.int32(classes), inv_n, self.tiny, d,
                                        self.loss))  # fmt: skip
         else:
-            act = np.int32(ACT[layers[-1].activation])
+            act, alpha = np.int32(ACT[layers[-1].activation]), dt(layers[-1].alpha)
             coef = dt(2) * self.loss_scale * inv_n
             k.squared_error(grid, block, (y, self.T, self.order, self.step,
                                           np.int64(self.batch), np.int32(nb), np.int32(classes),
-                                          act, self.loss_scale, coef, d, self.loss))  # fmt: skip
+                                          act, alpha, self.loss_scale, coef, d,
+                                          self.loss))  # fmt: skip
         for i in range(last, -1, -1):
             layer, d, a_in = layers[i], D[i][:nb], A[i][:nb]
             if i > 0:  # the delta below, from W before its update
                 below = D[i - 1][:nb]
                 blas.gemm(below, d, layer.W, self.one, self.zero)
-                self.act_grad(a_in, below, ACT[layers[i - 1].activation], below)
+                below_layer = layers[i - 1]
+                act, alpha = ACT[below_layer.activation], dt(below_layer.alpha)
+                self.act_grad(a_in, below, act, alpha, below)
             for param, velocity, is_bias, grad in self.updates[i]:
                 x = self.ones[:nb] if is_bias else a_in
                 if velocity is None:  # SGD: p <- p - lr d^T x, one GEMM (sources.SGD_STEP)

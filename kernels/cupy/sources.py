@@ -8,7 +8,8 @@ from tinynet.backend import ACTIVATION_CODE
 ACT = ACTIVATION_CODE  # activation name -> the ``act`` argument of the kernels below
 
 # Each activation once, as CUDA expressions: the value from v = z + b, and dz from the saved
-# output y and dy (so a NaN dy stays NaN where the reference's would, and step's is exactly 0).
+# output y and dy (so a NaN dy stays NaN where the reference's would, and step's is exactly 0);
+# alpha is the activation's parameter (leaky_relu's slope), ignored by the others.
 # Softmax couples a row: the per-row kernels below handle it, the reference code elsewhere.
 ACTIVATION_CUDA = {
     "identity": ("v", "dy"),
@@ -16,6 +17,7 @@ ACTIVATION_CUDA = {
     "sigmoid": ("(T)1 / ((T)1 + exp(-v))", "dy * y * ((T)1 - y)"),
     "tanh": ("tanh(v)", "dy * ((T)1 - y * y)"),
     "relu": ("v < (T)0 ? (T)0 : v", "dy * (y > (T)0 ? (T)1 : (T)0)"),
+    "leaky_relu": ("v > (T)0 ? v : alpha * v", "dy * (y > (T)0 ? (T)1 : alpha)"),
 }
 
 
@@ -25,17 +27,17 @@ def _device_function(name: str, args: str, part: int) -> str:
         f"  if (act == {ACT[act]}) return {exprs[part]};".replace("(T)", "(F)")
         for act, exprs in ACTIVATION_CUDA.items()
     )
-    head = f"template <typename F>\n__device__ F {name}({args}, int act) {{"
+    head = f"template <typename F>\n__device__ F {name}({args}, int act, F alpha) {{"
     return f"{head}\n{cases}\n  return {args.split()[-1]};\n}}\n"
 
 
-# act_value(v, act) = f(v); act_grad(y, dy, act) = dy * f'(z) from y = f(z); for both the
-# elementwise kernels (as their preamble) and the per-row kernels.
+# act_value(v, act, alpha) = f(v); act_grad(y, dy, act, alpha) = dy * f'(z) from y = f(z); for
+# both the elementwise kernels (as their preamble) and the per-row kernels.
 ACTIVATION_FUNCTIONS = _device_function("act_value", "F v", 0) + _device_function(
     "act_grad", "F y, F dy", 1
 )
-BIAS_ACT = "y = act_value(z + b, act);"
-ACT_GRAD = "dz = act_grad(y, dy, act);"
+BIAS_ACT = "y = act_value(z + b, act, alpha);"  # inputs z, b, act, alpha; output y
+ACT_GRAD = "dz = act_grad(y, dy, act, alpha);"  # inputs y, dy, act, alpha; output dz
 
 # The update rule once, for every elementwise kernel that applies it (CuPy passes an output
 # parameter of an elementwise kernel as a reference to the array element). Plain SGD is
@@ -100,7 +102,7 @@ extern "C" __global__ void tinynet_softmax_ce(
 
 extern "C" __global__ void tinynet_squared_error(
     const T* y, const T* targets, const long long* order, const long long* step,
-    long long batch, int rows, int classes, int act, T scale, T coef, T* delta,
+    long long batch, int rows, int classes, int act, T alpha, T scale, T coef, T* delta,
     double* loss_sum) {
   // loss_sum += scale * sum_k (y_k - t_k)^2; delta = coef (y - t) * f'(z), coef = 2 scale / n,
   // with f' from the saved output y (act_grad), or softmax's Jacobian, which couples the row.
@@ -114,7 +116,7 @@ extern "C" __global__ void tinynet_squared_error(
   for (int k = 0; k < classes; ++k) {
     T v = yr[k], diff = v - tr[k], g = coef * diff;
     loss += (double)diff * diff;
-    if (act != SOFTMAX) g = act_grad(v, g, act);
+    if (act != SOFTMAX) g = act_grad(v, g, act, alpha);
     dr[k] = g;
     dot += g * v;
   }

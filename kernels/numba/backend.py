@@ -61,16 +61,16 @@ class NumbaBackend(Backend):
         return info
 
     # -- forward (GEMMs: the inherited np.dot) -----------------------------------------------
-    def dense_forward(self, x: Any, W: Any, b: Any, activation: str) -> Any:
+    def dense_forward(self, x: Any, W: Any, b: Any, activation: str, alpha: float = 0.0) -> Any:
         z = np.dot(x, W.T)
         bias = b if b is not None else np.zeros(W.shape[0], z.dtype)
-        elementwise.bias_act(z, bias, ACT[activation])
+        elementwise.bias_act(z, bias, ACT[activation], z.dtype.type(alpha))
         return z
 
     # -- backward ---------------------------------------------------------------------------
-    def activation_backward(self, activation: str, y: Any, dy: Any) -> Any:
+    def activation_backward(self, activation: str, y: Any, dy: Any, alpha: float = 0.0) -> Any:
         out = np.array(dy, order="C")  # a copy, multiplied in place
-        elementwise.act_grad(y, out, ACT[activation])
+        elementwise.act_grad(y, out, ACT[activation], out.dtype.type(alpha))
         return out
 
     def bias_grad(self, dz: Any) -> Any:
@@ -148,6 +148,7 @@ class NumbaBackend(Backend):
                 ]
             ),
             acts=np.array([ACT[layer.activation] for layer in layers], np.int64),
+            alphas=np.array([layer.alpha for layer in layers], dtype),
             train_w=np.array([layer.train_W for layer in layers]),
             train_b=np.array([layer.train_b and layer.b is not None for layer in layers]),
             vWs=tuple([layer.vW if layer.vW is not None else no_velocity_W for layer in layers]),

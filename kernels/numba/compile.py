@@ -24,15 +24,16 @@ CACHE = cache.configure(SOURCES)
 Thread = namedtuple("Thread", "rank progress bounds")
 # Data: the rows X[order] with targets T[order], inputs scaled as X * in_scale + in_offset.
 Data = namedtuple("Data", "X order T in_scale in_offset")
-# Net: per layer W, b, activation code, whether W and b train, and their momentum velocities.
-Net = namedtuple("Net", "Ws bs acts train_w train_b vWs vbs")
+# Net: per layer W, b, activation code and parameter, whether W and b train, and their
+# momentum velocities.
+Net = namedtuple("Net", "Ws bs acts alphas train_w train_b vWs vbs")
 # Rule: the loss (code, scale, mean or sum per batch) and the update (lr, momentum).
 Rule = namedtuple("Rule", "kind scale mean lr momentum")
 
 FAST = {"reassoc", "contract", "nsz", "arcp"}
 ACT = ACTIVATION_CODE  # activation name -> the code the kernels branch on
-IDENTITY, STEP, SIGMOID, TANH, RELU, SOFTMAX = (
-    ACT[name] for name in ("identity", "step", "sigmoid", "tanh", "relu", "softmax")
+IDENTITY, STEP, SIGMOID, TANH, RELU, SOFTMAX, LEAKY_RELU = (
+    ACT[name] for name in ("identity", "step", "sigmoid", "tanh", "relu", "softmax", "leaky_relu")
 )
 SQUARED_ERROR, CROSS_ENTROPY = 0, 1
 

@@ -8,6 +8,7 @@ import numpy as np
 from tinynet.kernels.numba.compile import (
     CROSS_ENTROPY,
     FAST,
+    LEAKY_RELU,
     RELU,
     SIGMOID,
     SOFTMAX,
@@ -57,8 +58,8 @@ def exp_row(row):
 
 # -- elementwise building blocks (one row at a time, so rows stay in L1) -------------------------
 @inner_jit
-def bias_act_row(row, b, act):
-    """row <- f(row + b) in place."""
+def bias_act_row(row, b, act, alpha):
+    """row <- f(row + b) in place; alpha: the activation's parameter (leaky_relu's slope)."""
     one = typed(row, 1.0)
     zero = one - one
     n = row.shape[0]
@@ -75,6 +76,10 @@ def bias_act_row(row, b, act):
         for j in range(n):
             v = row[j] + b[j]
             row[j] = zero if v < zero else v  # NaN stays NaN, as np.maximum
+    elif act == LEAKY_RELU:
+        for j in range(n):
+            v = row[j] + b[j]
+            row[j] = v if v > zero else alpha * v
     elif act == STEP:
         for j in range(n):
             row[j] = one if row[j] + b[j] >= zero else zero
@@ -98,7 +103,7 @@ def bias_act_row(row, b, act):
 
 
 @inner_jit
-def act_grad_row(y, g, act):
+def act_grad_row(y, g, act, alpha):
     """g <- g * f'(z) in place, from the saved output y. In place and through one array only:
     with a separate output that may alias g, LLVM's overlap check fails at run time and the
     scalar fallback runs (for ReLU's branch on random signs, many times slower)."""
@@ -114,6 +119,9 @@ def act_grad_row(y, g, act):
     elif act == RELU:
         for j in range(n):
             g[j] *= one if y[j] > zero else zero  # a select, not a branch; NaN g stays NaN
+    elif act == LEAKY_RELU:
+        for j in range(n):
+            g[j] *= one if y[j] > zero else alpha
     elif act == STEP:
         for j in range(n):
             g[j] = zero
@@ -126,12 +134,12 @@ def act_grad_row(y, g, act):
 
 
 @jit
-def bias_act(z, b, act):
+def bias_act(z, b, act, alpha):
     """z <- f(z + b) for a C-ordered batch. Sigmoid runs as three passes over the whole batch
     rather than row by row: each pass pays its loop overhead once."""
     if act != SIGMOID:
         for i in range(z.shape[0]):
-            bias_act_row(z[i], b, act)
+            bias_act_row(z[i], b, act, alpha)
         return
     one = typed(z, 1.0)
     for i in range(z.shape[0]):
@@ -144,9 +152,9 @@ def bias_act(z, b, act):
 
 
 @jit
-def act_grad(y, g, act):
+def act_grad(y, g, act, alpha):
     for i in range(y.shape[0]):
-        act_grad_row(y[i], g[i], act)
+        act_grad_row(y[i], g[i], act, alpha)
 
 
 @inner_jit
@@ -227,13 +235,14 @@ def gather_inputs(X, order, in_scale, in_offset, out):
 
 
 @jit
-def loss_delta_gathered(Y, T, order, kind, scale, inv_n, act, D):
-    """Sum of the losses of the rows of Y against T[order], and D = dE/dz of the output layer."""
+def loss_delta_gathered(Y, T, order, kind, scale, inv_n, act, alpha, D):
+    """Sum of the losses of the rows of Y against T[order], and D = dE/dz of the output layer
+    (act, alpha: its activation)."""
     total = 0.0
     for r in range(Y.shape[0]):
         total += loss_delta_row(Y[r], T[order[r]], kind, scale, inv_n, D[r])
         if kind != CROSS_ENTROPY:
-            act_grad_row(Y[r], D[r], act)
+            act_grad_row(Y[r], D[r], act, alpha)
     return total
 
 

@@ -54,7 +54,7 @@ def _backward_update(W, b, d, a_in, g, train_w, train_b, lr, momentum, vW, vb):
 
 @inner_jit
 def _first_layer_update_and_next_forward(
-    W, b, act, d, x, x_next, h_next, r0, r1, train_w, train_b, lr, momentum, vW, vb
+    W, b, act, alpha, d, x, x_next, h_next, r0, r1, train_w, train_b, lr, momentum, vW, vb
 ):
     """Rows r0..r1 of the first layer: update them with (d, x) and, in the same pass over W,
     h_next[r0:r1] = f(W_new x_next + b_new) for the next sample.
@@ -111,7 +111,7 @@ def _first_layer_update_and_next_forward(
         h_next[i] = acc
         if train_b:
             update_bias(b, i, di, lr, momentum, vb)
-    bias_act_row(h_next[r0:r1], b[r0:r1], act)
+    bias_act_row(h_next[r0:r1], b[r0:r1], act, alpha)
 
 
 @jit
@@ -128,7 +128,7 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H):
     """
     rank, progress, bounds = thread
     X, order, T, in_scale, in_offset = data
-    Ws, bs, acts, train_w, train_b, vWs, vbs = net
+    Ws, bs, acts, alphas, train_w, train_b, vWs, vbs = net
     kind, scale, _, lr, momentum = rule
     n_layers = len(Ws)
     last = n_layers - 1
@@ -147,6 +147,7 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H):
         Ws[0],
         bs[0],
         acts[0],
+        alphas[0],
         D[0],
         x,
         x,
@@ -168,10 +169,10 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H):
             a[j] = h[j]
         for layer in range(1, n_layers):
             _matvec(Ws[layer], A[layer], A[layer + 1])
-            bias_act_row(A[layer + 1], bs[layer], acts[layer])
+            bias_act_row(A[layer + 1], bs[layer], acts[layer], alphas[layer])
         total += loss_delta_row(A[n_layers], T[order[s]], kind, scale, one, D[last])
         if kind != CROSS_ENTROPY:
-            act_grad_row(A[n_layers], D[last], acts[last])
+            act_grad_row(A[n_layers], D[last], acts[last], alphas[last])
         for layer in range(last, 0, -1):
             g = D[layer - 1]
             _backward_update(
@@ -187,13 +188,14 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H):
                 vWs[layer],
                 vbs[layer],
             )
-            act_grad_row(A[layer], g, acts[layer - 1])
+            act_grad_row(A[layer], g, acts[layer - 1], alphas[layer - 1])
         # the last sample's "next" input is its own: a harmless extra forward
         load_input(X, order[min(s + 1, n - 1)], in_scale, in_offset, x_next)
         _first_layer_update_and_next_forward(
             Ws[0],
             bs[0],
             acts[0],
+            alphas[0],
             D[0],
             x,
             x_next,

@@ -152,7 +152,7 @@ def _batch_scale(like, nb, mean):
 
 
 @inner_jit
-def _delta_below(D, W, Y, act, G, c0, c1):
+def _delta_below(D, W, Y, act, alpha, G, c0, c1):
     """G[:, c0:c1] = (D W)[:, c0:c1] * f'(Y[:, c0:c1]): columns c0..c1 of the delta of the layer
     below, from the weights before the update (a softmax below needs c0:c1 to be all columns)."""
     zero = typed(G, 0.0)
@@ -164,7 +164,7 @@ def _delta_below(D, W, Y, act, G, c0, c1):
             di, w = D[r, i], W[i, c0:c1]
             for j in range(g.shape[0]):  # not W[i, c0 + j]: that loop ran far slower
                 g[j] += di * w[j]
-        act_grad_row(Y[r, c0:c1], g, act)
+        act_grad_row(Y[r, c0:c1], g, act, alpha)
 
 
 @jit
@@ -180,7 +180,7 @@ def epoch_small_batch(thread, data, net, rule, A, D, batch):
     """
     rank, progress, bounds = thread
     X, order, T, in_scale, in_offset = data
-    Ws, bs, acts, train_w, train_b, vWs, vbs = net
+    Ws, bs, acts, alphas, train_w, train_b, vWs, vbs = net
     kind, scale, mean, lr, momentum = rule
     n_layers = len(Ws)
     last = n_layers - 1
@@ -197,26 +197,29 @@ def epoch_small_batch(thread, data, net, rule, A, D, batch):
         gather_inputs(X, mine, in_scale, in_offset, A[0][r0:r1])
         step = meet(progress, rank, step)
         for layer in range(n_layers):
-            W, Z, A_in, b, act = Ws[layer], A[layer + 1][:nb], A[layer][:nb], bs[layer], acts[layer]
+            W, Z, A_in, b = Ws[layer], A[layer + 1][:nb], A[layer][:nb], bs[layer]
+            act, alpha = acts[layer], alphas[layer]
             lo, hi = bounds[layer, rank], bounds[layer, rank + 1]
             for blk in range(lo // 4, (hi + 3) // 4):
                 _forward_block(W, A_in, Z, blk)
             if act == SOFTMAX and team > 1:  # each row's softmax needs all its columns
                 step = meet(progress, rank, step)
                 for r in range(r0, r1):
-                    bias_act_row(Z[r], b, act)
+                    bias_act_row(Z[r], b, act, alpha)
             else:
                 for r in range(nb):
-                    bias_act_row(Z[r, lo:hi], b[lo:hi], act)
+                    bias_act_row(Z[r, lo:hi], b[lo:hi], act, alpha)
             step = meet(progress, rank, step)
         y, d = A[n_layers][r0:r1], D[last][r0:r1]
-        total += loss_delta_gathered(y, T, mine, kind, scale, inv_n, acts[last], d)
+        total += loss_delta_gathered(y, T, mine, kind, scale, inv_n, acts[last], alphas[last], d)
         step = meet(progress, rank, step)
         for layer in range(last, -1, -1):
             W, Dl, b, vW, vb = Ws[layer], D[layer][:nb], bs[layer], vWs[layer], vbs[layer]
             if layer > 0:
                 c0, c1 = bounds[layer - 1, rank], bounds[layer - 1, rank + 1]
-                _delta_below(Dl, W, A[layer][:nb], acts[layer - 1], D[layer - 1][:nb], c0, c1)
+                below = D[layer - 1][:nb]
+                act, alpha = acts[layer - 1], alphas[layer - 1]
+                _delta_below(Dl, W, A[layer][:nb], act, alpha, below, c0, c1)
                 step = meet(progress, rank, step)  # all of D[l-1] formed, W no longer read
             lo, hi = bounds[layer, rank], bounds[layer, rank + 1]
             for blk in range(lo // 4, (hi + 3) // 4):
