@@ -14,6 +14,7 @@ from tinynet.kernels.numba.compile import (
     SOFTMAX,
     STEP,
     TANH,
+    inlined_jit,
     inner_jit,
     is_float32,
     jit,
@@ -186,7 +187,7 @@ def loss_delta(y, t, kind, scale, inv_n, delta):
 
 
 # -- the update rule: defined here once; every compiled path applies it through sgd_step -------
-@inner_jit
+@inlined_jit
 def sgd_step(w, g, v, lr, momentum):
     """One parameter's SGD step: v <- momentum v + g; w <- w - lr v. Returns (new w, new v).
     Plain SGD is momentum 0 with v 0 (the compiler folds 0 v + g to g): w - lr g.
@@ -252,7 +253,7 @@ def load_input(X, idx, in_scale, in_offset, x):
         x[j] = X[idx, j] * in_scale + in_offset
 
 
-@inner_jit
+@inlined_jit
 def update_bias(b, i, di, lr, momentum, vb):
     """b[i] by sgd_step with gradient di; vb holds the velocities, or is empty."""
     if vb.shape[0]:

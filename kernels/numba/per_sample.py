@@ -15,6 +15,10 @@ from tinynet.kernels.numba.elementwise import (
 )
 from tinynet.kernels.numba.team import publish, wait_for_team
 
+# PLAIN_SGD: plain SGD's step lr (d_i x_j) is linear, so lr is folded into the delta once per
+# row, s_i = lr d_i, and sgd_step runs with gradient s_i x_j and lr 1 (1 v folds away): one
+# multiply-add per weight, and the rounding these epochs always had.
+
 
 # -- whole epochs -------------------------------------------------------------------------------
 @inner_jit
@@ -30,7 +34,8 @@ def _matvec(W, x, z):
 @inner_jit
 def _backward_update(W, b, d, a_in, g, train_w, train_b, lr, momentum, vW, vb):
     """Update a layer from its delta d, and g = W^T d (old W) for the layer below; one pass."""
-    zero = typed(W, 0.0)
+    one = typed(W, 1.0)
+    zero = one - one
     for j in range(g.shape[0]):
         g[j] = zero
     for i in range(W.shape[0]):
@@ -41,10 +46,11 @@ def _backward_update(W, b, d, a_in, g, train_w, train_b, lr, momentum, vW, vb):
                 g[j] += di * w
                 W[i, j], vW[i, j] = sgd_step(w, di * a_in[j], vW[i, j], lr, momentum)
         elif train_w:
+            step = lr * di  # see PLAIN_SGD
             for j in range(W.shape[1]):
                 w = W[i, j]
                 g[j] += di * w
-                W[i, j], _ = sgd_step(w, di * a_in[j], zero, lr, zero)
+                W[i, j], _ = sgd_step(w, step * a_in[j], zero, one, zero)
         else:
             for j in range(W.shape[1]):
                 g[j] += di * W[i, j]
@@ -63,21 +69,23 @@ def _first_layer_update_and_next_forward(
     reads and writes each weight once per sample instead of twice. With train_w and train_b
     False it is the plain forward pass of those rows.
     """
-    zero = typed(W, 0.0)
+    one = typed(W, 1.0)
+    zero = one - one
     i = r0
     # Plain SGD four rows at a time: each load of x[j] and x_next[j] serves four weights. The
-    # pass is bound by loads, not arithmetic (four rows beat two and one: design.md).
+    # pass is bound by loads, not arithmetic (four rows beat two and one: design.md). Its
+    # steps fold lr into the delta (see PLAIN_SGD).
     if train_w and momentum == zero:
         while i + 3 < r1:
             w0, w1, w2, w3 = W[i], W[i + 1], W[i + 2], W[i + 3]
-            d0, d1, d2, d3 = d[i], d[i + 1], d[i + 2], d[i + 3]
+            s0, s1, s2, s3 = lr * d[i], lr * d[i + 1], lr * d[i + 2], lr * d[i + 3]
             acc0 = acc1 = acc2 = acc3 = zero
             for j in range(W.shape[1]):
                 xj, xnj = x[j], x_next[j]
-                a0, _ = sgd_step(w0[j], d0 * xj, zero, lr, zero)
-                a1, _ = sgd_step(w1[j], d1 * xj, zero, lr, zero)
-                a2, _ = sgd_step(w2[j], d2 * xj, zero, lr, zero)
-                a3, _ = sgd_step(w3[j], d3 * xj, zero, lr, zero)
+                a0, _ = sgd_step(w0[j], s0 * xj, zero, one, zero)
+                a1, _ = sgd_step(w1[j], s1 * xj, zero, one, zero)
+                a2, _ = sgd_step(w2[j], s2 * xj, zero, one, zero)
+                a3, _ = sgd_step(w3[j], s3 * xj, zero, one, zero)
                 w0[j] = a0
                 w1[j] = a1
                 w2[j] = a2
@@ -101,8 +109,9 @@ def _first_layer_update_and_next_forward(
                 W[i, j] = w
                 acc += w * x_next[j]
         elif train_w:
+            step = lr * di  # see PLAIN_SGD
             for j in range(W.shape[1]):
-                w, _ = sgd_step(W[i, j], di * x[j], zero, lr, zero)
+                w, _ = sgd_step(W[i, j], step * x[j], zero, one, zero)
                 W[i, j] = w
                 acc += w * x_next[j]
         else:
