@@ -57,9 +57,8 @@ def inner_jit(fn):
 
 def inlined_jit(fn):
     """A small helper that the hot loops call per element or per row, inlined by Numba into
-    each caller: LLVM is left to decide for an inner_jit helper, and where it kept the call
-    (update_bias once it called sgd_step) per-sample epochs ran 25-50% slower on one thread
-    (#11)."""
+    each caller: LLVM decides for an inner_jit helper, and where it kept the call (update_bias
+    once it called sgd_step) per-sample epochs ran far slower (design.md)."""
     return jit(fn, inline="always", no_cpython_wrapper=True, no_cfunc_wrapper=True)
 
 
