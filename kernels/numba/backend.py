@@ -64,13 +64,13 @@ class NumbaBackend(Backend):
     def dense_forward(self, x: Any, W: Any, b: Any, activation: str, alpha: float = 0.0) -> Any:
         z = np.dot(x, W.T)
         bias = b if b is not None else np.zeros(W.shape[0], z.dtype)
-        elementwise.bias_act(z, bias, ACT[activation], z.dtype.type(alpha))
+        elementwise.bias_act(z, bias, ACT[activation], float(alpha))
         return z
 
     # -- backward ---------------------------------------------------------------------------
     def activation_backward(self, activation: str, y: Any, dy: Any, alpha: float = 0.0) -> Any:
         out = np.array(dy, order="C")  # a copy, multiplied in place
-        elementwise.act_grad(y, out, ACT[activation], out.dtype.type(alpha))
+        elementwise.act_grad(y, out, ACT[activation], float(alpha))
         return out
 
     def bias_grad(self, dz: Any) -> Any:

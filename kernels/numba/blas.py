@@ -49,7 +49,7 @@ def blas_epoch(
     kind = CROSS_ENTROPY if spec.loss == "cross_entropy" else SQUARED_ERROR
     scale = dt(spec.loss_scale)
     acts = [ACT[layer.activation] for layer in layers]
-    alphas = [dt(layer.alpha) for layer in layers]
+    out_alpha = dt(layers[-1].alpha)
     biases = [
         layer.b if layer.b is not None else np.zeros(layer.W.shape[0], dtype) for layer in layers
     ]
@@ -65,16 +65,16 @@ def blas_epoch(
         for i, layer in enumerate(layers):
             a_in, a_out = A[i][:nb], A[i + 1][:nb]
             gemm_into(gemm, 1.0, layer.W.T, a_in.T, a_out.T, trans_a=1)
-            bias_act(a_out, biases[i], acts[i], alphas[i])
+            bias_act(a_out, biases[i], acts[i], layer.alpha)
         total += loss_delta_gathered(
-            A[-1][:nb], T, idx, kind, scale, inv_n, acts[-1], alphas[-1], D[-1][:nb]
+            A[-1][:nb], T, idx, kind, scale, inv_n, acts[-1], out_alpha, D[-1][:nb]
         )
         for i in range(len(layers) - 1, -1, -1):
             layer, d, a_in = layers[i], D[i][:nb], A[i][:nb]
             if i > 0:  # the delta below, from W before its update
                 below = D[i - 1][:nb]
                 gemm_into(gemm, 1.0, layer.W.T, d.T, below.T)
-                act_grad(a_in, below, acts[i - 1], alphas[i - 1])
+                act_grad(a_in, below, acts[i - 1], layers[i - 1].alpha)
             if layer.train_W and layer.vW is not None:  # g = d^T a, then the rule
                 grad_W = grads_W[i]
                 gemm_into(gemm, 1.0, a_in.T, d.T, grad_W.T, trans_b=1)

@@ -137,7 +137,9 @@ def act_grad_row(y, g, act, alpha):
 @jit
 def bias_act(z, b, act, alpha):
     """z <- f(z + b) for a C-ordered batch. Sigmoid runs as three passes over the whole batch
-    rather than row by row: each pass pays its loop overhead once."""
+    rather than row by row: each pass pays its loop overhead once. ``alpha``: a Python float
+    (converting it to z's type before the call costs more than the call of a small kernel)."""
+    alpha = typed(z, alpha)
     if act != SIGMOID:
         for i in range(z.shape[0]):
             bias_act_row(z[i], b, act, alpha)
@@ -154,6 +156,8 @@ def bias_act(z, b, act, alpha):
 
 @jit
 def act_grad(y, g, act, alpha):
+    """g <- g * f'(z) for a batch, from the saved outputs y; ``alpha`` as in bias_act."""
+    alpha = typed(g, alpha)
     for i in range(y.shape[0]):
         act_grad_row(y[i], g[i], act, alpha)
 
