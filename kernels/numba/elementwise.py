@@ -191,7 +191,7 @@ def loss_delta(y, t, kind, scale, inv_n, delta):
 
 
 # -- the update rule: defined here once; every compiled path applies it through sgd_step -------
-@inner_jit
+@inlined_jit
 def sgd_step(w, g, v, lr, momentum):
     """One parameter's SGD step: v <- momentum v + g; w <- w - lr v. Returns (new w, new v).
     Plain SGD is momentum 0 with v 0 (the compiler folds 0 v + g to g): w - lr g.
