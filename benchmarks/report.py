@@ -157,6 +157,32 @@ def memory_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def contention_table(rows: list[dict]) -> list[str]:
+    """Per path: the median round quiet, beside a busy core, and (numba) beside it on one thread;
+    loaded / quiet and loaded / loaded on one thread."""
+    times: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r.get("kind") == "contention":
+            key = (r["contender"], r["path"], r["batch"])
+            times[key][r["condition"]].append(r["median_s"])
+    if not times:
+        return []
+    lines = [
+        "| contender | path | batch | quiet | loaded | loaded, one thread | loaded / quiet | "
+        "loaded / one thread loaded |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key in sorted(times):
+        med = {c: statistics.median(v) for c, v in times[key].items()}
+        quiet, loaded, one = med.get("quiet"), med.get("loaded"), med.get("loaded-1-thread")
+        cells = [f"{v * 1e3:.1f} ms" if v else "-" for v in (quiet, loaded, one)]
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {' | '.join(cells)} | {_ratio(loaded, quiet)} | "
+            f"{_ratio(loaded, one)} |"
+        )
+    return lines
+
+
 def chart(speeds: dict, path: Path, title: str) -> None:
     """Save ``chart_figure`` as a PNG."""
     import matplotlib.pyplot as plt
@@ -233,6 +259,13 @@ def render(json_path: Path, prefix: Path) -> str:
             "repeats of the median of 3 rounds; s/epoch = 60,000 / samples/s; first call "
             "includes compilation.",
             train_lines,
+        ),
+        *_section(
+            "Beside a busy core",
+            "The 784-128-10 network's rounds (float32) on a quiet machine, beside one "
+            "single-threaded busy-loop process, and (numba) beside it with Numba and BLAS on "
+            "one thread; medians over 2 alternating repeats of the median of 3 rounds.",
+            contention_table(rows),
         ),
         *_section(
             "Startup",

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from typing import Any
 
 import numba
 import numpy as np
 
 from tinynet.backend import Backend, EpochSpec
+from tinynet.errors import BackendError
 from tinynet.kernels.numba import cache, elementwise
 from tinynet.kernels.numba.blas import blas_epoch
 from tinynet.kernels.numba.compile import (
@@ -24,9 +27,19 @@ from tinynet.kernels.numba.compile import (
 )
 from tinynet.kernels.numba.per_sample import epoch_per_sample
 from tinynet.kernels.numba.small_batch import epoch_small_batch
-from tinynet.kernels.numba.team import FLAG_STRIDE, run_team, split_rows
+from tinynet.kernels.numba.team import FLAG_STRIDE, TeamSizer, run_team, split_rows
 from tinynet.kernels.numpy_backend import NumpyBackend
 from tinynet.system import cpu_count
+
+
+def adaptive_threads_from_env() -> bool:
+    """TINYNET_ADAPTIVE_THREADS: "0" keeps every call on the most threads it may use (OpenBLAS
+    rounds differently on one thread than on two, so only then are BLAS-path runs the same bit
+    for bit); "1" or unset lets team.TeamSizer choose."""
+    value = os.environ.get("TINYNET_ADAPTIVE_THREADS", "").strip()
+    if value not in ("", "0", "1"):
+        raise BackendError(f"TINYNET_ADAPTIVE_THREADS must be 0 or 1, got {value!r}")
+    return value != "0"
 
 
 class NumbaBackend(Backend):
@@ -49,6 +62,9 @@ class NumbaBackend(Backend):
         cache.check_active(cache_probe)
         self._local = threading.local()  # train_batches's work arrays, per calling thread
         self._compiled: set = set()  # kernels and argument kinds run by a team, see team.run_team
+        self._sizer = TeamSizer()  # threads per kind of call, from the rates measured
+        self.adaptive_threads = adaptive_threads_from_env()
+        self._blas_pools: Any = None  # threadpoolctl's handle on the BLAS thread pools
 
     def info(self) -> dict[str, str]:
         info = NumpyBackend.info(self)
@@ -57,6 +73,7 @@ class NumbaBackend(Backend):
             numba=numba.__version__,
             numba_threads=str(numba.get_num_threads()),
             kernel_cache=CACHE,
+            adaptive_threads="on" if self.adaptive_threads else "off (TINYNET_ADAPTIVE_THREADS=0)",
         )
         return info
 
@@ -124,10 +141,38 @@ class NumbaBackend(Backend):
 
     def train_batches(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int) -> float:
         """SGD on X[order] in steps of batch_size; the sum of the per-sample losses. Per-sample
-        steps and small batches run in one compiled call each, larger ones in blas.blas_epoch."""
-        if not self._compiled_loop(spec, batch_size):
-            A, D, _ = self._work_arrays(spec.layers[0].W.dtype, spec.layers, batch_size)
+        steps and small batches run in one compiled call each, larger ones in blas.blas_epoch.
+        The threads each call runs on: see team.TeamSizer."""
+        compiled = self._compiled_loop(spec, batch_size)
+        widths = tuple([spec.layers[0].W.shape[1]] + [layer.W.shape[0] for layer in spec.layers])
+        key = (compiled, spec.layers[0].W.dtype, widths, batch_size)
+        most = self.team_size(spec, batch_size) if compiled else self._blas_threads()
+        size = self._sizer.choose(key, most) if self.adaptive_threads else most
+        start = time.perf_counter()
+        if compiled:
+            total = self._compiled_batches(spec, X, T, order, batch_size, size)
+        else:
+            total = self._blas_batches(spec, X, T, order, batch_size, size, most)
+        self._sizer.record(key, size, len(order), time.perf_counter() - start)
+        return total
+
+    def _blas_threads(self) -> int:
+        """The BLAS threads the BLAS epoch may use: its pools' setting, at most the cores."""
+        if self._blas_pools is None:
+            from threadpoolctl import ThreadpoolController
+
+            self._blas_pools = ThreadpoolController().select(user_api="blas")
+        threads = [pool.num_threads for pool in self._blas_pools.lib_controllers]
+        return max(1, min([cpu_count(), *threads]))
+
+    def _blas_batches(self, spec, X, T, order, batch_size: int, size: int, most: int) -> float:
+        A, D, _ = self._work_arrays(spec.layers[0].W.dtype, spec.layers, batch_size)
+        if size == most:
             return blas_epoch(spec, X, T, order, batch_size, A, D)
+        with self._blas_pools.limit(limits=size):
+            return blas_epoch(spec, X, T, order, batch_size, A, D)
+
+    def _compiled_batches(self, spec, X, T, order, batch_size: int, size: int) -> float:
         dtype = spec.layers[0].W.dtype
         dt = dtype.type
         layers = spec.layers
@@ -161,7 +206,6 @@ class NumbaBackend(Backend):
             dt(spec.lr),
             dt(spec.momentum),
         )
-        size = self.team_size(spec, batch_size)
         progress = np.zeros(size * FLAG_STRIDE, np.int64)  # see team.meet
         if batch_size == 1:
             return self._per_sample_epoch(layers, size, progress, data, net, rule)

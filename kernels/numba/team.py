@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -21,6 +22,10 @@ from tinynet.kernels.numba.compile import inner_jit
 # waits until every thread's counter reaches s (acquire). Numba has no atomics on the CPU, so the
 # two accesses are LLVM atomic instructions; a plain load could be hoisted out of the wait loop.
 FLAG_STRIDE = 16  # int64 counters 128 bytes apart: no two threads' counters share a cache line
+# A waiting thread spins this many times (a few microseconds, longer than a quiet machine's
+# waits) before it starts giving its core away between checks: on a busy machine the thread it
+# waits for may be off its core, and a spinning waiter would keep it off.
+SPINS_BEFORE_YIELDING = 4096
 
 
 def _flag_pointer(context, builder, signature, args):
@@ -52,6 +57,20 @@ def _store_release(typingctx, flags, index, value):
     return types.void(flags, index, value), codegen
 
 
+@intrinsic
+def _yield_core(typingctx):
+    """sched_yield(2): the core goes to another runnable thread, if there is one."""
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield"
+        )
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
 @inner_jit
 def publish(progress, rank, step):
     _store_release(progress, rank * FLAG_STRIDE, step)
@@ -59,10 +78,14 @@ def publish(progress, rank, step):
 
 @inner_jit
 def wait_for_team(progress, step):
-    """Spin until every thread has published ``step``; the team never outnumbers the cores."""
+    """Wait until every thread has published ``step``: spin, then yield the core between
+    checks (SPINS_BEFORE_YIELDING). The team never outnumbers the cores."""
     for t in range(progress.shape[0] // FLAG_STRIDE):
+        spins = 0
         while _load_acquire(progress, t * FLAG_STRIDE) < step:
-            pass
+            spins += 1
+            if spins > SPINS_BEFORE_YIELDING:
+                _yield_core()
 
 
 @inner_jit
@@ -125,3 +148,61 @@ def run_team(compiled: set, kernel: Any, per_rank: list[tuple]) -> list[float]:
     others = [_TEAM_POOL.submit(kernel, *args) for args in per_rank[1:]]
     results = [kernel(*per_rank[0])]
     return results + [future.result() for future in others]
+
+
+class TeamSizer:
+    """How many threads a kind of call runs on: the most it may use, unless fewer were measured
+    faster. Another process that takes a core makes a team's members wait for each other (and
+    OpenBLAS's threads too), and one thread is then faster than two; the load comes and goes,
+    so each size's rate (samples per second) is re-measured as calls run.
+
+    Per kind of call (``key``): the first call is not counted (it may compile), nor calls of
+    fewer than MIN_SAMPLES; the second
+    runs on the full team, the third on one thread. Then the size with the best last-measured
+    rate runs. The full team gives way to one thread when its rate falls below SLOWDOWN of its
+    best; one thread tries the full team again after ``interval`` calls, an interval that
+    doubles (up to MAX_INTERVAL) while those tries lose.
+    """
+
+    MAX_INTERVAL = 32
+    SLOWDOWN = 0.7
+    MIN_SAMPLES = 1024  # a shorter call's rate is mostly its fixed cost: not counted
+
+    def __init__(self) -> None:
+        self._kinds: dict[Any, dict[str, Any]] = {}
+
+    def choose(self, key: Any, most: int) -> int:
+        if most <= 1:
+            return 1
+        kind = self._kinds.setdefault(
+            key, {"rates": {}, "best": {}, "calls": 0, "interval": 1, "seen": False}
+        )
+        rates = kind["rates"]
+        if not kind["seen"] or most not in rates:
+            return most
+        if 1 not in rates:
+            return 1  # the first probe
+        running = max(rates, key=rates.get)
+        if running == most:  # one thread again only when the team slows down
+            fell = rates[most] < self.SLOWDOWN * kind["best"][most]
+            return 1 if fell else most
+        return most if kind["calls"] >= kind["interval"] else 1  # has the load gone?
+
+    def record(self, key: Any, size: int, samples: int, seconds: float) -> None:
+        kind = self._kinds.get(key)
+        if kind is None or samples < self.MIN_SAMPLES or seconds <= 0:
+            return
+        if not kind["seen"]:
+            kind["seen"] = True  # the first call: compilation, page faults
+            return
+        rates, best = kind["rates"], kind["best"]
+        running = max(rates, key=rates.get) if rates else size  # the size chosen until now
+        rate = samples / seconds
+        rates[size] = rate
+        best[size] = max(best.get(size, 0.0), rate)
+        kind["calls"] += 1
+        if size != running:  # a probe: the next one sooner if it won, later if it lost
+            won = rate > rates[running]
+            kind["interval"] = 4 if won else min(2 * kind["interval"], self.MAX_INTERVAL)
+            kind["calls"] = 0
+            best[running] = rates[running]  # its best was measured under another load

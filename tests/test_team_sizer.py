@@ -1,0 +1,140 @@
+"""The Numba backend's choice of threads per call (team.TeamSizer), fed measured rates by hand:
+the full team on a quiet machine, one thread when the team slows down and one is faster, the
+team again once it is faster."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from tinynet.kernels.numba.team import TeamSizer
+
+N = 4096  # samples per call
+
+
+def _run(sizer: TeamSizer, rate_of, calls: int, most: int = 2) -> list[int]:
+    """Sizes chosen over ``calls`` calls, each measured at rate_of(size) samples/s."""
+    chosen = []
+    for _ in range(calls):
+        size = sizer.choose("k", most)
+        sizer.record("k", size, N, N / rate_of(size))
+        chosen.append(size)
+    return chosen
+
+
+def test_a_quiet_machine_keeps_the_full_team_after_one_probe():
+    sizer = TeamSizer()
+    chosen = _run(sizer, {2: 2.0e6, 1: 1.2e6}.get, 40)
+    # not counted (compiles), the team, the one-thread probe, then the team throughout
+    assert chosen == [2, 2, 1] + [2] * 37
+
+
+def test_a_slowed_team_gives_way_to_one_thread_and_returns_when_the_load_goes():
+    sizer = TeamSizer()
+    _run(sizer, {2: 2.0e6, 1: 1.2e6}.get, 5)
+    loaded = {2: 0.4e6, 1: 1.1e6}.get
+    chosen = _run(sizer, loaded, 40)
+    assert chosen[2:5] == [1, 1, 1]  # the team's rate fell: one thread, measured faster, runs
+    tries = [i for i, size in enumerate(chosen) if size == 2][1:]
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    assert gaps == sorted(gaps) and gaps[-1] <= TeamSizer.MAX_INTERVAL + 1  # backing off
+    assert chosen.count(1) > 0.8 * len(chosen)
+    quiet_again = _run(sizer, {2: 2.0e6, 1: 1.2e6}.get, 2 * TeamSizer.MAX_INTERVAL + 4)
+    assert quiet_again[-TeamSizer.MAX_INTERVAL :] == [2] * TeamSizer.MAX_INTERVAL
+
+
+def test_a_small_slowdown_keeps_the_team():
+    sizer = TeamSizer()
+    _run(sizer, {2: 2.0e6, 1: 1.2e6}.get, 5)
+    chosen = _run(sizer, {2: 0.75 * 2.0e6, 1: 1.2e6}.get, 20)  # above SLOWDOWN of its best
+    assert chosen == [2] * 20
+
+
+def test_short_calls_are_not_counted():
+    sizer = TeamSizer()
+    quiet = {2: 2.0e6, 1: 1.2e6}.get
+    _run(sizer, quiet, 1)  # the first call, never counted
+    for _ in range(5):  # a few samples at a terrible rate: the call's fixed cost
+        sizer.record("k", sizer.choose("k", 2), TeamSizer.MIN_SAMPLES - 1, 1.0)
+    # as if the short calls had not been: the team, the one-thread probe, the team
+    assert _run(sizer, quiet, 5) == [2, 1, 2, 2, 2]
+
+
+def test_a_team_slowed_below_its_best_tries_one_thread_again():
+    """One thread's last rate can be stale (measured in a bad moment): a team that falls
+    below SLOWDOWN of its best measures one thread again rather than trust it."""
+    sizer = TeamSizer()
+    _run(sizer, {2: 2.0e6, 1: 0.5e6}.get, 5)  # one thread measured slow once
+    chosen = _run(sizer, {2: 0.8e6, 1: 1.1e6}.get, 10)  # still above that stale rate
+    assert chosen[1:6] == [1] * 5  # after one call, then the team is tried again later
+
+
+def test_one_core_is_always_one_thread():
+    assert _run(TeamSizer(), {1: 1.0e6}.get, 5, most=1) == [1] * 5
+
+
+@pytest.mark.parametrize("batch", [1, 8, 64])
+def test_every_path_runs_on_the_size_chosen_and_gives_the_same_weights(monkeypatch, batch):
+    """The backend asks the sizer, runs on its choice (a one-thread BLAS epoch under a BLAS
+    limit, lifted afterwards), and the compiled paths' weights do not depend on it (the BLAS
+    epoch's: within float32 rounding, OpenBLAS sums differently on one thread)."""
+    import scipy.linalg.blas  # noqa: F401 - its BLAS pool loaded before the count below
+    from threadpoolctl import threadpool_info
+
+    import tinynet as tn
+
+    x, y = tn.datasets.mnist_sample("train")
+    runs = []
+    for forced in (None, 1):
+        with tn.use_backend("numba") as B:
+            asked = []
+            real = B._sizer.choose
+
+            def choose(key, most, forced=forced, real=real, asked=asked):
+                asked.append(most)
+                return forced or real(key, most)
+
+            monkeypatch.setattr(B._sizer, "choose", choose)
+            before = {pool["filepath"]: pool["num_threads"] for pool in threadpool_info()}
+            net = tn.MLP.from_sizes([784, 160, 10], "relu", "softmax", seed=0, rescale=(1 / 255, 0))
+            net.fit(x, y, tn.CrossEntropy(), tn.SGD(0.05, 0.9), epochs=1, batch_size=batch, seed=0)
+            after = {pool["filepath"]: pool["num_threads"] for pool in threadpool_info()}
+            assert {path: after[path] for path in before} == before
+            assert asked  # every call asked
+            runs.append(net.get_weights())
+    for (W0, b0), (W1, b1) in zip(*runs, strict=True):
+        if batch <= 32:
+            np.testing.assert_array_equal(W1, W0)
+            np.testing.assert_array_equal(b1, b0)
+        else:
+            np.testing.assert_allclose(W1, W0, rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(b1, b0, rtol=1e-4, atol=1e-6)
+
+
+def test_fixed_threads_on_request(monkeypatch):
+    """TINYNET_ADAPTIVE_THREADS=0: the sizer is never asked; another value is an error."""
+    from tinynet.errors import BackendError
+    from tinynet.kernels.numba.backend import NumbaBackend
+
+    monkeypatch.setenv("TINYNET_ADAPTIVE_THREADS", "0")
+    B = NumbaBackend()
+
+    def never(key, most):
+        raise AssertionError("the sizer was asked")
+
+    monkeypatch.setattr(B._sizer, "choose", never)
+    import tinynet as tn
+
+    x, y = tn.datasets.mnist_sample("train")
+    with tn.use_backend("numba"):
+        net = tn.MLP.from_sizes([784, 10], output_activation="softmax", rescale=(1 / 255, 0))
+    spec = net.epoch_spec(tn.CrossEntropy(), tn.SGD(0.1))
+    for batch in (1, 8, 64):
+        B.train_batches(spec, x, tn.one_hot(y, 10), np.arange(2048), batch)
+    monkeypatch.setenv("TINYNET_ADAPTIVE_THREADS", "yes")
+    with pytest.raises(BackendError, match="TINYNET_ADAPTIVE_THREADS must be 0 or 1"):
+        NumbaBackend()
