@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
 
 import tinynet as tn
-from benchmarks.contenders import NETWORKS, Network, TinynetContender, TorchContender
+from benchmarks.contenders import (
+    NETWORKS,
+    JaxContender,
+    Network,
+    PlainNumpyContender,
+    TinynetContender,
+    TorchContender,
+)
 from tinynet import backend as backend_module
 from tinynet.system import cpu_count, machine_info
 
 # One thread count for everyone: BLAS (NumPy), Numba and PyTorch. Default: the cores we may use.
 THREADS = int(os.environ.get("TINYNET_BENCH_THREADS") or cpu_count())
+# JAX (XLA) reads its thread settings when it starts: the same count as everyone else.
+os.environ.setdefault(
+    "XLA_FLAGS",
+    f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={THREADS}",
+)
 
 
 def tinynet_backends() -> list[str]:
@@ -31,6 +45,13 @@ def _torch_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _peer_param(name: str, module: str, install: str) -> Any:
+    """A peer's contender, skipped with the reason where its library is missing."""
+    missing = importlib.util.find_spec(module) is None
+    mark = pytest.mark.skip(reason=f"{module} not installed ({install})") if missing else ()
+    return pytest.param(name, id=name, marks=mark)
+
+
 def contender_params(modes: bool = True) -> list:
     """The tinynet backends usable here, PyTorch eager (skipped with the reason when missing),
     and on a GPU PyTorch CUDA; with ``modes``, also cupy's CUDA-graph mode ("cupy-graph")."""
@@ -38,19 +59,20 @@ def contender_params(modes: bool = True) -> list:
     params = [pytest.param(name, id=name) for name in names]
     if modes and "cupy" in names:
         params.append(pytest.param("cupy-graph", id="cupy-graph"))
-    torch_missing = importlib.util.find_spec("torch") is None
-    mark = (
-        pytest.mark.skip(reason="PyTorch not installed (pip install torch)")
-        if torch_missing
-        else ()
-    )
-    params.append(pytest.param("pytorch", id="pytorch", marks=mark))
+    params.append(pytest.param("numpy-plain", id="numpy-plain"))
+    params.append(_peer_param("pytorch", "torch", "pip install torch"))
+    params.append(_peer_param("jax", "jax", "pip install jax"))
+    params.append(_peer_param("jax-scan", "jax", "pip install jax"))
     if "cupy" in names and _torch_cuda():
         params.append(pytest.param("pytorch-cuda", id="pytorch-cuda"))
     return params
 
 
 def make_contender(name: str, net: Network, dtype: str, weights: list):
+    if name == "numpy-plain":
+        return PlainNumpyContender(net, dtype, weights)
+    if name in ("jax", "jax-scan"):
+        return JaxContender(net, dtype, weights, scan=name == "jax-scan")
     if name in ("pytorch", "pytorch-cuda"):
         return TorchContender(net, dtype, weights, "cuda" if name == "pytorch-cuda" else "cpu")
     if name == "cupy-graph":
@@ -120,10 +142,11 @@ def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
 def machine_info_for_report() -> dict[str, str]:
     info = machine_info()
     info["threads"] = ", ".join(f"{k} {v}" for k, v in thread_settings().items())
-    if importlib.util.find_spec("torch") is not None:
-        import torch
-
-        info["pytorch"] = torch.__version__
+    for module, label in (("torch", "pytorch"), ("jax", "jax")):
+        if importlib.util.find_spec(module) is not None:
+            info[label] = importlib.import_module(module).__version__
+    if "jax" in info:
+        info["xla_flags"] = os.environ.get("XLA_FLAGS", "")
     return info
 
 

@@ -26,6 +26,7 @@ class Network:
     samples_per_round: int  # samples trained per timed round at batch >= 32
     samples_per_round_b1: int  # ... at batch 1 (per-sample SGD)
     batches: tuple[int, ...] | None = None  # the batch sizes benchmarked; None: all
+    momentum: float = 0.0  # SGD's: v <- m v + g; w <- w - lr v (PyTorch's convention)
 
     def tinynet_loss(self) -> tn.Loss:
         if self.loss == "squared_error":
@@ -43,6 +44,19 @@ NETWORKS = {
         TUTORIAL,
         # The first tutorial's width, trained per sample as it does.
         replace(TUTORIAL, name="784-200-10 sigmoid/SE", sizes=(784, 200, 10), batches=(1,)),
+        # `tinynet train`'s default recipe (its first epoch's learning rate).
+        Network(
+            "784-256-128-10 relu/CE momentum (default recipe)",
+            (784, 256, 128, 10),
+            "relu",
+            "softmax",
+            "cross_entropy",
+            0.05,
+            16384,
+            4096,
+            batches=(64,),
+            momentum=0.9,
+        ),
         # A GEMM-bound network: ReLU, softmax + cross-entropy.
         Network(
             "784-1024-1024-10 relu/CE",
@@ -83,7 +97,7 @@ class TinynetContender:
         for layer, (W, b) in zip(self.model.layers[1:], weights, strict=True):
             layer.set_weights(W, b)
         self.loss = net.tinynet_loss()
-        self.optimizer = tn.SGD(net.lr)
+        self.optimizer = tn.SGD(net.lr, net.momentum)
 
     def train(self, x: np.ndarray, t: np.ndarray, batch: int) -> None:
         B = self.model.backend
@@ -129,7 +143,7 @@ class TorchContender:
                 layers.append(torch.nn.ReLU())
             # softmax is fused into cross_entropy below, as PyTorch users write it
         self.model = torch.nn.Sequential(*layers).to(self.device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=net.lr)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=net.lr, momentum=net.momentum)
 
     def _loss(self, out: Any, t: Any) -> Any:
         F = self.torch.nn.functional
@@ -159,3 +173,154 @@ class TorchContender:
         with self.torch.no_grad():
             xb, tb = self._batch(*self._upload(x, t))
             return float(self._loss(self.model(xb), tb))
+
+
+class PlainNumpyContender:
+    """The same training as a hand-written NumPy loop, as fast as idiomatic NumPy allows
+    (``np.dot``, in-place ufuncs, no framework): the honest NumPy reference ("numpy-plain")."""
+
+    def __init__(self, net: Network, dtype: str, weights: list) -> None:
+        self.name = "numpy-plain"
+        self.net = net
+        self.dtype = np.dtype(dtype)
+        self.Ws = [np.array(W, self.dtype) for W, _ in weights]
+        self.bs = [np.array(b, self.dtype) for _, b in weights]
+        self.vWs = [np.zeros_like(W) for W in self.Ws]  # momentum velocities
+        self.vbs = [np.zeros_like(b) for b in self.bs]
+        self.acts = [net.hidden] * (len(weights) - 1) + [net.output]
+
+    def _forward(self, x: np.ndarray) -> list[np.ndarray]:
+        a = x.astype(self.dtype)
+        a *= self.dtype.type(INPUT_SCALE)
+        outputs = [a]
+        for W, b, act in zip(self.Ws, self.bs, self.acts, strict=True):
+            z = np.dot(a, W.T)
+            z += b
+            if act == "sigmoid":
+                np.negative(z, out=z)
+                np.exp(z, out=z)
+                z += 1
+                np.reciprocal(z, out=z)
+            elif act == "relu":
+                np.maximum(z, 0, out=z)
+            elif act == "softmax":
+                z -= z.max(axis=1, keepdims=True)
+                np.exp(z, out=z)
+                z /= z.sum(axis=1, keepdims=True)
+            outputs.append(z)
+            a = z
+        return outputs
+
+    def train(self, x: np.ndarray, t: np.ndarray, batch: int) -> None:
+        lr, m = self.dtype.type(self.net.lr), self.dtype.type(self.net.momentum)
+        for start in range(0, len(x), batch):
+            a = self._forward(x[start : start + batch])
+            y, tb = a[-1], t[start : start + batch]
+            d = y - tb  # cross-entropy after softmax: dE/dz = p - t
+            if self.net.loss == "squared_error":  # 0.5 sum (t - y)^2 through a sigmoid
+                d *= y * (1 - y)
+            d /= len(y)
+            for i in range(len(self.Ws) - 1, -1, -1):
+                W = self.Ws[i]
+                grad_W = np.dot(d.T, a[i])
+                grad_b = d.sum(axis=0)
+                if i > 0:  # the delta below, from W before its update
+                    d = np.dot(d, W)
+                    below = a[i]
+                    if self.acts[i - 1] == "sigmoid":
+                        d *= below * (1 - below)
+                    elif self.acts[i - 1] == "relu":
+                        d *= below > 0
+                if m:  # v <- m v + g; the step is lr v
+                    self.vWs[i] *= m
+                    self.vWs[i] += grad_W
+                    self.vbs[i] *= m
+                    self.vbs[i] += grad_b
+                    grad_W, grad_b = self.vWs[i] * lr, self.vbs[i] * lr
+                else:
+                    grad_W *= lr
+                    grad_b *= lr
+                W -= grad_W
+                self.bs[i] -= grad_b
+
+    def mean_loss(self, x: np.ndarray, t: np.ndarray) -> float:
+        y = self._forward(x)[-1]
+        if self.net.loss == "squared_error":
+            return float(0.5 * ((y - t) ** 2).sum(axis=1).mean())
+        return float(-(t * np.log(np.maximum(y, np.finfo(y.dtype).tiny))).sum(axis=1).mean())
+
+
+class JaxContender:
+    """JAX on the CPU in its strongest forms: ``jax`` jits one SGD step with the parameters
+    donated (a Python loop over the batches); ``jax-scan`` jits a whole round of full batches
+    as one ``lax.scan`` (the remainder, if any, by the step). The round's data go to the device
+    once, as tinynet's ``fit`` does."""
+
+    def __init__(self, net: Network, dtype: str, weights: list, scan: bool = False) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        if dtype == "float64":
+            jax.config.update("jax_enable_x64", True)
+        self.name = "jax-scan" if scan else "jax"
+        self.jax, self.jnp, self.scan = jax, jnp, scan
+        self.net = net
+        self.dtype = jnp.dtype(dtype)
+        params = [(jnp.asarray(W, self.dtype), jnp.asarray(b, self.dtype)) for W, b in weights]
+        # the state: parameters and their momentum velocities
+        self.state = (params, jax.tree_util.tree_map(jnp.zeros_like, params))
+        acts = [net.hidden] * (len(weights) - 1) + [net.output]
+        lr, m = net.lr, net.momentum
+        scale, squared = INPUT_SCALE, net.loss == "squared_error"
+
+        def loss_fn(params, x, t):
+            a = x.astype(self.dtype) * scale
+            for (W, b), act in zip(params, acts, strict=True):
+                z = a @ W.T + b
+                if act == "sigmoid":
+                    a = jax.nn.sigmoid(z)
+                elif act == "relu":
+                    a = jax.nn.relu(z)
+                else:  # softmax: kept as logits for the cross-entropy below
+                    a = z
+            if squared:
+                return 0.5 * jnp.mean(jnp.sum((a - t) ** 2, axis=1))
+            return -jnp.mean(jnp.sum(t * jax.nn.log_softmax(a), axis=1))
+
+        def step(state, x, t):
+            params, velocity = state
+            grads = jax.grad(loss_fn)(params, x, t)
+            if m:
+                velocity = jax.tree_util.tree_map(lambda v, g: m * v + g, velocity, grads)
+                grads = velocity
+            return jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads), velocity
+
+        def epoch(state, xs, ts):
+            def body(s, batch):
+                return step(s, *batch), None
+
+            return jax.lax.scan(body, state, (xs, ts))[0]
+
+        self._loss = jax.jit(loss_fn)
+        self._step = jax.jit(step, donate_argnums=0)
+        self._epoch = jax.jit(epoch, donate_argnums=0)
+
+    def train(self, x: np.ndarray, t: np.ndarray, batch: int) -> None:
+        jnp = self.jnp
+        xd, td = jnp.asarray(x), jnp.asarray(t, self.dtype)
+        full = len(x) // batch * batch
+        if self.scan and full:
+            shape = (full // batch, batch)
+            self.state = self._epoch(
+                self.state, xd[:full].reshape(*shape, -1), td[:full].reshape(*shape, -1)
+            )
+            start = full
+        else:
+            start = 0
+        for s in range(start, len(x), batch):
+            self.state = self._step(self.state, xd[s : s + batch], td[s : s + batch])
+        self.jax.block_until_ready(self.state)
+
+    def mean_loss(self, x: np.ndarray, t: np.ndarray) -> float:
+        x, t = self.jnp.asarray(x), self.jnp.asarray(t, self.dtype)
+        return float(self._loss(self.state[0], x, t))
