@@ -52,17 +52,19 @@ def _peer_param(name: str, module: str, install: str) -> Any:
     return pytest.param(name, id=name, marks=mark)
 
 
-def contender_params(modes: bool = True) -> list:
+def contender_params(modes: bool = True, training_peers: bool = True) -> list:
     """The tinynet backends usable here, PyTorch eager (skipped with the reason when missing),
-    and on a GPU PyTorch CUDA; with ``modes``, also cupy's CUDA-graph mode ("cupy-graph")."""
+    and on a GPU PyTorch CUDA; with ``modes``, also cupy's CUDA-graph mode ("cupy-graph");
+    with ``training_peers``, the whole-training-loop peers: NumPy (plain) and JAX's two forms."""
     names = tinynet_backends()
     params = [pytest.param(name, id=name) for name in names]
     if modes and "cupy" in names:
         params.append(pytest.param("cupy-graph", id="cupy-graph"))
-    params.append(pytest.param("numpy-plain", id="numpy-plain"))
     params.append(_peer_param("pytorch", "torch", "pip install torch"))
-    params.append(_peer_param("jax", "jax", "pip install jax"))
-    params.append(_peer_param("jax-scan", "jax", "pip install jax"))
+    if training_peers:  # whole training loops only: no kernels of their own
+        params.append(pytest.param("numpy-plain", id="numpy-plain"))
+        params.append(_peer_param("jax", "jax", "pip install jax"))
+        params.append(_peer_param("jax-scan", "jax", "pip install jax"))
     if "cupy" in names and _torch_cuda():
         params.append(pytest.param("pytorch-cuda", id="pytorch-cuda"))
     return params

@@ -55,9 +55,10 @@ def load(data: dict) -> tuple[dict, list[dict]]:
     rows = []
     for bench in data["benchmarks"]:
         row = dict(bench.get("extra_info", {}))
-        row["median_s"] = bench["stats"]["median"]
-        row["min_s"] = bench["stats"]["min"]
-        row["max_s"] = bench["stats"]["max"]
+        stats = bench["stats"]
+        row["median_s"] = stats["median"]
+        row["min_s"] = stats.get("min", stats["median"])
+        row["max_s"] = stats.get("max", stats["median"])
         rows.append(row)
     machine = dict(data.get("machine_info", {}).get("tinynet", {}))
     machine["date"] = data.get("datetime", "?")[:16].replace("T", " ")

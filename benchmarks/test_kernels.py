@@ -79,7 +79,7 @@ def _to_numpy(x) -> np.ndarray:
     return x.cpu().numpy() if hasattr(x, "cpu") else tn.to_numpy(x)  # a torch tensor, or ours
 
 
-@pytest.mark.parametrize("contender", contender_params(modes=False))
+@pytest.mark.parametrize("contender", contender_params(modes=False, training_peers=False))
 @pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"b{b}")
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("kernel", KERNELS)

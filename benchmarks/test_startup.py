@@ -45,7 +45,8 @@ def _run(backend: str, cache_dir: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    "contender", [p for p in contender_params(modes=False) if not p.id.startswith("pytorch")]
+    "contender",
+    [p for p in contender_params(modes=False, training_peers=False) if p.id != "pytorch"],
 )
 def test_startup(benchmark, contender, tmp_path):
     cold = _run(contender, str(tmp_path))

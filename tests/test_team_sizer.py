@@ -138,3 +138,33 @@ def test_fixed_threads_on_request(monkeypatch):
     monkeypatch.setenv("TINYNET_ADAPTIVE_THREADS", "yes")
     with pytest.raises(BackendError, match="TINYNET_ADAPTIVE_THREADS must be 0 or 1"):
         NumbaBackend()
+
+
+def test_a_compiling_first_call_says_so_once_and_a_cached_one_says_nothing(tmp_path):
+    """A fresh process with an empty kernel cache prints one line while it compiles; the next
+    process, with the kernels cached, prints nothing."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import tinynet as tn\n"
+        "x, y = tn.datasets.mnist_sample('train')\n"
+        "with tn.use_backend('numba'):\n"
+        "    net = tn.MLP.from_sizes([784, 32, 10], rescale=(1 / 255, 0), seed=0)\n"
+        "for _ in range(2):\n"
+        "    net.fit(x, y, tn.CrossEntropy(), tn.SGD(0.1), epochs=1, batch_size=8)\n"
+        "import time; time.sleep(1.5)  # a notice not called off would print by now\n"
+    )
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
+        )
+        for _ in range(2)
+    ]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr[-2000:]
+    cold, warm = (run.stderr for run in runs)
+    assert cold.count("tinynet: compiling the numba kernels") == 1
+    assert str(tmp_path) in cold
+    assert "compiling" not in warm

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -30,6 +31,18 @@ from tinynet.kernels.numba.small_batch import epoch_small_batch
 from tinynet.kernels.numba.team import FLAG_STRIDE, TeamSizer, run_team, split_rows
 from tinynet.kernels.numpy_backend import NumpyBackend
 from tinynet.system import cpu_count
+
+# A first call that takes longer than this is compiling (from the on-disk cache it takes
+# milliseconds): one line on stderr says so, rather than a silent wait of seconds.
+COMPILE_NOTICE_AFTER_S = 1.0
+
+
+def _compile_notice() -> None:
+    sys.stderr.write(
+        "tinynet: compiling the numba kernels for this model and batch size (once: they are "
+        f"kept in {CACHE})\n"
+    )
+    sys.stderr.flush()
 
 
 def adaptive_threads_from_env() -> bool:
@@ -65,6 +78,7 @@ class NumbaBackend(Backend):
         self._sizer = TeamSizer()  # threads per kind of call, from the rates measured
         self.adaptive_threads = adaptive_threads_from_env()
         self._blas_pools: Any = None  # threadpoolctl's handle on the BLAS thread pools
+        self._kinds_run: set = set()  # kinds of train_batches call made in this process
 
     def info(self) -> dict[str, str]:
         info = NumpyBackend.info(self)
@@ -148,11 +162,21 @@ class NumbaBackend(Backend):
         key = (compiled, spec.layers[0].W.dtype, widths, batch_size)
         most = self.team_size(spec, batch_size) if compiled else self._blas_threads()
         size = self._sizer.choose(key, most) if self.adaptive_threads else most
+        notice = None
+        if key not in self._kinds_run:  # the first call of its kind may compile: say so
+            self._kinds_run.add(key)
+            notice = threading.Timer(COMPILE_NOTICE_AFTER_S, _compile_notice)
+            notice.daemon = True
+            notice.start()
         start = time.perf_counter()
-        if compiled:
-            total = self._compiled_batches(spec, X, T, order, batch_size, size)
-        else:
-            total = self._blas_batches(spec, X, T, order, batch_size, size, most)
+        try:
+            if compiled:
+                total = self._compiled_batches(spec, X, T, order, batch_size, size)
+            else:
+                total = self._blas_batches(spec, X, T, order, batch_size, size, most)
+        finally:
+            if notice is not None:
+                notice.cancel()
         self._sizer.record(key, size, len(order), time.perf_counter() - start)
         return total
 
