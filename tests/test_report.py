@@ -110,3 +110,39 @@ def test_chart_labels_each_bar_with_its_ratio_and_keeps_the_legend_off_the_bars(
     legend_box = fig.legends[0].get_window_extent(renderer)
     for patch in ax.patches:
         assert not legend_box.overlaps(patch.get_window_extent(renderer))
+
+
+def test_numba_against_jax_by_best_rounds_with_their_range(tmp_path):
+    # rounds of 4096 samples; per epoch (60,000 samples) a round's time x 14.6484375
+    def rounds(contender, lo, hi):
+        bench = _train(contender, (lo + hi) / 2)
+        bench["stats"].update(min=lo, max=hi)
+        return bench
+
+    path = _write(tmp_path, [rounds("numba", 0.010, 0.012), rounds("jax-scan", 0.008, 0.020)])
+    text = report.render(path, tmp_path / "out")
+    # best: 0.010 * 14.6484375 = 0.146 and 0.008 * 14.6484375 = 0.117; 0.010 / 0.008 = 1.25
+    assert "| 0.146 (0.146-0.176) | 0.117 (0.117-0.293) | 1.25 |" in text
+
+
+def test_contention_ratios(tmp_path):
+    def case(contender, condition, median_s):
+        return _bench(
+            median_s,
+            kind="contention",
+            contender=contender,
+            path="small batch",
+            batch=32,
+            condition=condition,
+        )
+
+    runs = [
+        case("numba", "quiet", 0.010),
+        case("numba", "loaded", 0.015),
+        case("numba", "loaded-1-thread", 0.012),
+        case("numpy", "quiet", 0.020),
+        case("numpy", "loaded", 0.080),
+    ]
+    text = report.render(_write(tmp_path, runs), tmp_path / "out")
+    assert "| numba | small batch | 32 | 10.0 ms | 15.0 ms | 12.0 ms | 1.50x | 1.25x |" in text
+    assert "| numpy | small batch | 32 | 20.0 ms | 80.0 ms | - | 4.00x | - |" in text

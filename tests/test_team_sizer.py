@@ -11,9 +11,19 @@ import pytest
 
 pytest.importorskip("numba")
 
-from tinynet.kernels.numba.team import TeamSizer
+from tinynet.kernels.numba.team import MachineLoad, TeamSizer
 
 N = 4096  # samples per call
+
+
+class Load:
+    """A machine whose other processes use ``cores`` (None: unknown, as off Linux)."""
+
+    def __init__(self, cores: float | None = None):
+        self.cores = cores
+
+    def others_busy(self) -> float | None:
+        return self.cores
 
 
 def _run(sizer: TeamSizer, rate_of, calls: int, most: int = 2) -> list[int]:
@@ -27,14 +37,14 @@ def _run(sizer: TeamSizer, rate_of, calls: int, most: int = 2) -> list[int]:
 
 
 def test_a_quiet_machine_keeps_the_full_team_after_one_probe():
-    sizer = TeamSizer()
+    sizer = TeamSizer(Load())
     chosen = _run(sizer, {2: 2.0e6, 1: 1.2e6}.get, 40)
     # not counted (compiles), the team, the one-thread probe, then the team throughout
     assert chosen == [2, 2, 1] + [2] * 37
 
 
 def test_a_slowed_team_gives_way_to_one_thread_and_returns_when_the_load_goes():
-    sizer = TeamSizer()
+    sizer = TeamSizer(Load())
     _run(sizer, {2: 2.0e6, 1: 1.2e6}.get, 5)
     loaded = {2: 0.4e6, 1: 1.1e6}.get
     chosen = _run(sizer, loaded, 40)
@@ -48,14 +58,14 @@ def test_a_slowed_team_gives_way_to_one_thread_and_returns_when_the_load_goes():
 
 
 def test_a_small_slowdown_keeps_the_team():
-    sizer = TeamSizer()
+    sizer = TeamSizer(Load())
     _run(sizer, {2: 2.0e6, 1: 1.2e6}.get, 5)
     chosen = _run(sizer, {2: 0.75 * 2.0e6, 1: 1.2e6}.get, 20)  # above SLOWDOWN of its best
     assert chosen == [2] * 20
 
 
 def test_short_calls_are_not_counted():
-    sizer = TeamSizer()
+    sizer = TeamSizer(Load())
     quiet = {2: 2.0e6, 1: 1.2e6}.get
     _run(sizer, quiet, 1)  # the first call, never counted
     for _ in range(5):  # a few samples at a terrible rate: the call's fixed cost
@@ -67,14 +77,14 @@ def test_short_calls_are_not_counted():
 def test_a_team_slowed_below_its_best_tries_one_thread_again():
     """One thread's last rate can be stale (measured in a bad moment): a team that falls
     below SLOWDOWN of its best measures one thread again rather than trust it."""
-    sizer = TeamSizer()
+    sizer = TeamSizer(Load())
     _run(sizer, {2: 2.0e6, 1: 0.5e6}.get, 5)  # one thread measured slow once
     chosen = _run(sizer, {2: 0.8e6, 1: 1.1e6}.get, 10)  # still above that stale rate
     assert chosen[1:6] == [1] * 5  # after one call, then the team is tried again later
 
 
 def test_one_core_is_always_one_thread():
-    assert _run(TeamSizer(), {1: 1.0e6}.get, 5, most=1) == [1] * 5
+    assert _run(TeamSizer(Load()), {1: 1.0e6}.get, 5, most=1) == [1] * 5
 
 
 @pytest.mark.parametrize("batch", [1, 8, 64])
@@ -113,6 +123,41 @@ def test_every_path_runs_on_the_size_chosen_and_gives_the_same_weights(monkeypat
         else:
             np.testing.assert_allclose(W1, W0, rtol=1e-4, atol=1e-6)
             np.testing.assert_allclose(b1, b0, rtol=1e-4, atol=1e-6)
+
+
+def test_one_thread_returns_to_the_team_as_soon_as_a_core_is_free():
+    load = Load(1.0)  # another process keeps a core busy
+    sizer = TeamSizer(load)
+    _run(sizer, {2: 2.0e6, 1: 1.2e6}.get, 5)
+    loaded = _run(sizer, {2: 0.4e6, 1: 1.1e6}.get, 40)
+    assert loaded[1:] == [1] * 39  # no tries of the team while the core stays busy
+    load.cores = 0.05  # the other process ended
+    assert _run(sizer, {2: 2.0e6, 1: 1.2e6}.get, 3) == [2, 2, 2]
+
+
+def test_the_machine_load_counts_other_processes_not_this_one():
+    """A busy loop in another process reads as about one core; this process's own work as
+    none of it."""
+    import subprocess
+    import sys
+    import time
+
+    if MachineLoad().others_busy() is None and MachineLoad._read() is None:
+        pytest.skip("no /proc/stat")
+    machine = MachineLoad()
+    end = time.monotonic() + 0.6
+    while time.monotonic() < end:  # this process busy
+        pass
+    assert machine.others_busy() < 0.5
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        machine.others_busy()  # the window up to the start of the loop
+        time.sleep(0.6)
+        assert 0.6 < machine.others_busy() < 1.6
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 def test_fixed_threads_on_request(monkeypatch):

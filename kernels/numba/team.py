@@ -4,6 +4,7 @@ and the pool of threads that runs a team (Python)."""
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -150,6 +151,42 @@ def run_team(compiled: set, kernel: Any, per_rank: list[tuple]) -> list[float]:
     return results + [future.result() for future in others]
 
 
+class MachineLoad:
+    """How busy the other processes keep the cores: the CPU time the whole machine spent busy
+    (/proc/stat, steal included) minus this process's own, per second of wall time, averaged
+    over the last WINDOW_S at least. Linux only; None elsewhere or before a window has passed."""
+
+    WINDOW_S = 0.2
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float, float] | None = self._read()
+        self._others: float | None = None
+
+    @staticmethod
+    def _read() -> tuple[float, float, float] | None:
+        """(wall time, machine busy seconds, own CPU seconds), or None without /proc/stat."""
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+            ticks = os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+        # user nice system idle iowait irq softirq steal ...: all but idle and iowait are busy
+        busy = sum(fields[:3]) + sum(fields[5:8])
+        return time.monotonic(), busy / ticks, time.process_time()
+
+    def others_busy(self) -> float | None:
+        """Cores' worth of CPU time the other processes used lately (0: a quiet machine)."""
+        now = self._read()
+        if now is None or self._last is None:
+            return self._others
+        elapsed = now[0] - self._last[0]
+        if elapsed >= self.WINDOW_S:
+            others = ((now[1] - self._last[1]) - (now[2] - self._last[2])) / elapsed
+            self._others, self._last = max(0.0, others), now
+        return self._others
+
+
 class TeamSizer:
     """How many threads a kind of call runs on: the most it may use, unless fewer were measured
     faster. Another process that takes a core makes a team's members wait for each other (and
@@ -157,25 +194,38 @@ class TeamSizer:
     so each size's rate (samples per second) is re-measured as calls run.
 
     Per kind of call (``key``): the first call is not counted (it may compile), nor calls of
-    fewer than MIN_SAMPLES; the second
-    runs on the full team, the third on one thread. Then the size with the best last-measured
-    rate runs. The full team gives way to one thread when its rate falls below SLOWDOWN of its
-    best; one thread tries the full team again after ``interval`` calls, an interval that
-    doubles (up to MAX_INTERVAL) while those tries lose.
+    fewer than MIN_SAMPLES; the second runs on the full team, the third on one thread. Then the
+    size with the best last-measured rate runs. The full team gives way to one thread when its
+    rate falls below SLOWDOWN of its best. One thread that won while other processes kept the
+    cores busy stays until they leave a core free (MachineLoad, from /proc/stat), then the
+    team runs again; otherwise (no /proc/stat, or one thread won on a quiet machine) it tries
+    the team after ``interval`` calls, an interval that doubles (up to MAX_INTERVAL) while
+    those tries lose.
     """
 
     MAX_INTERVAL = 32
     SLOWDOWN = 0.7
     MIN_SAMPLES = 1024  # a shorter call's rate is mostly its fixed cost: not counted
 
-    def __init__(self) -> None:
+    FREE = 0.5  # the other processes use less than this many cores: one is free for us
+
+    def __init__(self, machine: MachineLoad | None = None) -> None:
         self._kinds: dict[Any, dict[str, Any]] = {}
+        self.machine = machine if machine is not None else MachineLoad()
 
     def choose(self, key: Any, most: int) -> int:
         if most <= 1:
             return 1
         kind = self._kinds.setdefault(
-            key, {"rates": {}, "best": {}, "calls": 0, "interval": 1, "seen": False}
+            key,
+            {
+                "rates": {},
+                "best": {},
+                "calls": 0,
+                "interval": 1,
+                "seen": False,
+                "load_when_one_won": None,
+            },
         )
         rates = kind["rates"]
         if not kind["seen"] or most not in rates:
@@ -186,7 +236,12 @@ class TeamSizer:
         if running == most:  # one thread again only when the team slows down
             fell = rates[most] < self.SLOWDOWN * kind["best"][most]
             return 1 if fell else most
-        return most if kind["calls"] >= kind["interval"] else 1  # has the load gone?
+        # one thread won under load: the team again once the load has gone, not before
+        free = self.FREE * (most - 1)
+        others, then = self.machine.others_busy(), kind["load_when_one_won"]
+        if others is not None and then is not None and then >= free:
+            return most if others < free else 1
+        return most if kind["calls"] >= kind["interval"] else 1
 
     def record(self, key: Any, size: int, samples: int, seconds: float) -> None:
         kind = self._kinds.get(key)
@@ -206,3 +261,5 @@ class TeamSizer:
             kind["interval"] = 4 if won else min(2 * kind["interval"], self.MAX_INTERVAL)
             kind["calls"] = 0
             best[running] = rates[running]  # its best was measured under another load
+        if running != 1 and max(rates, key=rates.get) == 1:  # one thread takes over
+            kind["load_when_one_won"] = self.machine.others_busy()
