@@ -213,3 +213,11 @@ def test_a_compiling_first_call_says_so_once_and_a_cached_one_says_nothing(tmp_p
     assert cold.count("tinynet: compiling the numba kernels") == 1
     assert str(tmp_path) in cold
     assert "compiling" not in warm
+
+
+def test_a_slowdown_with_cores_free_keeps_the_team():
+    """The team's rate falls but /proc/stat shows the cores free: noise, or this process's own
+    other work (another BLAS pool still spinning), not a reason to drop to one thread."""
+    sizer = TeamSizer(Load(0.0))
+    _run(sizer, {2: 2.0e6, 1: 1.2e6}.get, 5)
+    assert _run(sizer, {2: 0.5e6, 1: 1.2e6}.get, 10) == [2] * 10

@@ -194,13 +194,14 @@ class TeamSizer:
     so each size's rate (samples per second) is re-measured as calls run.
 
     Per kind of call (``key``): the first call is not counted (it may compile), nor calls of
-    fewer than MIN_SAMPLES; the second runs on the full team, the third on one thread. Then the
-    size with the best last-measured rate runs. The full team gives way to one thread when its
-    rate falls below SLOWDOWN of its best. One thread that won while other processes kept the
-    cores busy stays until they leave a core free (MachineLoad, from /proc/stat), then the
-    team runs again; otherwise (no /proc/stat, or one thread won on a quiet machine) it tries
-    the team after ``interval`` calls, an interval that doubles (up to MAX_INTERVAL) while
-    those tries lose.
+    fewer than MIN_SAMPLES; the second runs on the full team, the third on one thread, and the
+    faster of the two runs on. The size changes only when a probe of the other is faster.
+    The full team probes one thread when its rate falls below SLOWDOWN of its best while other
+    processes keep the cores busy (not for a slowdown with cores free: that is noise, or this
+    process's own other work). One thread that won while other processes kept the cores busy
+    stays until they leave a core free (MachineLoad, from /proc/stat), then probes the team;
+    otherwise (no /proc/stat, or one thread won on a quiet machine) it probes the team after
+    ``interval`` calls, an interval that doubles (up to MAX_INTERVAL) while those probes lose.
     """
 
     MAX_INTERVAL = 32
@@ -224,6 +225,7 @@ class TeamSizer:
                 "calls": 0,
                 "interval": 1,
                 "seen": False,
+                "running": None,  # the size calls run on, changed only by a probe it loses
                 "load_when_one_won": None,
             },
         )
@@ -232,13 +234,15 @@ class TeamSizer:
             return most
         if 1 not in rates:
             return 1  # the first probe
-        running = max(rates, key=rates.get)
-        if running == most:  # one thread again only when the team slows down
-            fell = rates[most] < self.SLOWDOWN * kind["best"][most]
-            return 1 if fell else most
-        # one thread won under load: the team again once the load has gone, not before
+        running = kind["running"]
         free = self.FREE * (most - 1)
-        others, then = self.machine.others_busy(), kind["load_when_one_won"]
+        others = self.machine.others_busy()
+        if running == most:  # one thread again only when the team slows down under load
+            fell = rates[most] < self.SLOWDOWN * kind["best"][most]
+            loaded = others is None or others >= free  # free cores: the slowdown is noise
+            return 1 if fell and loaded else most
+        # one thread won under load: the team again once the load has gone, not before
+        then = kind["load_when_one_won"]
         if others is not None and then is not None and then >= free:
             return most if others < free else 1
         return most if kind["calls"] >= kind["interval"] else 1
@@ -251,15 +255,19 @@ class TeamSizer:
             kind["seen"] = True  # the first call: compilation, page faults
             return
         rates, best = kind["rates"], kind["best"]
-        running = max(rates, key=rates.get) if rates else size  # the size chosen until now
+        running = kind["running"] or size  # the size chosen until now
         rate = samples / seconds
         rates[size] = rate
         best[size] = max(best.get(size, 0.0), rate)
         kind["calls"] += 1
-        if size != running:  # a probe: the next one sooner if it won, later if it lost
+        if size != running and running in rates:  # a probe: sizes change only by probes
             won = rate > rates[running]
             kind["interval"] = 4 if won else min(2 * kind["interval"], self.MAX_INTERVAL)
             kind["calls"] = 0
             best[running] = rates[running]  # its best was measured under another load
-        if running != 1 and max(rates, key=rates.get) == 1:  # one thread takes over
-            kind["load_when_one_won"] = self.machine.others_busy()
+            if won:
+                kind["running"] = size
+                if size == 1:
+                    kind["load_when_one_won"] = self.machine.others_busy()
+        elif kind["running"] is None:
+            kind["running"] = size
