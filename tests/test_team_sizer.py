@@ -215,9 +215,9 @@ def test_a_compiling_first_call_says_so_once_and_a_cached_one_says_nothing(tmp_p
     assert "compiling" not in warm
 
 
-def test_a_slowdown_with_cores_free_keeps_the_team():
-    """The team's rate falls but /proc/stat shows the cores free: noise, or this process's own
-    other work (another BLAS pool still spinning), not a reason to drop to one thread."""
+def test_free_cores_mean_the_whole_team_without_probes():
+    """/proc/stat shows the cores free: a slow team is noise, or this process's own other
+    threads (another BLAS pool still spinning), never a reason to drop to one thread."""
     sizer = TeamSizer(Load(0.0))
-    _run(sizer, {2: 2.0e6, 1: 1.2e6}.get, 5)
+    assert _run(sizer, {2: 2.0e6, 1: 1.2e6}.get, 5) == [2] * 5
     assert _run(sizer, {2: 0.5e6, 1: 1.2e6}.get, 10) == [2] * 10

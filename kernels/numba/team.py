@@ -193,14 +193,14 @@ class TeamSizer:
     OpenBLAS's threads too), and one thread is then faster than two; the load comes and goes,
     so each size's rate (samples per second) is re-measured as calls run.
 
-    Per kind of call (``key``): the first call is not counted (it may compile), nor calls of
-    fewer than MIN_SAMPLES; the second runs on the full team, the third on one thread, and the
-    faster of the two runs on. The size changes only when a probe of the other is faster.
-    The full team probes one thread when its rate falls below SLOWDOWN of its best while other
-    processes keep the cores busy (not for a slowdown with cores free: that is noise, or this
-    process's own other work). One thread that won while other processes kept the cores busy
-    stays until they leave a core free (MachineLoad, from /proc/stat), then probes the team;
-    otherwise (no /proc/stat, or one thread won on a quiet machine) it probes the team after
+    While the other processes leave a core free (MachineLoad, from /proc/stat), every call
+    runs on the full team, without probes: a team is slower than one thread only when it must
+    share its cores. Under load, and where /proc/stat cannot be read, the rates decide, per
+    kind of call (``key``): the first call is not counted (it may compile), nor calls of fewer
+    than MIN_SAMPLES; the full team runs, one thread is probed, and the faster runs on; the
+    size changes only when a probe of the other is faster. The full team probes one thread
+    when its rate falls below SLOWDOWN of its best. One thread that won under load keeps
+    running until a core is free again; otherwise (no /proc/stat) it probes the team after
     ``interval`` calls, an interval that doubles (up to MAX_INTERVAL) while those probes lose.
     """
 
@@ -229,22 +229,23 @@ class TeamSizer:
                 "load_when_one_won": None,
             },
         )
+        free = self.FREE * (most - 1)
+        others = self.machine.others_busy()
+        if others is not None and others < free:
+            return most  # the cores are free: the whole team, no probes
         rates = kind["rates"]
         if not kind["seen"] or most not in rates:
             return most
         if 1 not in rates:
             return 1  # the first probe
         running = kind["running"]
-        free = self.FREE * (most - 1)
-        others = self.machine.others_busy()
         if running == most:  # one thread again only when the team slows down under load
             fell = rates[most] < self.SLOWDOWN * kind["best"][most]
-            loaded = others is None or others >= free  # free cores: the slowdown is noise
-            return 1 if fell and loaded else most
+            return 1 if fell else most
         # one thread won under load: the team again once the load has gone, not before
         then = kind["load_when_one_won"]
         if others is not None and then is not None and then >= free:
-            return most if others < free else 1
+            return 1  # until the load goes (above)
         return most if kind["calls"] >= kind["interval"] else 1
 
     def record(self, key: Any, size: int, samples: int, seconds: float) -> None:
