@@ -86,6 +86,19 @@ def _c_array(values: np.ndarray) -> str:
     return ", ".join(repr(float(v)) for v in values)  # repr of a float: exact, and valid C
 
 
+def _host_columns(tmp_path, name: str, program: str) -> np.ndarray:
+    """Build ``program`` (C++ printing rows of numbers) with g++, run it, and return the
+    columns it printed."""
+    source, binary = tmp_path / f"{name}.cpp", tmp_path / name
+    source.write_text(program)
+    build = subprocess.run(
+        [GXX, "-O1", str(source), "-o", str(binary)], capture_output=True, text=True, timeout=120
+    )
+    assert build.returncode == 0, build.stderr
+    out = subprocess.run([binary], capture_output=True, text=True, timeout=60).stdout
+    return np.array([line.split() for line in out.splitlines()], float).T
+
+
 @pytest.mark.skipif(GXX is None, reason="g++ not installed")
 @pytest.mark.parametrize("name", sorted(set(ACTIVATIONS) - {"softmax"}))
 def test_the_cuda_activation_formulas_match_the_reference(tmp_path, name):
@@ -110,16 +123,7 @@ def test_the_cuda_activation_formulas_match_the_reference(tmp_path, name):
         + f"           act_grad(y[i], dy[i], {ACTIVATION_CODE[name]}, {alpha!r}));\n"
         + "}\n"
     )
-    (tmp_path / "act.cpp").write_text(program)
-    build = subprocess.run(
-        [GXX, "-O1", str(tmp_path / "act.cpp"), "-o", str(tmp_path / "act")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert build.returncode == 0, build.stderr
-    out = subprocess.run([tmp_path / "act"], capture_output=True, text=True, timeout=60).stdout
-    value, grad = np.array([line.split() for line in out.splitlines()], float).T
+    value, grad = _host_columns(tmp_path, "act", program)
     np.testing.assert_allclose(value, y, rtol=1e-15, atol=1e-300)
     expected_grad = NumpyBackend().activation_backward(name, y[None], dy[None], alpha).ravel()
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-15, atol=1e-300)
@@ -156,16 +160,7 @@ def test_the_cuda_update_rule_matches_the_reference(tmp_path, momentum):
         + '  for (int i = 0; i < 8; ++i) printf("%.17g %.17g\\n", ws[i], vs[i]);\n'
         + "}\n"
     )
-    (tmp_path / "rule.cpp").write_text(program)
-    build = subprocess.run(
-        [GXX, "-O1", str(tmp_path / "rule.cpp"), "-o", str(tmp_path / "rule")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert build.returncode == 0, build.stderr
-    out = subprocess.run([tmp_path / "rule"], capture_output=True, text=True, timeout=60).stdout
-    w_cuda, v_cuda = np.array([line.split() for line in out.splitlines()], float).T
+    w_cuda, v_cuda = _host_columns(tmp_path, "rule", program)
     np.testing.assert_allclose(w_cuda, w, rtol=1e-15)
     if momentum:
         np.testing.assert_allclose(v_cuda, v, rtol=1e-15)
