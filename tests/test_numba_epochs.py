@@ -40,7 +40,7 @@ def _train(
             )
             if freeze:
                 net.layers[1].freeze(freeze)
-            spec = net.epoch_spec(loss, tn.SGD(0.05))
+            spec = net.epoch_spec(loss, tn.SGD(0.05, momentum=momentum))
             team = 0
             if backend == "numba":  # these cases are for the compiled loops, not BLAS
                 assert net.backend._compiled_loop(spec, batch)
@@ -125,13 +125,27 @@ def test_team_size_follows_the_model_and_the_thread_setting():
         numba.set_num_threads(before)
 
 
+def test_the_compiled_mini_batch_loop_is_chosen_by_batch_momentum_and_weight_size():
+    B = backend_module._resolve("numba")
+    with tn.use_backend("numba"):
+        small, large = (
+            tn.MLP.from_sizes(sizes, "relu", "softmax", seed=0)
+            for sizes in ([784, 128, 10], [784, 256, 10])  # 392 KiB and 784 KiB of weights
+        )
+        for momentum, most in ((0.0, 16), (0.9, 32)):  # momentum: the tiles fuse its pass
+            spec = small.epoch_spec(tn.CrossEntropy(), tn.SGD(0.1, momentum=momentum))
+            assert B._compiled_loop(spec, most) and not B._compiled_loop(spec, most + 1)
+            big = large.epoch_spec(tn.CrossEntropy(), tn.SGD(0.1, momentum=momentum))
+            assert B._compiled_loop(big, 1) and not B._compiled_loop(big, 2)
+
+
 @TWO_THREADS
 @pytest.mark.parametrize(
     ("batch", "sizes", "hidden", "output", "loss", "momentum", "dtype", "freeze"),
     [
-        (32, [784, 100, 10], "sigmoid", "sigmoid", tn.SquaredError(0.5), 0.0, "float32", None),
+        (16, [784, 100, 10], "sigmoid", "sigmoid", tn.SquaredError(0.5), 0.0, "float32", None),
         (7, [784, 64, 30, 10], "relu", "softmax", tn.CrossEntropy(), 0.9, "float64", "bias"),
-        (32, [784, 48, 10], "tanh", "softmax", tn.CrossEntropy("sum"), 0.0, "float32", "weights"),
+        (32, [784, 48, 10], "tanh", "softmax", tn.CrossEntropy("sum"), 0.9, "float32", "weights"),
     ],
 )
 def test_mini_batch_team_matches_one_thread_and_the_reference(
@@ -142,19 +156,40 @@ def test_mini_batch_team_matches_one_thread_and_the_reference(
     _assert_team_matches_one_thread_and_the_reference(args, dtype, loss_rtol=1e-12)
 
 
-def test_blas_epoch_gemm_writes_in_place_or_fails():
-    from scipy.linalg.blas import get_blas_funcs
+@pytest.fixture(scope="module")
+def compiled_gemm():
+    """blas.gemm called from compiled code, as the BLAS epoch calls it."""
+    import numba
 
-    from tinynet.kernels.numba.blas import gemm_into
+    from tinynet.kernels.numba.blas import gemm
 
-    gemm = get_blas_funcs("gemm", dtype=np.float32)
+    @numba.njit
+    def call(address, trans_a, trans_b, alpha, A, B, beta, C, rows):
+        gemm(address, trans_a, trans_b, alpha, A[:rows], B, beta, C[:rows])
+
+    return call
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("trans_a", "trans_b"), [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_the_compiled_gemm_call_is_the_row_major_product(compiled_gemm, dtype, trans_a, trans_b):
+    from tinynet.kernels.numba.blas import gemm_address
+
     rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)
-    c = np.ones((5, 4), np.float32)
-    gemm_into(gemm, 2.0, b.T, a.T, c.T, trans_a=1, beta=1.0)  # c <- 2 a b^T + c, through c.T
-    np.testing.assert_allclose(c, 2 * a.astype(np.float64) @ b.T + 1, rtol=1e-6)
-    with pytest.raises(RuntimeError, match="in place"):
-        gemm_into(gemm, 1.0, b.T, a.T, np.ones((4, 5), np.float32), trans_a=1)  # C-ordered
+    m, n, k, rows = 7, 5, 3, 4  # only the first `rows` rows of A (or A^T) and C take part
+    A = rng.normal(size=(k, m) if trans_a else (m, k)).astype(dtype)
+    B = rng.normal(size=(n, k) if trans_b else (k, n)).astype(dtype)
+    C = rng.normal(size=(m, n)).astype(dtype)
+    if trans_a:  # op(A) = A^T: C's rows come from A's columns, so take them all
+        rows = m
+    before = C.astype(np.float64)
+    opA = (A.T if trans_a else A).astype(np.float64)
+    opB = (B.T if trans_b else B).astype(np.float64)
+    compiled_gemm(gemm_address(A.dtype), trans_a, trans_b, -0.5, A, B, 2.0, C, rows)
+    expected = before.copy()
+    expected[:rows] = -0.5 * opA[:rows] @ opB + 2.0 * before[:rows]
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(C, expected, rtol=tol, atol=tol)
 
 
 FORK_CHILD = """

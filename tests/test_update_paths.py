@@ -2,11 +2,11 @@
 tutorials' formulas, sharing no code with tinynet.
 
 Paths (the Numba backend picks them by batch size; the others run kernel by kernel): per-sample
-(batch 1), compiled small batches (8), BLAS batches (64, beyond the compiled loop's 32). Each
-is checked with momentum on and off and with biases on, off and frozen, for cross-entropy after
-softmax and for squared error, over two epochs that end in a partial batch. In float64 the
-tolerance (1e-9 relative) is some six orders of magnitude below what dropping one sample or one
-bias update changes, and a test below shows that it does.
+(batch 1), compiled small batches (8), BLAS batches (64, beyond the compiled loop's 16, or 32
+with momentum). Each is checked with momentum on and off and with biases on, off and frozen,
+for cross-entropy after softmax and for squared error, over two epochs that end in a partial
+batch. In float64 the tolerance (1e-9 relative) is some six orders of magnitude below what
+dropping one sample or one bias update changes, and a test below shows that it does.
 """
 
 from __future__ import annotations

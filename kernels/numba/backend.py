@@ -14,7 +14,7 @@ import numpy as np
 from tinynet.backend import Backend, EpochSpec
 from tinynet.errors import BackendError
 from tinynet.kernels.numba import cache, elementwise
-from tinynet.kernels.numba.blas import blas_epoch
+from tinynet.kernels.numba.blas import blas_epoch, gemm_address
 from tinynet.kernels.numba.compile import (
     ACT,
     CACHE,
@@ -66,9 +66,12 @@ class NumbaBackend(Backend):
     to_numpy = NumpyBackend.to_numpy
     matmul = NumpyBackend.matmul
     weight_grad = NumpyBackend.weight_grad
-    # The compiled mini-batch epoch: for batches up to 32 while every weight matrix has at most
-    # 512 KiB; beyond that BLAS's blocking wins (the measurements: benchmarks/results/design.md).
-    FUSED_MAX_BATCH = 32
+    # The compiled mini-batch epoch: for batches up to 16 (32 with momentum) while every weight
+    # matrix has at most 512 KiB; beyond that BLAS's blocking wins. Momentum moves the limit:
+    # the BLAS epoch then needs a pass over the weights per batch, which the compiled tiles fuse
+    # into the update (the measurements: benchmarks/results/design.md).
+    FUSED_MAX_BATCH = 16
+    FUSED_MAX_BATCH_MOMENTUM = 32
     FUSED_MAX_WEIGHT_BYTES = 512 << 10
 
     def __init__(self) -> None:
@@ -151,7 +154,8 @@ class NumbaBackend(Backend):
         if batch_size == 1:
             return True
         largest = max(layer.W.nbytes for layer in spec.layers)
-        return batch_size <= self.FUSED_MAX_BATCH and largest <= self.FUSED_MAX_WEIGHT_BYTES
+        most = self.FUSED_MAX_BATCH_MOMENTUM if spec.momentum else self.FUSED_MAX_BATCH
+        return batch_size <= most and largest <= self.FUSED_MAX_WEIGHT_BYTES
 
     def train_batches(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int) -> float:
         """SGD on X[order] in steps of batch_size; the sum of the per-sample losses. Per-sample
@@ -190,13 +194,19 @@ class NumbaBackend(Backend):
         return max(1, min([cpu_count(), *threads]))
 
     def _blas_batches(self, spec, X, T, order, batch_size: int, size: int, most: int) -> float:
-        A, D, _ = self._work_arrays(spec.layers[0].W.dtype, spec.layers, batch_size)
+        dtype = spec.layers[0].W.dtype
+        data, net, rule = self._epoch_arguments(spec, X, T, order)
+        A, D, _ = self._work_arrays(dtype, spec.layers, batch_size)
+        grad_b = self._bias_gradients(dtype, spec.layers)
+        arguments = (gemm_address(dtype), data, net, rule, A, D, grad_b, batch_size)
         if size == most:
-            return blas_epoch(spec, X, T, order, batch_size, A, D)
+            return blas_epoch(*arguments)
         with self._blas_pools.limit(limits=size):
-            return blas_epoch(spec, X, T, order, batch_size, A, D)
+            return blas_epoch(*arguments)
 
-    def _compiled_batches(self, spec, X, T, order, batch_size: int, size: int) -> float:
+    @staticmethod
+    def _epoch_arguments(spec: EpochSpec, X: Any, T: Any, order: Any) -> tuple:
+        """The compiled epochs' Data, Net and Rule (compile.py) for this spec."""
         dtype = spec.layers[0].W.dtype
         dt = dtype.type
         layers = spec.layers
@@ -230,6 +240,12 @@ class NumbaBackend(Backend):
             dt(spec.lr),
             dt(spec.momentum),
         )
+        return data, net, rule
+
+    def _compiled_batches(self, spec, X, T, order, batch_size: int, size: int) -> float:
+        dtype = spec.layers[0].W.dtype
+        layers = spec.layers
+        data, net, rule = self._epoch_arguments(spec, X, T, order)
         progress = np.zeros(size * FLAG_STRIDE, np.int64)  # see team.meet
         if batch_size == 1:
             return self._per_sample_epoch(layers, size, progress, data, net, rule)
@@ -293,4 +309,12 @@ class NumbaBackend(Backend):
                 tuple([np.zeros((batch_size, w), dtype) for w in widths[1:]]),
                 np.zeros(widths[0], dtype),
             )
+        return buffers[key]
+
+    def _bias_gradients(self, dtype, layers) -> tuple:
+        """The BLAS epoch's bias gradients, one per layer, kept like _work_arrays."""
+        key = ("bias gradients", dtype, tuple([layer.W.shape[0] for layer in layers]))
+        buffers = self._local.__dict__.setdefault("buffers", {})
+        if key not in buffers:
+            buffers[key] = tuple([np.zeros(n, dtype) for n in key[2]])
         return buffers[key]

@@ -1,15 +1,17 @@
-"""The BLAS epoch (larger batches): GEMMs on SciPy's BLAS, compiled elementwise passes."""
+"""The BLAS epoch (larger batches): one compiled call per epoch that calls SciPy's BLAS gemm
+for the products and compiled passes for everything else."""
 
 from __future__ import annotations
 
-from typing import Any
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import get_cython_function_address, intrinsic
 
-import numpy as np
-
-from tinynet.backend import EpochSpec
-from tinynet.kernels.numba.compile import ACT, CROSS_ENTROPY, SQUARED_ERROR
+from tinynet.kernels.numba.compile import inner_jit, jit, typed
 from tinynet.kernels.numba.elementwise import (
     act_grad,
+    batch_scale,
     bias_act,
     column_sums,
     gather_inputs,
@@ -18,71 +20,111 @@ from tinynet.kernels.numba.elementwise import (
 )
 
 
-def gemm_into(gemm, alpha, a, b, c, trans_a=0, trans_b=0, beta=0.0) -> None:
-    """c <- alpha op(a) op(b) + beta c with SciPy's BLAS gemm, in place. The arrays are the
-    Fortran-ordered views (``.T``) of C-ordered ones, so nothing is copied; gemm would silently
-    write into a copy if one were needed, so that is an error here."""
-    out = gemm(alpha, a, b, beta=beta, c=c, trans_a=trans_a, trans_b=trans_b, overwrite_c=1)
-    if out is not c:
-        raise RuntimeError("gemm did not write in place (an array is not Fortran-ordered)")
+def gemm_address(dtype) -> int:
+    """The address of SciPy's Fortran-convention sgemm or dgemm (scipy.linalg.cython_blas): the
+    same OpenBLAS, and so the same thread pool, that scipy.linalg.blas and threadpoolctl see.
+    Passed to the compiled epoch as an integer, so the kernel cache never holds an address."""
+    name = {"float32": "sgemm", "float64": "dgemm"}[str(dtype)]
+    return get_cython_function_address("scipy.linalg.cython_blas", name)
 
 
-def blas_epoch(
-    spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int, A: tuple, D: tuple
-) -> float:
-    """Mini-batch SGD with the GEMMs on BLAS and everything else in compiled passes: inputs
-    gathered and scaled from uint8, bias + activation in place, loss and delta in one pass,
-    the weight gradient added straight into W by gemm (beta = 1), no array allocated per
-    batch. SciPy's gemm, because NumPy's matmul cannot accumulate into its output; all
-    GEMMs go through it so that only one BLAS thread pool is ever busy."""
-    from scipy.linalg.blas import get_blas_funcs
+@intrinsic
+def _call_gemm(typingctx, address, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """The Fortran gemm at ``address``: c <- alpha op(a) op(b) + beta c, column-major, with
+    every argument passed by reference (trans_*: the character code, 'N' or 'T')."""
+    signature = types.void(address, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
-    layers = spec.layers
-    dtype = layers[0].W.dtype
-    dt = dtype.type
-    gemm = get_blas_funcs("gemm", dtype=dtype)
-    order = np.ascontiguousarray(order, np.int64)
-    T = np.ascontiguousarray(T, dtype)
-    in_scale, in_offset, lr, momentum = map(
-        dt, (spec.in_scale, spec.in_offset, spec.lr, spec.momentum)
+    def codegen(context, builder, signature, args):
+        element = signature.args[7].dtype  # a's
+        references = []  # Fortran: every argument by reference, arrays as their data
+        for value, value_type in zip(args[1:], signature.args[1:], strict=True):
+            if isinstance(value_type, types.Array):
+                references.append(context.make_array(value_type)(context, builder, value).data)
+                continue
+            if isinstance(value_type, types.Float):
+                value = context.cast(builder, value, value_type, element)
+            else:  # the two characters, then the sizes and leading dimensions
+                value = context.cast(builder, value, value_type, types.int32)
+                if len(references) < 2:
+                    value = builder.trunc(value, ir.IntType(8))
+            references.append(cgutils.alloca_once_value(builder, value))
+        fn_type = ir.FunctionType(ir.VoidType(), [ref.type for ref in references])
+        builder.call(builder.inttoptr(args[0], fn_type.as_pointer()), references)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@inner_jit
+def gemm(address, trans_a, trans_b, alpha, A, B, beta, C):
+    """C <- alpha op(A) op(B) + beta C for row-major 2-D arrays whose rows are contiguous
+    (op: transposed when trans_*). Row-major C is column-major C^T = op(B)^T op(A)^T, so the
+    Fortran call takes B first; each leading dimension is a row stride."""
+    m, n = C.shape
+    k = A.shape[0] if trans_a else A.shape[1]
+    size = C.itemsize
+    _call_gemm(
+        address,
+        84 if trans_b else 78,  # 'T', 'N'
+        84 if trans_a else 78,
+        n,
+        m,
+        k,
+        alpha,
+        B,
+        max(1, B.strides[0] // size),
+        A,
+        max(1, A.strides[0] // size),
+        beta,
+        C,
+        max(1, C.strides[0] // size),
     )
-    kind = CROSS_ENTROPY if spec.loss == "cross_entropy" else SQUARED_ERROR
-    scale = dt(spec.loss_scale)
-    acts = [ACT[layer.activation] for layer in layers]
-    out_alpha = dt(layers[-1].alpha)
-    biases = [
-        layer.b if layer.b is not None else np.zeros(layer.W.shape[0], dtype) for layer in layers
-    ]
-    grad_b = [np.empty(layer.W.shape[0], dtype) for layer in layers]
-    grads_W = [np.empty_like(layer.W) if layer.vW is not None else None for layer in layers]
-    no_velocity = np.zeros(0, dtype)
+
+
+@jit
+def blas_epoch(address, data, net, rule, A, D, grad_b, batch):
+    """Mini-batch SGD over X[order] in steps of ``batch``; the sum of the per-sample losses.
+
+    The products run on BLAS (gemm at ``address``, see gemm_address), everything else in
+    compiled passes over rows: inputs gathered and scaled from uint8, bias + activation in
+    place, loss and delta in one pass. The part of the update that is linear in the weight
+    gradient d^T a goes into its GEMM, as elementwise.sgd_step explains: plain SGD adds
+    -lr d^T a straight into W; momentum's GEMM forms v <- m v + d^T a in place, then a pass
+    w <- w - lr v. Nothing is allocated per batch (grad_b: the bias gradients), and no Python
+    runs between batches.
+    """
+    X, order, T, in_scale, in_offset = data
+    Ws, bs, acts, alphas, train_w, train_b, vWs, vbs = net
+    kind, scale, mean, lr, momentum = rule
+    last = len(Ws) - 1
+    one = typed(A[0], 1.0)
+    zero = one - one
+    no_velocity = vbs[0][:0]
     total = 0.0
-    for start in range(0, order.shape[0], batch_size):
-        idx = order[start : start + batch_size]
-        nb = idx.shape[0]
-        inv_n = dt(1 / nb) if spec.reduction == "mean" else dt(1)
-        gather_inputs(X, idx, in_scale, in_offset, A[0][:nb])
-        for i, layer in enumerate(layers):
-            a_in, a_out = A[i][:nb], A[i + 1][:nb]
-            gemm_into(gemm, 1.0, layer.W.T, a_in.T, a_out.T, trans_a=1)
-            bias_act(a_out, biases[i], acts[i], layer.alpha)
-        total += loss_delta_gathered(
-            A[-1][:nb], T, idx, kind, scale, inv_n, acts[-1], out_alpha, D[-1][:nb]
-        )
-        for i in range(len(layers) - 1, -1, -1):
-            layer, d, a_in = layers[i], D[i][:nb], A[i][:nb]
-            if i > 0:  # the delta below, from W before its update
-                below = D[i - 1][:nb]
-                gemm_into(gemm, 1.0, layer.W.T, d.T, below.T)
-                act_grad(a_in, below, acts[i - 1], layers[i - 1].alpha)
-            if layer.train_W and layer.vW is not None:  # g = d^T a, then the rule
-                grad_W = grads_W[i]
-                gemm_into(gemm, 1.0, a_in.T, d.T, grad_W.T, trans_b=1)
-                sgd(layer.W.reshape(-1), grad_W.reshape(-1), lr, layer.vW.reshape(-1), momentum)
-            elif layer.train_W:  # W <- W - lr d^T a, in the GEMM (elementwise.sgd_step: why)
-                gemm_into(gemm, -lr, a_in.T, d.T, layer.W.T, trans_b=1, beta=1.0)
-            if layer.train_b:
-                column_sums(d, grad_b[i])
-                vb = layer.vb if layer.vb is not None else no_velocity
-                sgd(layer.b, grad_b[i], lr, vb, momentum)
+    for start in range(0, order.shape[0], batch):
+        nb = min(batch, order.shape[0] - start)
+        rows = order[start : start + nb]
+        gather_inputs(X, rows, in_scale, in_offset, A[0][:nb])
+        for layer in range(last + 1):  # A[l + 1] = f(A[l] W^T + b)
+            Z = A[layer + 1][:nb]
+            gemm(address, False, True, one, A[layer][:nb], Ws[layer], zero, Z)
+            bias_act(Z, bs[layer], acts[layer], alphas[layer])
+        inv_n = batch_scale(A[0], nb, mean)
+        Y, d = A[last + 1][:nb], D[last][:nb]
+        total += loss_delta_gathered(Y, T, rows, kind, scale, inv_n, acts[last], alphas[last], d)
+        for layer in range(last, -1, -1):
+            W, d, a_in = Ws[layer], D[layer][:nb], A[layer][:nb]
+            if layer > 0:  # the delta below, from W before its update
+                below = D[layer - 1][:nb]
+                gemm(address, False, False, one, d, W, zero, below)
+                act_grad(a_in, below, acts[layer - 1], alphas[layer - 1])
+            if train_w[layer] and momentum != zero:  # v <- m v + d^T a in the GEMM, then
+                V = vWs[layer]  # w <- w - lr v: sgd_step with v as the gradient, no velocity
+                gemm(address, True, False, one, d, a_in, momentum, V)
+                sgd(W.reshape(-1), V.reshape(-1), lr, no_velocity, zero)
+            elif train_w[layer]:  # W <- W - lr d^T a, in the GEMM
+                gemm(address, True, False, -lr, d, a_in, one, W)
+            if train_b[layer]:
+                column_sums(d, grad_b[layer])
+                sgd(bs[layer], grad_b[layer], lr, vbs[layer], momentum)
     return total

@@ -239,6 +239,13 @@ def gather_inputs(X, order, in_scale, in_offset, out):
         load_input(X, order[r], in_scale, in_offset, out[r])
 
 
+@inner_jit
+def batch_scale(like, nb, mean):
+    """1/nb ("mean") or 1, in the dtype of ``like``, so float32 stays float32."""
+    one = typed(like, 1.0)
+    return one / typed(like, nb) if mean else one
+
+
 @jit
 def loss_delta_gathered(Y, T, order, kind, scale, inv_n, act, alpha, D):
     """Sum of the losses of the rows of Y against T[order], and D = dE/dz of the output layer

@@ -8,6 +8,7 @@ import numpy as np
 from tinynet.kernels.numba.compile import SOFTMAX, inner_jit, jit, typed
 from tinynet.kernels.numba.elementwise import (
     act_grad_row,
+    batch_scale,
     bias_act_row,
     gather_inputs,
     loss_delta_gathered,
@@ -145,13 +146,6 @@ def _update_block(W, b, D, A, blk, train_w, train_b, lr, momentum, vW, vb, G):
 
 
 @inner_jit
-def _batch_scale(like, nb, mean):
-    """1/nb ("mean") or 1, in the dtype of ``like``, so float32 stays float32."""
-    one = typed(like, 1.0)
-    return one / typed(like, nb) if mean else one
-
-
-@inner_jit
 def _delta_below(D, W, Y, act, alpha, G, c0, c1):
     """G[:, c0:c1] = (D W)[:, c0:c1] * f'(Y[:, c0:c1]): columns c0..c1 of the delta of the layer
     below, from the weights before the update (a softmax below needs c0:c1 to be all columns)."""
@@ -191,7 +185,7 @@ def epoch_small_batch(thread, data, net, rule, A, D, batch):
     G = np.empty((4, max([W.shape[1] for W in Ws])), A[0].dtype)  # see _update_block
     for start in range(0, n, batch):
         nb = min(batch, n - start)
-        inv_n = _batch_scale(A[0], nb, mean)
+        inv_n = batch_scale(A[0], nb, mean)
         r0, r1 = nb * rank // team, nb * (rank + 1) // team  # this thread's samples
         mine = order[start + r0 : start + r1]  # this thread's samples of the batch
         gather_inputs(X, mine, in_scale, in_offset, A[0][r0:r1])
