@@ -196,10 +196,12 @@ def sgd_step(w, g, v, lr, momentum):
     """One parameter's SGD step: v <- momentum v + g; w <- w - lr v. Returns (new w, new v).
     Plain SGD is momentum 0 with v 0 (the compiler folds 0 v + g to g): w - lr g.
 
-    The one exception: plain SGD's step is linear in g, so where g is a sum over a batch that
-    a GEMM or a register tile forms, the sum is added straight into w with coefficient -lr
-    (small_batch._update_block, blas.blas_epoch). A separate pass over w would cost more
-    than the GEMM there; any rule with state accumulates g apart and comes through here."""
+    The one exception: what is linear in g. Where g is a sum over a batch that a GEMM or a
+    register tile forms, plain SGD's sum goes straight into w with coefficient -lr
+    (small_batch._update_block, blas.blas_epoch), and the BLAS epoch's GEMM forms momentum's
+    v <- m v + g in place (beta = m) before a pass of this step with v as g and no velocity.
+    A separate pass or buffer would cost more than the GEMM there; any other rule
+    accumulates g apart and comes through here."""
     v = momentum * v + g
     return w - lr * v, v
 

@@ -1,5 +1,5 @@
-"""The compiled mini-batch epoch (batches up to 32, small weight matrices): register tiles
-that add the weight gradient straight into the weights."""
+"""The compiled mini-batch epoch (batches up to 16, or 32 with momentum; small weight
+matrices): register tiles that add the weight gradient straight into the weights."""
 
 from __future__ import annotations
 
