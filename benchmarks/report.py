@@ -175,20 +175,21 @@ def memory_table(rows: list[dict]) -> list[str]:
     peaks: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for r in rows:
         if r.get("kind") == "memory":
-            peaks[(r["network"], r["batch"])][r["contender"]] = r
+            key = (r["network"], r["batch"], r.get("inputs", "uint8"))
+            peaks[key][r["contender"]] = r
     if not peaks:
         return []
     lines = [
-        "| network | batch | contender | peak memory | during training | peak vs NumPy |",
-        "|---|---:|---|---:|---:|---:|",
+        "| network | batch | inputs | contender | peak memory | during training | peak vs NumPy |",
+        "|---|---:|---|---|---:|---:|---:|",
     ]
     for key in sorted(peaks):
         numpy_peak = peaks[key].get("numpy", {}).get("peak_mb")
         for name, r in sorted(peaks[key].items()):
-            delta = f"{r['peak_mb'] - numpy_peak:+.0f} MB" if numpy_peak is not None else "-"
+            delta = f"{r['peak_mb'] - numpy_peak:+.0f} MiB" if numpy_peak is not None else "-"
             lines.append(
-                f"| {key[0]} | {key[1]} | {name} | {r['peak_mb']:.0f} MB | "
-                f"+{r['training_mb']:.0f} MB | {delta} |"
+                f"| {key[0]} | {key[1]} | {key[2]} | {name} | {r['peak_mb']:.0f} MiB | "
+                f"+{r['training_mb']:.0f} MiB | {delta} |"
             )
     return lines
 

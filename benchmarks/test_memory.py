@@ -25,11 +25,13 @@ import gc, json, sys
 import tinynet as tn
 from benchmarks.contenders import NETWORKS, TinynetContender, TorchContender, initial_weights
 
-name, network, batch, samples = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+name, network, inputs = sys.argv[1], sys.argv[2], sys.argv[5]
+batch, samples = int(sys.argv[3]), int(sys.argv[4])
 try:
     x, y = tn.datasets.mnist("train", download=False)
 except tn.DataFileError:
     x, y = tn.datasets.mnist_sample("train")
+x = x.astype(inputs)  # uint8 as loaded, or float32 as many users hold their data
 net = NETWORKS[network]
 t = tn.one_hot(y, 10, dtype="float32")
 weights = initial_weights(net)
@@ -54,19 +56,22 @@ peak = status_mb("VmHWM:")
 print(json.dumps({"peak_mb": peak, "training_mb": peak - before}))
 """
 
-CASES = [
-    ("784-128-10 sigmoid/SE", 1, 4096),
-    ("784-128-10 sigmoid/SE", 512, 16384),
-    ("784-1024-1024-10 relu/CE", 512, 8192),
+DEFAULT_RECIPE = "784-256-128-10 relu/CE momentum (default recipe)"
+CASES = [  # network, batch, samples per round, the dtype the inputs are handed over in
+    ("784-128-10 sigmoid/SE", 1, 4096, "uint8"),
+    ("784-128-10 sigmoid/SE", 512, 16384, "uint8"),
+    ("784-1024-1024-10 relu/CE", 512, 8192, "uint8"),
+    (DEFAULT_RECIPE, 64, 60000, "uint8"),  # a whole epoch
+    (DEFAULT_RECIPE, 64, 60000, "float32"),
 ]
 
 
-def _child(contender: str, network: str, batch: int, samples: int) -> dict:
+def _child(contender: str, network: str, batch: int, samples: int, inputs: str) -> dict:
     threads = str(THREADS)
     env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
     env["NUMBA_NUM_THREADS"] = threads
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, contender, network, str(batch), str(samples)],
+        [sys.executable, "-c", CHILD, contender, network, str(batch), str(samples), inputs],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -80,12 +85,15 @@ def _child(contender: str, network: str, batch: int, samples: int) -> dict:
 @pytest.mark.parametrize(
     "contender", [p for p in contender_params(modes=False) if p.id in ("numpy", "numba", "pytorch")]
 )
-@pytest.mark.parametrize(("network", "batch", "samples"), CASES, ids=lambda c: str(c).split()[0])
-def test_peak_memory(benchmark, contender, network, batch, samples):
+@pytest.mark.parametrize(
+    ("network", "batch", "samples", "inputs"),
+    [pytest.param(*case, id=f"{case[0].split()[0]}-b{case[1]}-{case[3]}") for case in CASES],
+)
+def test_peak_memory(benchmark, contender, network, batch, samples, inputs):
     result = benchmark.pedantic(
-        _child, args=(contender, network, batch, samples), rounds=1, iterations=1
+        _child, args=(contender, network, batch, samples, inputs), rounds=1, iterations=1
     )
-    benchmark.group = f"memory {network} batch {batch}"
+    benchmark.group = f"memory {network} batch {batch} {inputs}"
     benchmark.extra_info.update(
-        kind="memory", contender=contender, network=network, batch=batch, **result
+        kind="memory", contender=contender, network=network, batch=batch, inputs=inputs, **result
     )
