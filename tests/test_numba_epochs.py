@@ -241,3 +241,43 @@ def test_two_threads_can_train_models_of_one_shape_at_once(batch):
         together = list(pool.map(train, (1, 2)))
     for W, W_alone in zip(together, alone, strict=True):
         np.testing.assert_array_equal(W, W_alone)
+
+
+def test_product_handles_any_2d_input_as_numpy_does():
+    from tinynet.kernels.numba.blas import product
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 3)), rng.normal(size=(4, 3))
+    for dtype in ("float32", "float64"):
+        got = product(a.astype(dtype), b.astype(dtype), trans_b=True)
+        assert got.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(got, a @ b.T, rtol=1e-5 if dtype == "float32" else 1e-13)
+    np.testing.assert_allclose(product(a, a, trans_a=True), a.T @ a, rtol=1e-13)
+    # a one-row array may carry any stride for its single row: the BLAS must not see it
+    row = np.lib.stride_tricks.as_strided(a[0].copy(), shape=(1, 3), strides=(0, 8))
+    np.testing.assert_allclose(product(row, b, trans_b=True), a[:1] @ b.T, rtol=1e-13)
+    # non-contiguous views, mixed float types, integers: NumPy's promotion and result
+    view = a[::2]
+    np.testing.assert_allclose(product(view, b, trans_b=True), view @ b.T, rtol=1e-13)
+    mixed = product(a.astype(np.float32), b.T)
+    assert mixed.dtype == np.float64
+    assert product(np.ones((2, 3), int), np.ones((3, 2), int)).dtype.kind == "i"
+    with pytest.raises(ValueError):
+        product(a, b)  # (5, 3) @ (4, 3)
+
+
+def test_the_numba_backend_runs_its_products_on_one_blas(monkeypatch):
+    # NumPy's OpenBLAS and SciPy's are two thread pools whose idle threads spin against each
+    # other's: every float product of the numba backend goes to SciPy's (blas.product)
+    (x, y) = tn.datasets.mnist_sample("train")
+    with tn.use_backend("numba"):
+        net = tn.MLP.from_sizes([784, 32, 10], "relu", "softmax", seed=0, rescale=(1 / 255, 0))
+        net.fit(x[:200], y[:200], tn.CrossEntropy(), tn.SGD(0.1), batch_size=64)
+
+        def no_numpy_products(*args, **kwargs):
+            raise AssertionError("a product on NumPy's BLAS")
+
+        monkeypatch.setattr(np, "dot", no_numpy_products)
+        net.fit(x[:200], y[:200], tn.CrossEntropy(), tn.SGD(0.1), batch_size=64)
+        net.train_step(x[:64], y[:64], tn.CrossEntropy(), tn.SGD(0.1))
+        net.predict(x[:100])

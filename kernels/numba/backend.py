@@ -14,7 +14,7 @@ import numpy as np
 from tinynet.backend import Backend, EpochSpec
 from tinynet.errors import BackendError
 from tinynet.kernels.numba import cache, elementwise
-from tinynet.kernels.numba.blas import blas_epoch, gemm_address
+from tinynet.kernels.numba.blas import blas_epoch, gemm_address, product
 from tinynet.kernels.numba.compile import (
     ACT,
     CACHE,
@@ -60,12 +60,11 @@ class NumbaBackend(Backend):
 
     name = "numba"
     xp = np
-    # Taken from the reference on purpose: the same arrays, and GEMMs that OpenBLAS runs faster
-    # than compiled loops at every shape the networks use (benchmarks/results/design.md).
+    # Taken from the reference on purpose: the same arrays. The products are OpenBLAS's, which
+    # runs them faster than compiled loops at every shape the networks use (design.md), but
+    # SciPy's copy of it, as in the epochs: see blas.product.
     asarray = NumpyBackend.asarray
     to_numpy = NumpyBackend.to_numpy
-    matmul = NumpyBackend.matmul
-    weight_grad = NumpyBackend.weight_grad
     # The compiled mini-batch epoch: for batches up to 16 (32 with momentum) while every weight
     # matrix has at most 512 KiB; beyond that BLAS's blocking wins. Momentum moves the limit:
     # the BLAS epoch then needs a pass over the weights per batch, which the compiled tiles fuse
@@ -94,9 +93,15 @@ class NumbaBackend(Backend):
         )
         return info
 
-    # -- forward (GEMMs: the inherited np.dot) -----------------------------------------------
+    # -- products and forward ---------------------------------------------------------------
+    def matmul(self, a: Any, b: Any) -> Any:
+        return product(a, b)
+
+    def weight_grad(self, dz: Any, x: Any) -> Any:
+        return product(dz, x, trans_a=True)
+
     def dense_forward(self, x: Any, W: Any, b: Any, activation: str, alpha: float = 0.0) -> Any:
-        z = np.dot(x, W.T)
+        z = product(x, W, trans_b=True)
         bias = b if b is not None else np.zeros(W.shape[0], z.dtype)
         elementwise.bias_act(z, bias, ACT[activation], float(alpha))
         return z

@@ -3,6 +3,7 @@ for the products and compiled passes for everything else."""
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -57,12 +58,12 @@ def _call_gemm(typingctx, address, trans_a, trans_b, m, n, k, alpha, a, lda, b, 
 
 @inner_jit
 def gemm(address, trans_a, trans_b, alpha, A, B, beta, C):
-    """C <- alpha op(A) op(B) + beta C for row-major 2-D arrays whose rows are contiguous
+    """C <- alpha op(A) op(B) + beta C for C-ordered 2-D arrays or leading rows of them
     (op: transposed when trans_*). Row-major C is column-major C^T = op(B)^T op(A)^T, so the
-    Fortran call takes B first; each leading dimension is a row stride."""
+    Fortran call takes B first; each leading dimension is a row's length (not strides[0]:
+    NumPy may give a one-row array any stride there)."""
     m, n = C.shape
     k = A.shape[0] if trans_a else A.shape[1]
-    size = C.itemsize
     _call_gemm(
         address,
         84 if trans_b else 78,  # 'T', 'N'
@@ -72,13 +73,39 @@ def gemm(address, trans_a, trans_b, alpha, A, B, beta, C):
         k,
         alpha,
         B,
-        max(1, B.strides[0] // size),
+        max(1, B.shape[1]),
         A,
-        max(1, A.strides[0] // size),
+        max(1, A.shape[1]),
         beta,
         C,
-        max(1, C.strides[0] // size),
+        max(1, C.shape[1]),
     )
+
+
+@jit
+def product_into(address, trans_a, trans_b, A, B, C):
+    """C = op(A) op(B) on the BLAS at ``address``, for Python callers (gemm's arrays)."""
+    one = typed(C, 1.0)
+    gemm(address, trans_a, trans_b, one, A, B, one - one, C)
+
+
+def product(a: np.ndarray, b: np.ndarray, trans_a: bool = False, trans_b: bool = False):
+    """op(a) op(b) for 2-D arrays, on the BLAS the training epochs use (SciPy's): tinynet's
+    products all run in one BLAS thread pool, since an OpenBLAS pool's threads spin for a while
+    after each call and slow another pool's (NumPy's) threads by half. Other dtypes and shapes
+    go to np.dot, with NumPy's type promotion."""
+    dtype = np.result_type(a, b)
+    if a.ndim != 2 or b.ndim != 2 or dtype not in (np.float32, np.float64):
+        return np.dot(a.T if trans_a else a, b.T if trans_b else b)
+    a, b = np.ascontiguousarray(a, dtype), np.ascontiguousarray(b, dtype)
+    rows = a.shape[1] if trans_a else a.shape[0]
+    cols = b.shape[0] if trans_b else b.shape[1]
+    inner = a.shape[0] if trans_a else a.shape[1]
+    if inner != (b.shape[1] if trans_b else b.shape[0]):
+        return np.dot(a.T if trans_a else a, b.T if trans_b else b)  # NumPy's error
+    out = np.empty((rows, cols), dtype)
+    product_into(gemm_address(dtype), trans_a, trans_b, a, b, out)
+    return out
 
 
 @jit
