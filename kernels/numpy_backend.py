@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from tinynet.backend import Backend
+from tinynet.kernels.threads import BlasThreads
 
 Array = Any
 
@@ -22,6 +23,12 @@ Array = Any
 class NumpyBackend(Backend):
     name = "numpy"
     xp = np
+
+    def __init__(self) -> None:
+        self._blas = BlasThreads()  # its pools sized per kind of stretch of steps
+
+    def step_threads(self, key: Any, samples: int) -> contextlib.AbstractContextManager:
+        return self._blas.sized(("steps", key), samples)
 
     def info(self) -> dict[str, str]:
         from tinynet.system import blas_info

@@ -1,4 +1,5 @@
-"""The Numba backend's choice of threads per call (team.TeamSizer), fed measured rates by hand:
+"""The choice of threads per call (threads.TeamSizer, for the numba backend's teams and both CPU
+backends' BLAS pools), fed measured rates by hand:
 the full team on a quiet machine, one thread when the team slows down and one is faster, the
 team again once it is faster."""
 
@@ -11,7 +12,7 @@ import pytest
 
 pytest.importorskip("numba")
 
-from tinynet.kernels.numba.team import MachineLoad, TeamSizer
+from tinynet.kernels.threads import MachineLoad, TeamSizer
 
 N = 4096  # samples per call
 
@@ -221,3 +222,51 @@ def test_free_cores_mean_the_whole_team_without_probes():
     sizer = TeamSizer(Load(0.0))
     assert _run(sizer, {2: 2.0e6, 1: 1.2e6}.get, 5) == [2] * 5
     assert _run(sizer, {2: 0.5e6, 1: 1.2e6}.get, 10) == [2] * 10
+
+
+def test_the_numpy_backend_sizes_its_blas_pools_per_stretch_of_steps(monkeypatch):
+    """The kernel-by-kernel loop asks the sizer once per stretch of steps, runs under its
+    choice (a BLAS limit, lifted afterwards), and reports each stretch's samples."""
+    from threadpoolctl import threadpool_info
+
+    import tinynet as tn
+
+    x, y = tn.datasets.mnist_sample("train")
+    runs = []
+    for forced in (None, 1):
+        with tn.use_backend("numpy") as B:
+            asked, recorded = [], []
+            real_choose, real_record = B._blas.sizer.choose, B._blas.sizer.record
+
+            def choose(key, most, forced=forced, real=real_choose, asked=asked):
+                asked.append(most)
+                return forced or real(key, most)
+
+            def record(key, size, samples, seconds, real=real_record, recorded=recorded):
+                recorded.append((size, samples))
+                real(key, size, samples, seconds)
+
+            monkeypatch.setattr(B._blas.sizer, "choose", choose)
+            monkeypatch.setattr(B._blas.sizer, "record", record)
+            before = {pool["filepath"]: pool["num_threads"] for pool in threadpool_info()}
+            net = tn.MLP.from_sizes([784, 64, 10], "relu", "softmax", seed=0, rescale=(1 / 255, 0))
+            net.fit(x, y, tn.CrossEntropy(), tn.SGD(0.05, 0.9), epochs=1, batch_size=64, seed=0)
+            after = {pool["filepath"]: pool["num_threads"] for pool in threadpool_info()}
+            assert {path: after[path] for path in before} == before
+            assert len(asked) == len(recorded) >= 1
+            assert sum(samples for _, samples in recorded) == len(x)
+            if forced:
+                assert {size for size, _ in recorded} == {1}
+            runs.append(net.get_weights())
+    for (W0, b0), (W1, b1) in zip(*runs, strict=True):  # OpenBLAS sums differently on 1 thread
+        np.testing.assert_allclose(W1, W0, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(b1, b0, rtol=1e-4, atol=1e-6)
+
+
+def test_a_bad_adaptive_threads_setting_is_a_clear_error_on_the_cpu_backends(monkeypatch):
+    from tinynet.errors import BackendError
+    from tinynet.kernels.numpy_backend import NumpyBackend
+
+    monkeypatch.setenv("TINYNET_ADAPTIVE_THREADS", "yes")
+    with pytest.raises(BackendError, match="TINYNET_ADAPTIVE_THREADS must be 0 or 1"):
+        NumpyBackend()

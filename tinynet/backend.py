@@ -146,6 +146,12 @@ class Backend(abc.ABC):
         said True."""
         raise NotImplementedError(f"backend {self.name!r} has no train_batches")
 
+    def step_threads(self, key: Any, samples: int) -> contextlib.AbstractContextManager:
+        """A context the trainer runs a stretch of ``samples`` samples of kernel-by-kernel
+        steps in, ``key`` naming its kind: where a CPU backend sizes its BLAS thread pools
+        (kernels/threads.py). Nothing by default."""
+        return contextlib.nullcontext()
+
     # -- the machine --------------------------------------------------------------------------
     def info(self) -> dict[str, str]:
         """Versions and device, for ``tinynet info`` and benchmark reports."""

@@ -115,7 +115,7 @@ def fit(
         spec = model.epoch_spec(loss, optimizer)
         if spec is not None and not B.can_train_batches(spec, batch_size):
             spec = None
-        chunk = _chunk(n, batch_size) if spec is not None else batch_size
+        chunk = _chunk(n, batch_size)
         order = rng.permutation(n) if shuffle else None
         order_on_device = B.asarray(order) if order is not None else None  # one upload
         total = B.xp.zeros((), dtype=np.float64)
@@ -141,13 +141,16 @@ def fit(
                     )
                     total += B.train_batches(spec, X, T, idx, batch_size)
                 else:
-                    if order_on_device is None:
-                        xb, tb = X[start:stop], T[start:stop]
-                    else:
-                        idx = order_on_device[start:stop]
-                        xb, tb = X[idx], T[idx]
-                    value = model.step(xb, tb, loss, optimizer)
-                    total += value * (stop - start) if per_sample else value
+                    with B.step_threads((id(model), batch_size), stop - start):
+                        for first in range(start, stop, batch_size):
+                            last = min(first + batch_size, stop)
+                            if order_on_device is None:
+                                xb, tb = X[first:last], T[first:last]
+                            else:
+                                idx = order_on_device[first:last]
+                                xb, tb = X[idx], T[idx]
+                            value = model.step(xb, tb, loss, optimizer)
+                            total += value * (last - first) if per_sample else value
                 if progress:
                     bar.update(stop - start)
                     now = time.perf_counter()
@@ -195,9 +198,10 @@ def _restore(saved: list[tuple[Any, Any]]) -> None:
 
 
 def _chunk(n: int, batch_size: int) -> int:
-    """Samples per ``train_batches`` call: a whole number of batches, about 1% of the epoch for
-    the progress bar, but at least 4096 samples so that the call's fixed cost (arguments, a
-    team of threads) stays small next to the work (a per-sample step is a few microseconds)."""
+    """Samples per ``train_batches`` call or stretch of steps: a whole number of batches, about
+    1% of the epoch for the progress bar, but at least 4096 samples so that the call's fixed
+    cost (arguments, a team of threads, sizing the threads) stays small next to the work (a
+    per-sample step is a few microseconds)."""
     return batch_size * max(1, max(n // 100, 4096) // batch_size)
 
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
-import time
 from typing import Any
 
 import numba
 import numpy as np
 
 from tinynet.backend import Backend, EpochSpec
-from tinynet.errors import BackendError
 from tinynet.kernels.numba import cache, elementwise
 from tinynet.kernels.numba.blas import blas_epoch, gemm_address, product
 from tinynet.kernels.numba.compile import (
@@ -28,8 +25,9 @@ from tinynet.kernels.numba.compile import (
 )
 from tinynet.kernels.numba.per_sample import epoch_per_sample
 from tinynet.kernels.numba.small_batch import epoch_small_batch
-from tinynet.kernels.numba.team import FLAG_STRIDE, TeamSizer, run_team, split_rows
+from tinynet.kernels.numba.team import FLAG_STRIDE, run_team, split_rows
 from tinynet.kernels.numpy_backend import NumpyBackend
+from tinynet.kernels.threads import BlasThreads
 from tinynet.system import cpu_count
 
 # A first call that takes longer than this is compiling (from the on-disk cache it takes
@@ -43,16 +41,6 @@ def _compile_notice() -> None:
         f"kept in {CACHE})\n"
     )
     sys.stderr.flush()
-
-
-def adaptive_threads_from_env() -> bool:
-    """TINYNET_ADAPTIVE_THREADS: "0" keeps every call on the most threads it may use (OpenBLAS
-    rounds differently on one thread than on two, so only then are BLAS-path runs the same bit
-    for bit); "1" or unset lets team.TeamSizer choose."""
-    value = os.environ.get("TINYNET_ADAPTIVE_THREADS", "").strip()
-    if value not in ("", "0", "1"):
-        raise BackendError(f"TINYNET_ADAPTIVE_THREADS must be 0 or 1, got {value!r}")
-    return value != "0"
 
 
 class NumbaBackend(Backend):
@@ -77,9 +65,10 @@ class NumbaBackend(Backend):
         cache.check_active(cache_probe)
         self._local = threading.local()  # train_batches's work arrays, per calling thread
         self._compiled: set = set()  # kernels and argument kinds run by a team, see team.run_team
-        self._sizer = TeamSizer()  # threads per kind of call, from the rates measured
-        self.adaptive_threads = adaptive_threads_from_env()
-        self._blas_pools: Any = None  # threadpoolctl's handle on the BLAS thread pools
+        # threads per kind of call (compiled teams and BLAS pools), from the rates measured
+        self._blas = BlasThreads()
+        self._sizer = self._blas.sizer
+        self.adaptive_threads = self._blas.adaptive
         self._kinds_run: set = set()  # kinds of train_batches call made in this process
 
     def info(self) -> dict[str, str]:
@@ -165,49 +154,33 @@ class NumbaBackend(Backend):
     def train_batches(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int) -> float:
         """SGD on X[order] in steps of batch_size; the sum of the per-sample losses. Per-sample
         steps and small batches run in one compiled call each, larger ones in blas.blas_epoch.
-        The threads each call runs on: see team.TeamSizer."""
+        The threads each call runs on: see threads.TeamSizer."""
         compiled = self._compiled_loop(spec, batch_size)
         widths = tuple([spec.layers[0].W.shape[1]] + [layer.W.shape[0] for layer in spec.layers])
         key = (compiled, spec.layers[0].W.dtype, widths, batch_size)
-        most = self.team_size(spec, batch_size) if compiled else self._blas_threads()
-        size = self._sizer.choose(key, most) if self.adaptive_threads else most
         notice = None
         if key not in self._kinds_run:  # the first call of its kind may compile: say so
             self._kinds_run.add(key)
             notice = threading.Timer(COMPILE_NOTICE_AFTER_S, _compile_notice)
             notice.daemon = True
             notice.start()
-        start = time.perf_counter()
         try:
             if compiled:
-                total = self._compiled_batches(spec, X, T, order, batch_size, size)
-            else:
-                total = self._blas_batches(spec, X, T, order, batch_size, size, most)
+                most = self.team_size(spec, batch_size)
+                with self._sizer.sized(key, most, len(order), self.adaptive_threads) as size:
+                    return self._compiled_batches(spec, X, T, order, batch_size, size)
+            with self._blas.sized(key, len(order)):
+                return self._blas_batches(spec, X, T, order, batch_size)
         finally:
             if notice is not None:
                 notice.cancel()
-        self._sizer.record(key, size, len(order), time.perf_counter() - start)
-        return total
 
-    def _blas_threads(self) -> int:
-        """The BLAS threads the BLAS epoch may use: its pools' setting, at most the cores."""
-        if self._blas_pools is None:
-            from threadpoolctl import ThreadpoolController
-
-            self._blas_pools = ThreadpoolController().select(user_api="blas")
-        threads = [pool.num_threads for pool in self._blas_pools.lib_controllers]
-        return max(1, min([cpu_count(), *threads]))
-
-    def _blas_batches(self, spec, X, T, order, batch_size: int, size: int, most: int) -> float:
+    def _blas_batches(self, spec, X, T, order, batch_size: int) -> float:
         dtype = spec.layers[0].W.dtype
         data, net, rule = self._epoch_arguments(spec, X, T, order)
         A, D, _ = self._work_arrays(dtype, spec.layers, batch_size)
         grad_b = self._bias_gradients(dtype, spec.layers)
-        arguments = (gemm_address(dtype), data, net, rule, A, D, grad_b, batch_size)
-        if size == most:
-            return blas_epoch(*arguments)
-        with self._blas_pools.limit(limits=size):
-            return blas_epoch(*arguments)
+        return blas_epoch(gemm_address(dtype), data, net, rule, A, D, grad_b, batch_size)
 
     @staticmethod
     def _epoch_arguments(spec: EpochSpec, X: Any, T: Any, order: Any) -> tuple:
