@@ -20,6 +20,7 @@ import pytest
 
 from benchmarks.conftest import NETWORKS, THREADS, make_contender, tinynet_backends
 from benchmarks.contenders import TUTORIAL, initial_weights
+from tinynet.kernels.threads import MachineLoad
 
 BUSY_LIMIT_S = 300  # the busy loop ends by itself after this, even if the benchmark is killed
 BUSY = "import time\nend = time.monotonic() + {limit}\nwhile time.monotonic() < end:\n    pass\n"
@@ -45,7 +46,9 @@ def busy_core(on: bool) -> Iterator[None]:
         return
     busy = subprocess.Popen([sys.executable, "-c", BUSY.format(limit=BUSY_LIMIT_S)])
     try:
-        time.sleep(0.2)  # started and spinning
+        # started, spinning, and seen: a user's load is there as training runs, and the
+        # backends read the machine's load over windows of MachineLoad.WINDOW_S
+        time.sleep(0.2 + 2 * MachineLoad.WINDOW_S)
         yield
     finally:
         busy.kill()

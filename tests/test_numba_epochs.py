@@ -255,8 +255,14 @@ def test_product_handles_any_2d_input_as_numpy_does():
     np.testing.assert_allclose(product(a, a, trans_a=True), a.T @ a, rtol=1e-13)
     # a one-row array may carry any stride for its single row: the BLAS must not see it
     row = np.lib.stride_tricks.as_strided(a[0].copy(), shape=(1, 3), strides=(0, 8))
+    column = a[:, :1].copy()
+    np.testing.assert_allclose(product(column, row), column @ a[:1], rtol=1e-13)
     np.testing.assert_allclose(product(row, b, trans_b=True), a[:1] @ b.T, rtol=1e-13)
-    # non-contiguous views, mixed float types, integers: NumPy's promotion and result
+    # transposed views (gemm transposes them, nothing copied), non-contiguous views, mixed
+    # float types, integers: NumPy's promotion and result
+    np.testing.assert_allclose(product(a, b.T), a @ b.T, rtol=1e-13)
+    np.testing.assert_allclose(product(a.T, b.T, trans_a=True), a @ b.T, rtol=1e-13)
+    np.testing.assert_allclose(product(a.T.astype(np.float32), b.T, True), a @ b.T, rtol=1e-6)
     view = a[::2]
     np.testing.assert_allclose(product(view, b, trans_b=True), view @ b.T, rtol=1e-13)
     mixed = product(a.astype(np.float32), b.T)
