@@ -10,6 +10,7 @@ in-place ufuncs.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import numpy as np
@@ -172,13 +173,50 @@ class NumpyBackend(Backend):
         lr: float,
         velocity: Array | None = None,
         momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
     ) -> None:
-        """In place: w <- w - lr g, or with momentum v <- momentum v + g; w <- w - lr v."""
+        """In place, torch.optim.SGD's step (dampening 0): g <- g + weight_decay w; with a
+        velocity, v <- momentum v + g and d = g + momentum v (nesterov) or v, else d = g;
+        w <- w - lr d."""
+        if weight_decay:
+            g = g + weight_decay * w
         if velocity is not None:
             velocity *= momentum
             velocity += g
-            g = velocity
+            g = g + momentum * velocity if nesterov else velocity
         w -= lr * g
+
+    def adam_update(
+        self,
+        w: Array,
+        g: Array,
+        m: Array,
+        v: Array,
+        lr: float,
+        betas: tuple[float, float],
+        eps: float,
+        step: int,
+        weight_decay: float = 0.0,
+        decoupled: bool = False,
+    ) -> None:
+        """In place, torch.optim.Adam's update number ``step`` (from 1), or AdamW's with
+        ``decoupled``: w <- w (1 - lr weight_decay) (AdamW) or g <- g + weight_decay w (Adam);
+        m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
+        w <- w - lr / (1 - b1^step) m / (sqrt(v) / sqrt(1 - b2^step) + eps)."""
+        b1, b2 = betas
+        if decoupled:
+            w *= 1 - lr * weight_decay
+        elif weight_decay:
+            g = g + weight_decay * w
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * g * g
+        denominator = self.xp.sqrt(v)
+        denominator /= math.sqrt(1 - b2**step)
+        denominator += eps
+        w -= (lr / (1 - b1**step)) * m / denominator
 
     # -- data -----------------------------------------------------------------------------------
     def rescale(self, x: Array, scale: float, offset: float, dtype: Any) -> Array:

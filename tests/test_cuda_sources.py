@@ -45,10 +45,11 @@ def _elementwise_harness(ctype: str) -> str:
         + f"  const T y = yp[i]; const T dy = dyp[i]; T dz;\n  {sources.ACT_GRAD}\n"
         + "  dzp[i] = dz;\n}\n"
         + sources.SGD_STEP
-        + 'extern "C" __global__ void sgd(const T* gp, T lr, T* wp, int n) {\n'
+        + 'extern "C" __global__ void sgd(const T* gp, T lr, T wd, T* wp, int n) {\n'
         + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
         + f"  const T g = gp[i]; T& w = wp[i];\n  {sources.SGD}\n}}\n"
-        + 'extern "C" __global__ void momentum(const T* gp, T lr, T m, T* wp, T* vp, int n) {\n'
+        + 'extern "C" __global__ void momentum(const T* gp, T lr, T m, bool nesterov, T wd,\n'
+        + "                                    T* wp, T* vp, int n) {\n"
         + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
         + f"  const T g = gp[i]; T& w = wp[i]; T& v = vp[i];\n  {sources.MOMENTUM}\n}}\n"
         + 'extern "C" __global__ void plan_momentum(const T* gp, const T* lr_m, T* wp, T* vp,\n'
@@ -56,6 +57,12 @@ def _elementwise_harness(ctype: str) -> str:
         + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
         + "  const T g = gp[i]; T& w = wp[i]; T& v = vp[i];\n"
         + f"  {sources.MOMENTUM_FROM_DEVICE}\n}}\n"
+        + sources.ADAM_STEP
+        + 'extern "C" __global__ void adam(const T* gp, T b1, T b2, T step_size, T bias_root,\n'
+        + "                                T eps, T wd, T shrink, T* wp, T* mp, T* vp, int n) {\n"
+        + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
+        + "  const T g = gp[i]; T& w = wp[i]; T& m = mp[i]; T& v = vp[i];\n"
+        + f"  {sources.ADAM}\n}}\n"
     )
 
 
@@ -129,20 +136,29 @@ def test_the_cuda_activation_formulas_match_the_reference(tmp_path, name):
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-15, atol=1e-300)
 
 
+SGD_CASES = {  # name: (momentum, nesterov, weight_decay)
+    "sgd": (0.0, False, 0.0),
+    "sgd-decay": (0.0, False, 0.01),
+    "momentum": (0.9, False, 0.0),
+    "nesterov-decay": (0.9, True, 0.01),
+}
+
+
 @pytest.mark.skipif(GXX is None, reason="g++ not installed")
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_the_cuda_update_rule_matches_the_reference(tmp_path, momentum):
-    """The SGD/momentum bodies the CUDA kernels run, built for the host with g++, three steps
-    on random parameters, against the NumPy reference's sgd_update in float64."""
+@pytest.mark.parametrize("case", SGD_CASES)
+def test_the_cuda_update_rule_matches_the_reference(tmp_path, case):
+    """The SGD bodies the CUDA kernels run, built for the host with g++, three steps on random
+    parameters, against the NumPy reference's sgd_update in float64."""
     from tinynet.kernels.numpy_backend import NumpyBackend
 
+    momentum, nesterov, wd = SGD_CASES[case]
     rng = np.random.default_rng(0)
     w0, v0 = rng.normal(size=8), rng.normal(size=8)
     grads = rng.normal(size=(3, 8))
     lr = 0.05
     w, v = w0.copy(), v0.copy()
     for g in grads:
-        NumpyBackend().sgd_update(w, g, lr, v if momentum else None, momentum)
+        NumpyBackend().sgd_update(w, g, lr, v if momentum else None, momentum, nesterov, wd)
     body = sources.MOMENTUM if momentum else sources.SGD
     program = (
         "#include <cstdio>\n#define __device__\ntypedef double T;\n"
@@ -150,7 +166,8 @@ def test_the_cuda_update_rule_matches_the_reference(tmp_path, momentum):
         + f"int main() {{\n  double ws[] = {{{_c_array(w0)}}};\n"
         + f"  double vs[] = {{{_c_array(v0)}}};\n"
         + f"  const double gs[3][8] = {{{', '.join('{' + _c_array(g) + '}' for g in grads)}}};\n"
-        + f"  const T lr = {lr!r}, m = {momentum!r};\n"
+        + f"  const T lr = {lr!r}, m = {momentum!r}, wd = {wd!r};\n"
+        + f"  const bool nesterov = {str(nesterov).lower()};\n"
         + "  for (int s = 0; s < 3; ++s)\n"
         + "    for (int i = 0; i < 8; ++i) {\n"
         + "      const T g = gs[s][i]; T& w = ws[i];"
@@ -164,3 +181,45 @@ def test_the_cuda_update_rule_matches_the_reference(tmp_path, momentum):
     np.testing.assert_allclose(w_cuda, w, rtol=1e-15)
     if momentum:
         np.testing.assert_allclose(v_cuda, v, rtol=1e-15)
+
+
+@pytest.mark.skipif(GXX is None, reason="g++ not installed")
+@pytest.mark.parametrize("decoupled", [False, True], ids=["adam", "adamw"])
+def test_the_cuda_adam_rule_matches_the_reference(tmp_path, decoupled):
+    """The Adam body the CUDA kernels run, built for the host with g++, three updates on random
+    parameters, against the NumPy reference's adam_update in float64."""
+    from tinynet.kernels.numpy_backend import NumpyBackend
+
+    rng = np.random.default_rng(1)
+    w0 = rng.normal(size=8)
+    grads = rng.normal(size=(3, 8))
+    lr, (b1, b2), eps, wd = 0.01, (0.8, 0.99), 1e-6, 0.05
+    w, m, v = w0.copy(), np.zeros(8), np.zeros(8)
+    constants = []
+    for step, g in enumerate(grads, start=1):
+        NumpyBackend().adam_update(w, g, m, v, lr, (b1, b2), eps, step, wd, decoupled)
+        constants.append((lr / (1 - b1**step), (1 - b2**step) ** 0.5))
+    shrink, l2 = (1 - lr * wd, 0.0) if decoupled else (1.0, wd)
+    program = (
+        "#include <cmath>\n#include <cstdio>\nusing std::sqrt;\n#define __device__\n"
+        "typedef double T;\n"
+        + sources.ADAM_STEP
+        + f"int main() {{\n  double ws[] = {{{_c_array(w0)}}};\n"
+        + "  double ms[8] = {0}, vs[8] = {0};\n"
+        + f"  const double gs[3][8] = {{{', '.join('{' + _c_array(g) + '}' for g in grads)}}};\n"
+        + f"  const double sizes[3] = {{{_c_array([c[0] for c in constants])}}};\n"
+        + f"  const double roots[3] = {{{_c_array([c[1] for c in constants])}}};\n"
+        + f"  const T b1 = {b1!r}, b2 = {b2!r}, eps = {eps!r}, wd = {l2!r}, shrink = {shrink!r};\n"
+        + "  for (int s = 0; s < 3; ++s)\n"
+        + "    for (int i = 0; i < 8; ++i) {\n"
+        + "      const T g = gs[s][i]; T& w = ws[i]; T& m = ms[i]; T& v = vs[i];\n"
+        + "      const T step_size = sizes[s], bias_root = roots[s];\n"
+        + f"      {sources.ADAM}\n"
+        + "    }\n"
+        + '  for (int i = 0; i < 8; ++i) printf("%.17g %.17g %.17g\\n", ws[i], ms[i], vs[i]);\n'
+        + "}\n"
+    )
+    w_cuda, m_cuda, v_cuda = _host_columns(tmp_path, "adam", program)
+    np.testing.assert_allclose(w_cuda, w, rtol=1e-14)
+    np.testing.assert_allclose(m_cuda, m, rtol=1e-14)
+    np.testing.assert_allclose(v_cuda, v, rtol=1e-14)

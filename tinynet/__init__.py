@@ -25,7 +25,7 @@ from tinynet.errors import (
 from tinynet.layers import ACTIVATIONS, Dense, Parameter, Rescaling
 from tinynet.losses import CrossEntropy, Loss, SquaredError
 from tinynet.model import MLP, load, one_hot
-from tinynet.optim import SGD
+from tinynet.optim import SGD, Adam, AdamW, Optimizer
 from tinynet.perceptron import Perceptron
 from tinynet.training import History
 
@@ -35,6 +35,8 @@ __all__ = [
     "ACTIVATIONS",
     "MLP",
     "SGD",
+    "Adam",
+    "AdamW",
     "Backend",
     "BackendError",
     "CrossEntropy",
@@ -44,6 +46,7 @@ __all__ = [
     "InvalidInputError",
     "Loss",
     "ModelFileError",
+    "Optimizer",
     "Parameter",
     "Perceptron",
     "Rescaling",

@@ -125,9 +125,37 @@ class Backend(abc.ABC):
     # -- update and data ----------------------------------------------------------------------
     @abc.abstractmethod
     def sgd_update(
-        self, w: Any, g: Any, lr: float, velocity: Any | None = None, momentum: float = 0.0
+        self,
+        w: Any,
+        g: Any,
+        lr: float,
+        velocity: Any | None = None,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
     ) -> None:
-        """In place: w <- w - lr g; with momentum, v <- momentum v + g, w <- w - lr v."""
+        """In place, torch.optim.SGD's step (dampening 0): g <- g + weight_decay w; with a
+        velocity, v <- momentum v + g and d = g + momentum v (nesterov) or v, else d = g;
+        w <- w - lr d."""
+
+    @abc.abstractmethod
+    def adam_update(
+        self,
+        w: Any,
+        g: Any,
+        m: Any,
+        v: Any,
+        lr: float,
+        betas: tuple[float, float],
+        eps: float,
+        step: int,
+        weight_decay: float = 0.0,
+        decoupled: bool = False,
+    ) -> None:
+        """In place, torch.optim.Adam's update number ``step`` (from 1), or AdamW's with
+        ``decoupled``: w <- w (1 - lr weight_decay) (AdamW) or g <- g + weight_decay w (Adam);
+        m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
+        w <- w - lr / (1 - b1^step) m / (sqrt(v) / sqrt(1 - b2^step) + eps)."""
 
     @abc.abstractmethod
     def rescale(self, x: Any, scale: float, offset: float, dtype: Any) -> Any:

@@ -33,7 +33,7 @@ from tinynet.layers import (
 )
 from tinynet.losses import CrossEntropy, Loss, SquaredError
 from tinynet.model_file import ModelArchive, parse_config, write_atomically
-from tinynet.optim import SGD
+from tinynet.optim import SGD, Optimizer
 
 FORMAT = "tinynet-mlp-v1"
 
@@ -216,7 +216,7 @@ class MLP:
             chunks.append(self.backend.to_numpy(self.outputs(x[start : start + batch_size])))
         return np.concatenate(chunks)
 
-    def step(self, x: Any, t: Any, loss: Loss, optimizer: SGD) -> Any:
+    def step(self, x: Any, t: Any, loss: Loss, optimizer: Optimizer) -> Any:
         """One training step on checked backend arrays; the loss before the update, 0-d."""
         y = x
         for layer in self.layers:
@@ -227,7 +227,7 @@ class MLP:
         optimizer.step(self.parameters(), self.backend)
         return value
 
-    def epoch_spec(self, loss: Loss, optimizer: SGD) -> EpochSpec | None:
+    def epoch_spec(self, loss: Loss, optimizer: Optimizer) -> EpochSpec | None:
         """This model, loss and optimizer as arrays for a backend's ``train_batches``; None when
         the model is not [Rescaling] + Dense layers or the loss/optimizer are not the built-in
         ones (then the trainer runs its kernel-by-kernel loop)."""
@@ -235,7 +235,11 @@ class MLP:
         scale, offset = 1.0, 0.0
         if isinstance(layers[0], Rescaling):
             scale, offset, layers = layers[0].scale, layers[0].offset, layers[1:]
-        if not all(isinstance(layer, Dense) for layer in layers) or type(optimizer) is not SGD:
+        if not all(isinstance(layer, Dense) for layer in layers):
+            return None
+        # the fused paths run SGD with or without momentum (the other rules: the trainer's
+        # kernel-by-kernel loop, for now)
+        if type(optimizer) is not SGD or optimizer.nesterov or optimizer.weight_decay:
             return None
         if type(loss) not in (SquaredError, CrossEntropy):
             return None
@@ -267,7 +271,7 @@ class MLP:
             optimizer.momentum,
         )
 
-    def train_step(self, x: Any, t: Any, loss: Loss, optimizer: SGD) -> float:
+    def train_step(self, x: Any, t: Any, loss: Loss, optimizer: Optimizer) -> float:
         """Forward, backpropagate and update once on (x, t); returns the loss before the update."""
         self.check_loss(loss)
         x = self.as_inputs(x)

@@ -23,7 +23,7 @@ from tinynet.backend import Backend, EpochSpec
 from tinynet.errors import InvalidInputError, ShapeError
 from tinynet.layers import Parameter
 from tinynet.losses import Loss
-from tinynet.optim import SGD
+from tinynet.optim import Optimizer
 
 
 class Trainable(Protocol):
@@ -39,13 +39,13 @@ class Trainable(Protocol):
 
     def as_targets(self, t: Any, n: int) -> Any: ...  # a checked backend array (n, out)
 
-    def step(self, x: Any, t: Any, loss: Loss, optimizer: SGD) -> Any: ...  # 0-d loss
+    def step(self, x: Any, t: Any, loss: Loss, optimizer: Optimizer) -> Any: ...  # 0-d loss
 
     def outputs(self, x: Any) -> Any: ...  # forward on a checked batch, nothing kept
 
     def parameters(self) -> list[Parameter]: ...
 
-    def epoch_spec(self, loss: Loss, optimizer: SGD) -> EpochSpec | None: ...
+    def epoch_spec(self, loss: Loss, optimizer: Optimizer) -> EpochSpec | None: ...
 
 
 @dataclass
@@ -73,7 +73,7 @@ def fit(
     X: Any,
     T: Any,
     loss: Loss,
-    optimizer: SGD,
+    optimizer: Optimizer,
     epochs: int = 1,
     batch_size: int = 32,
     shuffle: bool = True,
@@ -165,7 +165,7 @@ def fit(
         mean_loss = float(total) / n
         elapsed = time.perf_counter() - start_time
         if not math.isfinite(mean_loss):
-            _restore(saved)
+            _restore(saved, optimizer)
             raise InvalidInputError(
                 f"training diverged in epoch {epoch}: the loss is {mean_loss}; the weights are "
                 f"back to what they were before it; try a smaller learning rate "
@@ -181,20 +181,21 @@ def fit(
     return history
 
 
-def _snapshot(model: Trainable, optimizer: SGD) -> list[tuple[Any, Any]]:
-    """(live array, copy) of every parameter and momentum buffer, for ``_restore``."""
+def _snapshot(model: Trainable, optimizer: Optimizer) -> tuple[list[tuple[Any, Any]], Any]:
+    """(live array, copy) of every parameter and optimizer buffer, and the optimizer's step
+    counts, for ``_restore``."""
     xp = model.backend.xp
     live = [p.data for p in model.parameters()]
-    live += [
-        v for p in model.parameters() if (v := optimizer.velocity(p, model.backend)) is not None
-    ]
-    return [(a, xp.array(a, copy=True)) for a in live]
+    live += [b for p in model.parameters() for b in optimizer.buffers(p, model.backend)]
+    return [(a, xp.array(a, copy=True)) for a in live], optimizer.step_counts()
 
 
-def _restore(saved: list[tuple[Any, Any]]) -> None:
+def _restore(saved: tuple[list[tuple[Any, Any]], Any], optimizer: Optimizer) -> None:
     """Put the copies back into the live arrays, in place (the backends hold on to them)."""
-    for live, copy in saved:
+    arrays, counts = saved
+    for live, copy in arrays:
         live[...] = copy
+    optimizer.set_step_counts(counts)
 
 
 def _chunk(n: int, batch_size: int) -> int:

@@ -4,6 +4,7 @@ GPU training plan."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import warnings
@@ -19,6 +20,8 @@ from tinynet.kernels.cupy.sources import (
     ACT,
     ACT_GRAD,
     ACTIVATION_FUNCTIONS,
+    ADAM,
+    ADAM_STEP,
     BIAS_ACT,
     MOMENTUM,
     SGD,
@@ -83,9 +86,22 @@ class CupyBackend(Backend):
             "tinynet_act_grad",
             preamble=ACTIVATION_FUNCTIONS,
         )
-        self._sgd = cp.ElementwiseKernel("T g, T lr", "T w", SGD, "tinynet_sgd", preamble=SGD_STEP)
+        self._sgd = cp.ElementwiseKernel(
+            "T g, T lr, T wd", "T w", SGD, "tinynet_sgd", preamble=SGD_STEP
+        )
         self._momentum = cp.ElementwiseKernel(
-            "T g, T lr, T m", "T w, T v", MOMENTUM, "tinynet_momentum", preamble=SGD_STEP
+            "T g, T lr, T m, bool nesterov, T wd",
+            "T w, T v",
+            MOMENTUM,
+            "tinynet_momentum",
+            preamble=SGD_STEP,
+        )
+        self._adam = cp.ElementwiseKernel(
+            "T g, T b1, T b2, T step_size, T bias_root, T eps, T wd, T shrink",
+            "T w, T m, T v",
+            ADAM,
+            "tinynet_adam",
+            preamble=ADAM_STEP,
         )
         self._rescale = cp.ElementwiseKernel(
             "X x, T scale, T offset", "T y", "y = (T)x * scale + offset", "tinynet_rescale"
@@ -162,13 +178,49 @@ class CupyBackend(Backend):
 
     # -- update and data --------------------------------------------------------------------
     def sgd_update(
-        self, w: Any, g: Any, lr: float, velocity: Any = None, momentum: float = 0.0
+        self,
+        w: Any,
+        g: Any,
+        lr: float,
+        velocity: Any = None,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
     ) -> None:
         dt = w.dtype.type
         if velocity is None:
-            self._sgd(g, dt(lr), w)
+            self._sgd(g, dt(lr), dt(weight_decay), w)
         else:
-            self._momentum(g, dt(lr), dt(momentum), w, velocity)
+            self._momentum(g, dt(lr), dt(momentum), bool(nesterov), dt(weight_decay), w, velocity)
+
+    def adam_update(
+        self,
+        w: Any,
+        g: Any,
+        m: Any,
+        v: Any,
+        lr: float,
+        betas: tuple[float, float],
+        eps: float,
+        step: int,
+        weight_decay: float = 0.0,
+        decoupled: bool = False,
+    ) -> None:
+        dt = w.dtype.type
+        b1, b2 = betas
+        self._adam(
+            g,
+            dt(b1),
+            dt(b2),
+            dt(lr / (1 - b1**step)),
+            dt(math.sqrt(1 - b2**step)),
+            dt(eps),
+            dt(0.0 if decoupled else weight_decay),
+            dt(1 - lr * weight_decay if decoupled else 1.0),
+            w,
+            m,
+            v,
+        )
 
     def rescale(self, x: Any, scale: float, offset: float, dtype: Any) -> Any:
         dt = np.dtype(dtype).type

@@ -45,17 +45,37 @@ ACT_GRAD = "dz = act_grad(y, dy, act, alpha);"  # inputs y, dy, act, alpha; outp
 # with alpha = -lr instead (plan.py): the step is linear in g, and no pass over w is needed.
 SGD_STEP = r"""
 template <typename F>
-__device__ void sgd_step(F& w, F g, F& v, F lr, F momentum) {
-  // v <- momentum v + g; w <- w - lr v
+__device__ void sgd_step(F& w, F g, F& v, F lr, F momentum, bool nesterov, F weight_decay) {
+  // torch.optim.SGD (dampening 0): g <- g + weight_decay w; v <- momentum v + g;
+  // w <- w - lr d, d = g + momentum v (nesterov) or v
+  if (weight_decay != (F)0) g += weight_decay * w;
   v = momentum * v + g;
-  w -= lr * v;
+  w -= lr * (nesterov ? g + momentum * v : v);
 }
 """
-SGD = "T v = 0; sgd_step(w, g, v, lr, (T)0);"  # inputs g, lr; output w
-MOMENTUM = "sgd_step(w, g, v, lr, m);"  # inputs g, lr, m; outputs w, v
+# inputs g, lr, wd; output w
+SGD = "T v = 0; sgd_step(w, g, v, lr, (T)0, false, wd);"
+# inputs g, lr, m, nesterov, wd; outputs w, v
+MOMENTUM = "sgd_step(w, g, v, lr, m, nesterov, wd);"
 # the same, with lr and momentum read from device memory (raw lr_m): a captured CUDA graph
-# keeps serving when the learning rate changes
-MOMENTUM_FROM_DEVICE = "sgd_step(w, g, v, lr_m[0], lr_m[1]);"  # inputs g, lr_m; outputs w, v
+# keeps serving when the learning rate changes; the plan runs SGD without Nesterov or decay
+MOMENTUM_FROM_DEVICE = "sgd_step(w, g, v, lr_m[0], lr_m[1], false, (T)0);"
+
+# torch.optim.Adam's step, and AdamW's: w <- w shrink (AdamW: 1 - lr weight_decay), g <- g +
+# weight_decay w (Adam); m, v the moments; step_size = lr / (1 - b1^t), bias_root =
+# sqrt(1 - b2^t) at update t (elementwise.adam_step is the Numba twin).
+ADAM_STEP = r"""
+template <typename F>
+__device__ void adam_step(F& w, F g, F& m, F& v, F b1, F b2, F step_size, F bias_root, F eps,
+                          F weight_decay, F shrink) {
+  if (weight_decay != (F)0) g += weight_decay * w;
+  m = b1 * m + ((F)1 - b1) * g;
+  v = b2 * v + ((F)1 - b2) * g * g;
+  w = w * shrink - step_size * m / (sqrt(v) / bias_root + eps);
+}
+"""
+# inputs g, b1, b2, step_size, bias_root, eps, wd, shrink; outputs w, m, v
+ADAM = "adam_step(w, g, m, v, b1, b2, step_size, bias_root, eps, wd, shrink);"
 
 
 # Per-row kernels (one thread per sample) for the output layer. T is the float type.

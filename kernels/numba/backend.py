@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 from typing import Any
@@ -125,12 +126,47 @@ class NumbaBackend(Backend):
 
     # -- update and data --------------------------------------------------------------------
     def sgd_update(
-        self, w: Any, g: Any, lr: float, velocity: Any = None, momentum: float = 0.0
+        self,
+        w: Any,
+        g: Any,
+        lr: float,
+        velocity: Any = None,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
     ) -> None:
         dt = w.dtype.type
         v = velocity.reshape(-1) if velocity is not None else np.empty(0, w.dtype)
-        elementwise.sgd(
-            w.reshape(-1), np.ascontiguousarray(g, w.dtype).reshape(-1), dt(lr), v, dt(momentum)
+        g = np.ascontiguousarray(g, w.dtype).reshape(-1)
+        elementwise.sgd(w.reshape(-1), g, dt(lr), v, dt(momentum), bool(nesterov), dt(weight_decay))
+
+    def adam_update(
+        self,
+        w: Any,
+        g: Any,
+        m: Any,
+        v: Any,
+        lr: float,
+        betas: tuple[float, float],
+        eps: float,
+        step: int,
+        weight_decay: float = 0.0,
+        decoupled: bool = False,
+    ) -> None:
+        dt = w.dtype.type
+        b1, b2 = betas
+        elementwise.adam(
+            w.reshape(-1),
+            np.ascontiguousarray(g, w.dtype).reshape(-1),
+            m.reshape(-1),
+            v.reshape(-1),
+            dt(b1),
+            dt(b2),
+            dt(lr / (1 - b1**step)),
+            dt(math.sqrt(1 - b2**step)),
+            dt(eps),
+            dt(0.0 if decoupled else weight_decay),
+            dt(1 - lr * weight_decay if decoupled else 1.0),
         )
 
     def rescale(self, x: Any, scale: float, offset: float, dtype: Any) -> Any:

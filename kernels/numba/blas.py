@@ -156,10 +156,10 @@ def blas_epoch(address, data, net, rule, A, D, grad_b, batch):
             if train_w[layer] and momentum != zero:  # v <- m v + d^T a in the GEMM, then
                 V = vWs[layer]  # w <- w - lr v: sgd_step with v as the gradient, no velocity
                 gemm(address, True, False, one, d, a_in, momentum, V)
-                sgd(W.reshape(-1), V.reshape(-1), lr, no_velocity, zero)
+                sgd(W.reshape(-1), V.reshape(-1), lr, no_velocity, zero, False, zero)
             elif train_w[layer]:  # W <- W - lr d^T a, in the GEMM
                 gemm(address, True, False, -lr, d, a_in, one, W)
             if train_b[layer]:
                 column_sums(d, grad_b[layer])
-                sgd(bs[layer], grad_b[layer], lr, vbs[layer], momentum)
+                sgd(bs[layer], grad_b[layer], lr, vbs[layer], momentum, False, zero)
     return total

@@ -192,9 +192,12 @@ def loss_delta(y, t, kind, scale, inv_n, delta):
 
 # -- the update rule: defined here once; every compiled path applies it through sgd_step -------
 @inlined_jit
-def sgd_step(w, g, v, lr, momentum):
-    """One parameter's SGD step: v <- momentum v + g; w <- w - lr v. Returns (new w, new v).
-    Plain SGD is momentum 0 with v 0 (the compiler folds 0 v + g to g): w - lr g.
+def sgd_step(w, g, v, lr, momentum, nesterov, weight_decay):
+    """One parameter's step of torch.optim.SGD (dampening 0): g <- g + weight_decay w;
+    v <- momentum v + g; w <- w - lr d with d = g + momentum v (nesterov) or v. Returns
+    (new w, new v). Plain SGD is momentum 0 with v 0 (the compiler folds 0 v + g to g):
+    w - lr g. The fused epochs run it without Nesterov or weight decay (MLP.epoch_spec leaves
+    those to the trainer's kernel-by-kernel loop), passing False and 0, which fold away.
 
     The one exception: what is linear in g. Where g is a sum over a batch that a GEMM or a
     register tile forms, plain SGD's sum goes straight into w with coefficient -lr
@@ -202,20 +205,48 @@ def sgd_step(w, g, v, lr, momentum):
     v <- m v + g in place (beta = m) before a pass of this step with v as g and no velocity.
     A separate pass or buffer would cost more than the GEMM there; any other rule
     accumulates g apart and comes through here."""
+    if weight_decay != 0:
+        g = g + weight_decay * w
     v = momentum * v + g
-    return w - lr * v, v
+    d = g + momentum * v if nesterov else v
+    return w - lr * d, v
 
 
 @jit
-def sgd(w, g, lr, v, momentum):
-    """sgd_step over flat, contiguous arrays: v holds the velocities, or is empty (plain SGD)."""
+def sgd(w, g, lr, v, momentum, nesterov, weight_decay):
+    """sgd_step over flat, contiguous arrays: v holds the velocities, or is empty (no
+    momentum)."""
     if v.shape[0]:
         for j in range(w.shape[0]):
-            w[j], v[j] = sgd_step(w[j], g[j], v[j], lr, momentum)
+            w[j], v[j] = sgd_step(w[j], g[j], v[j], lr, momentum, nesterov, weight_decay)
     else:
         zero = typed(w, 0.0)
         for j in range(w.shape[0]):
-            w[j], _ = sgd_step(w[j], g[j], zero, lr, zero)
+            w[j], _ = sgd_step(w[j], g[j], zero, lr, zero, False, weight_decay)
+
+
+@inlined_jit
+def adam_step(w, g, m, v, b1, b2, step_size, bias_root, eps, weight_decay, shrink):
+    """One parameter's step of torch.optim.Adam, or AdamW's: w <- w shrink (AdamW:
+    1 - lr weight_decay; Adam: 1) and g <- g + weight_decay w (Adam; AdamW passes 0);
+    m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
+    w <- w - step_size m / (sqrt(v) / bias_root + eps), where at update t step_size is
+    lr / (1 - b1^t) and bias_root sqrt(1 - b2^t). Returns (new w, new m, new v)."""
+    if weight_decay != 0:
+        g = g + weight_decay * w
+    one = b1 - b1 + 1
+    m = b1 * m + (one - b1) * g
+    v = b2 * v + (one - b2) * g * g
+    return w * shrink - step_size * m / (np.sqrt(v) / bias_root + eps), m, v
+
+
+@jit
+def adam(w, g, m, v, b1, b2, step_size, bias_root, eps, weight_decay, shrink):
+    """adam_step over flat, contiguous arrays."""
+    for j in range(w.shape[0]):
+        w[j], m[j], v[j] = adam_step(
+            w[j], g[j], m[j], v[j], b1, b2, step_size, bias_root, eps, weight_decay, shrink
+        )
 
 
 @jit
@@ -269,8 +300,8 @@ def load_input(X, idx, in_scale, in_offset, x):
 @inlined_jit
 def update_bias(b, i, di, lr, momentum, vb):
     """b[i] by sgd_step with gradient di; vb holds the velocities, or is empty."""
+    zero = typed(b, 0.0)
     if vb.shape[0]:
-        b[i], vb[i] = sgd_step(b[i], di, vb[i], lr, momentum)
+        b[i], vb[i] = sgd_step(b[i], di, vb[i], lr, momentum, False, zero)
     else:
-        zero = typed(b, 0.0)
-        b[i], _ = sgd_step(b[i], di, zero, lr, zero)
+        b[i], _ = sgd_step(b[i], di, zero, lr, zero, False, zero)

@@ -44,13 +44,13 @@ def _backward_update(W, b, d, a_in, g, train_w, train_b, lr, momentum, vW, vb):
             for j in range(W.shape[1]):
                 w = W[i, j]
                 g[j] += di * w
-                W[i, j], vW[i, j] = sgd_step(w, di * a_in[j], vW[i, j], lr, momentum)
+                W[i, j], vW[i, j] = sgd_step(w, di * a_in[j], vW[i, j], lr, momentum, False, zero)
         elif train_w:
             step = lr * di  # see PLAIN_SGD
             for j in range(W.shape[1]):
                 w = W[i, j]
                 g[j] += di * w
-                W[i, j], _ = sgd_step(w, step * a_in[j], zero, one, zero)
+                W[i, j], _ = sgd_step(w, step * a_in[j], zero, one, zero, False, zero)
         else:
             for j in range(W.shape[1]):
                 g[j] += di * W[i, j]
@@ -82,10 +82,10 @@ def _first_layer_update_and_next_forward(
             acc0 = acc1 = acc2 = acc3 = zero
             for j in range(W.shape[1]):
                 xj, xnj = x[j], x_next[j]
-                a0, _ = sgd_step(w0[j], s0 * xj, zero, one, zero)
-                a1, _ = sgd_step(w1[j], s1 * xj, zero, one, zero)
-                a2, _ = sgd_step(w2[j], s2 * xj, zero, one, zero)
-                a3, _ = sgd_step(w3[j], s3 * xj, zero, one, zero)
+                a0, _ = sgd_step(w0[j], s0 * xj, zero, one, zero, False, zero)
+                a1, _ = sgd_step(w1[j], s1 * xj, zero, one, zero, False, zero)
+                a2, _ = sgd_step(w2[j], s2 * xj, zero, one, zero, False, zero)
+                a3, _ = sgd_step(w3[j], s3 * xj, zero, one, zero, False, zero)
                 w0[j] = a0
                 w1[j] = a1
                 w2[j] = a2
@@ -105,13 +105,13 @@ def _first_layer_update_and_next_forward(
         acc = zero
         if train_w and momentum != zero:
             for j in range(W.shape[1]):
-                w, vW[i, j] = sgd_step(W[i, j], di * x[j], vW[i, j], lr, momentum)
+                w, vW[i, j] = sgd_step(W[i, j], di * x[j], vW[i, j], lr, momentum, False, zero)
                 W[i, j] = w
                 acc += w * x_next[j]
         elif train_w:
             step = lr * di  # see PLAIN_SGD
             for j in range(W.shape[1]):
-                w, _ = sgd_step(W[i, j], step * x[j], zero, one, zero)
+                w, _ = sgd_step(W[i, j], step * x[j], zero, one, zero, False, zero)
                 W[i, j] = w
                 acc += w * x_next[j]
         else:

@@ -134,7 +134,9 @@ def _update_block(W, b, D, A, blk, train_w, train_b, lr, momentum, vW, vb, G):
         _add_outer_rows(G, np.int64(0), D, A, i0, i1, one)
         for i in range(i0, i1):
             for j in range(n_in):
-                W[i, j], vW[i, j] = sgd_step(W[i, j], G[i - i0, j], vW[i, j], lr, momentum)
+                W[i, j], vW[i, j] = sgd_step(
+                    W[i, j], G[i - i0, j], vW[i, j], lr, momentum, False, zero
+                )
     elif train_w:
         _add_outer_rows(W, i0, D, A, i0, i1, -lr)
     if train_b:
