@@ -114,8 +114,10 @@ def tinynet_run(X, labels, Ws, bs, optimizer, batch: int):
     return [layer.get_weights() for layer in net.layers]
 
 
+# batch 1 and 8: numba's compiled loops (SGD) or the kernel-by-kernel loop; 20 and 40 its BLAS
+# epoch, with two batches and one per call
 @pytest.mark.parametrize("name", OPTIMIZERS)
-@pytest.mark.parametrize("batch", [1, 8, 40])
+@pytest.mark.parametrize("batch", [1, 8, 20, 40])
 def test_every_optimizer_matches_its_reference(backend_name, name, batch):
     X, labels, Ws, bs = _problem()
     make, make_reference = OPTIMIZERS[name]
@@ -184,3 +186,11 @@ def _torch_optimizer(torch, ours, params):
 def test_bad_hyperparameters_are_clear_errors(make, message):
     with pytest.raises(tn.InvalidInputError, match=message):
         make()
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd-momentum"])
+def test_the_numba_backend_fuses_these_optimizers_from_batch_17(name):
+    with tn.use_backend("numba") as B:
+        net = tn.MLP.from_sizes(list(SIZES), "tanh", "softmax", dtype="float64")
+        spec = net.epoch_spec(tn.CrossEntropy(), OPTIMIZERS[name][0]())
+        assert spec is not None and B.can_train_batches(spec, 20)

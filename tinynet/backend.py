@@ -201,9 +201,11 @@ class LayerSpec:
     activation: str
     train_W: bool  # False when frozen
     train_b: bool
-    vW: Any | None = None  # momentum velocities, same shapes, when momentum > 0
+    vW: Any | None = None  # momentum velocities (SGD) or first moments (Adam), same shapes
     vb: Any | None = None
     alpha: float = 0.0  # the activation's parameter (leaky_relu's slope)
+    sW: Any | None = None  # Adam's second moments, same shapes
+    sb: Any | None = None
 
 
 @dataclass
@@ -218,6 +220,9 @@ class EpochSpec:
     reduction: str  # "mean" or "sum" over each batch
     lr: float
     momentum: float
+    # Adam's (beta1, beta2, eps, weight_decay, decoupled) for Adam and AdamW; None: SGD
+    adam: tuple[float, float, float, float, bool] | None = None
+    step: int = 0  # the updates every trained parameter has had (Adam's bias correction)
 
 
 def backend_status() -> dict[str, str | None]:

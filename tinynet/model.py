@@ -33,7 +33,7 @@ from tinynet.layers import (
 )
 from tinynet.losses import CrossEntropy, Loss, SquaredError
 from tinynet.model_file import ModelArchive, parse_config, write_atomically
-from tinynet.optim import SGD, Optimizer
+from tinynet.optim import SGD, Adam, Optimizer
 
 FORMAT = "tinynet-mlp-v1"
 
@@ -237,13 +237,25 @@ class MLP:
             scale, offset, layers = layers[0].scale, layers[0].offset, layers[1:]
         if not all(isinstance(layer, Dense) for layer in layers):
             return None
-        # the fused paths run SGD with or without momentum (the other rules: the trainer's
-        # kernel-by-kernel loop, for now)
-        if type(optimizer) is not SGD or optimizer.nesterov or optimizer.weight_decay:
+        # the fused paths run Adam, AdamW and SGD with or without momentum (Nesterov and SGD's
+        # weight decay: the trainer's kernel-by-kernel loop, for now)
+        adam = isinstance(optimizer, Adam)
+        plain_sgd = type(optimizer) is SGD and not (optimizer.nesterov or optimizer.weight_decay)
+        if not (adam or plain_sgd):
             return None
         if type(loss) not in (SquaredError, CrossEntropy):
             return None
         B = self.backend
+        trained = [p for p in self.parameters() if not p.frozen]
+        steps = {optimizer.state(p, B)["step"] for p in trained}
+        if len(steps) > 1:  # one step count for the whole epoch (Adam's bias correction)
+            return None
+
+        def buffer(p: Parameter | None, i: int) -> Any:
+            """p's optimizer buffer i (momentum's velocity or Adam's m; Adam's v), or None."""
+            buffers = optimizer.buffers(p, B) if p is not None else []
+            return buffers[i] if i < len(buffers) else None
+
         specs = []
         for layer in layers:
             b = layer.bias
@@ -254,9 +266,11 @@ class MLP:
                     activation=layer.activation,
                     train_W=not layer.weight.frozen,
                     train_b=b is not None and not b.frozen,
-                    vW=optimizer.velocity(layer.weight, B),
-                    vb=None if b is None else optimizer.velocity(b, B),
+                    vW=buffer(layer.weight, 0),
+                    vb=buffer(b, 0),
                     alpha=layer.alpha,
+                    sW=buffer(layer.weight, 1),
+                    sb=buffer(b, 1),
                 )
             )
         is_ce = isinstance(loss, CrossEntropy)
@@ -268,7 +282,11 @@ class MLP:
             1.0 if is_ce else loss.scale,
             loss.reduction,
             optimizer.lr,
-            optimizer.momentum,
+            0.0 if adam else optimizer.momentum,
+            adam=(*optimizer.betas, optimizer.eps, optimizer.weight_decay, optimizer.DECOUPLED)
+            if adam
+            else None,
+            step=steps.pop() if steps else 0,
         )
 
     def train_step(self, x: Any, t: Any, loss: Loss, optimizer: Optimizer) -> float:

@@ -62,6 +62,12 @@ class Optimizer:
         for p, state in self._state.items():
             state["step"] = counts.get(p, 0)
 
+    def advance(self, params: Iterable[Parameter], updates: int) -> None:
+        """Count ``updates`` updates a backend's fused epoch applied to the unfrozen ``params``."""
+        for p in params:
+            if not p.frozen and p in self._state:
+                self._state[p]["step"] += updates
+
     def step(self, params: Iterable[Parameter], backend: Any) -> None:
         """One update of every parameter that has a gradient and is not frozen."""
         for p in params:

@@ -140,6 +140,9 @@ def fit(
                         else B.xp.arange(start, stop)
                     )
                     total += B.train_batches(spec, X, T, idx, batch_size)
+                    updates = -(-(stop - start) // batch_size)  # the batches it trained
+                    spec.step += updates
+                    optimizer.advance(model.parameters(), updates)
                 else:
                     with B.step_threads((id(model), batch_size), stop - start):
                         for first in range(start, stop, batch_size):

@@ -155,11 +155,7 @@ class NumbaBackend(Backend):
     ) -> None:
         dt = w.dtype.type
         b1, b2 = betas
-        elementwise.adam(
-            w.reshape(-1),
-            np.ascontiguousarray(g, w.dtype).reshape(-1),
-            m.reshape(-1),
-            v.reshape(-1),
+        constants = (
             dt(b1),
             dt(b2),
             dt(lr / (1 - b1**step)),
@@ -168,6 +164,8 @@ class NumbaBackend(Backend):
             dt(0.0 if decoupled else weight_decay),
             dt(1 - lr * weight_decay if decoupled else 1.0),
         )
+        g = np.ascontiguousarray(g, w.dtype).reshape(-1)
+        elementwise.adam(w.reshape(-1), g, m.reshape(-1), v.reshape(-1), constants)
 
     def rescale(self, x: Any, scale: float, offset: float, dtype: Any) -> Any:
         out = np.empty(x.shape, dtype)
@@ -177,7 +175,8 @@ class NumbaBackend(Backend):
 
     # -- whole epochs -----------------------------------------------------------------------
     def can_train_batches(self, spec: EpochSpec, batch_size: int) -> bool:
-        return True  # every batch size has a path in train_batches
+        # every batch size has a path in train_batches; Adam only the BLAS epoch's, for now
+        return spec.adam is None or not self._compiled_loop(spec, batch_size)
 
     def _compiled_loop(self, spec: EpochSpec, batch_size: int) -> bool:
         """Whether this batch size runs in one compiled call (else: the BLAS epoch)."""
@@ -215,8 +214,9 @@ class NumbaBackend(Backend):
         dtype = spec.layers[0].W.dtype
         data, net, rule = self._epoch_arguments(spec, X, T, order)
         A, D, _ = self._work_arrays(dtype, spec.layers, batch_size)
-        grad_b = self._bias_gradients(dtype, spec.layers)
-        return blas_epoch(gemm_address(dtype), data, net, rule, A, D, grad_b, batch_size)
+        grads_W, grad_b = self._gradients(spec)
+        address = gemm_address(dtype)
+        return blas_epoch(address, data, net, rule, A, D, grads_W, grad_b, batch_size)
 
     @staticmethod
     def _epoch_arguments(spec: EpochSpec, X: Any, T: Any, order: Any) -> tuple:
@@ -246,13 +246,23 @@ class NumbaBackend(Backend):
             train_b=np.array([layer.train_b and layer.b is not None for layer in layers]),
             vWs=tuple([layer.vW if layer.vW is not None else no_velocity_W for layer in layers]),
             vbs=tuple([layer.vb if layer.vb is not None else no_velocity_b for layer in layers]),
+            sWs=tuple([layer.sW if layer.sW is not None else no_velocity_W for layer in layers]),
+            sbs=tuple([layer.sb if layer.sb is not None else no_velocity_b for layer in layers]),
         )
+        b1, b2, eps, decay, decoupled = spec.adam or (0.0, 0.0, 1.0, 0.0, False)
         rule = Rule(
             CROSS_ENTROPY if spec.loss == "cross_entropy" else SQUARED_ERROR,
             dt(spec.loss_scale),
             spec.reduction == "mean",
             dt(spec.lr),
             dt(spec.momentum),
+            spec.adam is not None,
+            dt(b1),
+            dt(b2),
+            dt(eps),
+            dt(0.0 if decoupled else decay),
+            dt(1.0 - spec.lr * decay if decoupled else 1.0),
+            np.int64(spec.step),
         )
         return data, net, rule
 
@@ -325,10 +335,16 @@ class NumbaBackend(Backend):
             )
         return buffers[key]
 
-    def _bias_gradients(self, dtype, layers) -> tuple:
-        """The BLAS epoch's bias gradients, one per layer, kept like _work_arrays."""
-        key = ("bias gradients", dtype, tuple([layer.W.shape[0] for layer in layers]))
+    def _gradients(self, spec: EpochSpec) -> tuple:
+        """The BLAS epoch's gradient buffers, kept like _work_arrays: per layer the weight
+        gradient (Adam's; SGD needs none, empty) and the bias gradient."""
+        dtype = spec.layers[0].W.dtype
+        shapes = tuple([layer.W.shape for layer in spec.layers])
+        key = ("gradients", dtype, shapes, spec.adam is not None)
         buffers = self._local.__dict__.setdefault("buffers", {})
         if key not in buffers:
-            buffers[key] = tuple([np.zeros(n, dtype) for n in key[2]])
+            buffers[key] = (
+                tuple([np.zeros(shape if key[3] else (0, 0), dtype) for shape in shapes]),
+                tuple([np.zeros(shape[0], dtype) for shape in shapes]),
+            )
         return buffers[key]

@@ -12,6 +12,7 @@ from numba.extending import get_cython_function_address, intrinsic
 from tinynet.kernels.numba.compile import inner_jit, jit, typed
 from tinynet.kernels.numba.elementwise import (
     act_grad,
+    adam,
     batch_scale,
     bias_act,
     column_sums,
@@ -117,20 +118,22 @@ def product(a: np.ndarray, b: np.ndarray, trans_a: bool = False, trans_b: bool =
 
 
 @jit
-def blas_epoch(address, data, net, rule, A, D, grad_b, batch):
+def blas_epoch(address, data, net, rule, A, D, grads_W, grad_b, batch):
     """Mini-batch SGD over X[order] in steps of ``batch``; the sum of the per-sample losses.
 
     The products run on BLAS (gemm at ``address``, see gemm_address), everything else in
     compiled passes over rows: inputs gathered and scaled from uint8, bias + activation in
-    place, loss and delta in one pass. The part of the update that is linear in the weight
-    gradient d^T a goes into its GEMM, as elementwise.sgd_step explains: plain SGD adds
-    -lr d^T a straight into W; momentum's GEMM forms v <- m v + d^T a in place, then a pass
-    w <- w - lr v. Nothing is allocated per batch (grad_b: the bias gradients), and no Python
-    runs between batches.
+    place, loss and delta in one pass. SGD's update: the part linear in the weight gradient
+    d^T a goes into its GEMM, as elementwise.sgd_step explains: plain SGD adds -lr d^T a
+    straight into W; momentum's GEMM forms v <- m v + d^T a in place, then a pass
+    w <- w - lr v. Adam's: the GEMM writes d^T a into grads_W[l], then a pass of
+    elementwise.adam_step. Nothing is allocated per batch (grad_b: the bias gradients), and no
+    Python runs between batches.
     """
     X, order, T, in_scale, in_offset = data
-    Ws, bs, acts, alphas, train_w, train_b, vWs, vbs = net
-    kind, scale, mean, lr, momentum = rule
+    Ws, bs, acts, alphas, train_w, train_b, vWs, vbs, sWs, sbs = net
+    kind, scale, mean, lr, momentum = rule.kind, rule.scale, rule.mean, rule.lr, rule.momentum
+    b1, b2, eps, decay, shrink = rule.b1, rule.b2, rule.eps, rule.weight_decay, rule.shrink
     last = len(Ws) - 1
     one = typed(A[0], 1.0)
     zero = one - one
@@ -140,6 +143,9 @@ def blas_epoch(address, data, net, rule, A, D, grad_b, batch):
         nb = min(batch, order.shape[0] - start)
         rows = order[start : start + nb]
         gather_inputs(X, rows, in_scale, in_offset, A[0][:nb])
+        t = rule.step + start // batch + 1  # this update's number, for Adam's bias correction
+        step_size = typed(A[0], np.float64(lr) / (1.0 - np.float64(b1) ** t))
+        bias_root = typed(A[0], np.sqrt(1.0 - np.float64(b2) ** t))
         for layer in range(last + 1):  # A[l + 1] = f(A[l] W^T + b)
             Z = A[layer + 1][:nb]
             gemm(address, False, True, one, A[layer][:nb], Ws[layer], zero, Z)
@@ -153,6 +159,17 @@ def blas_epoch(address, data, net, rule, A, D, grad_b, batch):
                 below = D[layer - 1][:nb]
                 gemm(address, False, False, one, d, W, zero, below)
                 act_grad(a_in, below, acts[layer - 1], alphas[layer - 1])
+            if rule.adam:  # g = d^T a into a buffer, then the rule, for W and b
+                constants = (b1, b2, step_size, bias_root, eps, decay, shrink)
+                if train_w[layer]:
+                    G = grads_W[layer]
+                    gemm(address, True, False, one, d, a_in, zero, G)
+                    m, v = vWs[layer].reshape(-1), sWs[layer].reshape(-1)
+                    adam(W.reshape(-1), G.reshape(-1), m, v, constants)
+                if train_b[layer]:
+                    column_sums(d, grad_b[layer])
+                    adam(bs[layer], grad_b[layer], vbs[layer], sbs[layer], constants)
+                continue
             if train_w[layer] and momentum != zero:  # v <- m v + d^T a in the GEMM, then
                 V = vWs[layer]  # w <- w - lr v: sgd_step with v as the gradient, no velocity
                 gemm(address, True, False, one, d, a_in, momentum, V)

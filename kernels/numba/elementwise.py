@@ -241,8 +241,10 @@ def adam_step(w, g, m, v, b1, b2, step_size, bias_root, eps, weight_decay, shrin
 
 
 @jit
-def adam(w, g, m, v, b1, b2, step_size, bias_root, eps, weight_decay, shrink):
-    """adam_step over flat, contiguous arrays."""
+def adam(w, g, m, v, constants):
+    """adam_step over flat, contiguous arrays; constants: its (b1, b2, step_size, bias_root,
+    eps, weight_decay, shrink)."""
+    b1, b2, step_size, bias_root, eps, weight_decay, shrink = constants
     for j in range(w.shape[0]):
         w[j], m[j], v[j] = adam_step(
             w[j], g[j], m[j], v[j], b1, b2, step_size, bias_root, eps, weight_decay, shrink

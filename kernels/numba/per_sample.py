@@ -137,8 +137,8 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H):
     """
     rank, progress, bounds = thread
     X, order, T, in_scale, in_offset = data
-    Ws, bs, acts, alphas, train_w, train_b, vWs, vbs = net
-    kind, scale, _, lr, momentum = rule
+    Ws, bs, acts, alphas, train_w, train_b, vWs, vbs = net[:8]  # SGD: no second moments
+    kind, scale, lr, momentum = rule.kind, rule.scale, rule.lr, rule.momentum
     n_layers = len(Ws)
     last = n_layers - 1
     one = typed(A[0], 1.0)

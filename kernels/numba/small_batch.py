@@ -176,8 +176,8 @@ def epoch_small_batch(thread, data, net, rule, A, D, batch):
     """
     rank, progress, bounds = thread
     X, order, T, in_scale, in_offset = data
-    Ws, bs, acts, alphas, train_w, train_b, vWs, vbs = net
-    kind, scale, mean, lr, momentum = rule
+    Ws, bs, acts, alphas, train_w, train_b, vWs, vbs = net[:8]  # SGD: no second moments
+    kind, scale, mean, lr, momentum = rule.kind, rule.scale, rule.mean, rule.lr, rule.momentum
     n_layers = len(Ws)
     last = n_layers - 1
     team = bounds.shape[1] - 1
