@@ -5,7 +5,7 @@ net = tn.MLP.from_sizes([784, 128, 10], activation="relu", output_activation="so
 net.fit(X, labels, tn.CrossEntropy(), tn.SGD(lr=0.1), epochs=5, batch_size=64)
 """
 
-from tinynet import datasets, losses, system
+from tinynet import datasets, losses, schedules, system
 from tinynet.backend import (
     Backend,
     available_backends,
@@ -14,6 +14,7 @@ from tinynet.backend import (
     to_numpy,
     use_backend,
 )
+from tinynet.callbacks import EarlyStopping
 from tinynet.errors import (
     BackendError,
     DataFileError,
@@ -27,6 +28,7 @@ from tinynet.losses import CrossEntropy, Loss, SquaredError
 from tinynet.model import MLP, load, one_hot
 from tinynet.optim import SGD, Adam, AdamW, Optimizer
 from tinynet.perceptron import Perceptron
+from tinynet.schedules import CosineLR, ExponentialLR, ReduceLROnPlateau, StepLR
 from tinynet.training import History
 
 __version__ = "0.1.0"
@@ -39,9 +41,12 @@ __all__ = [
     "AdamW",
     "Backend",
     "BackendError",
+    "CosineLR",
     "CrossEntropy",
     "DataFileError",
     "Dense",
+    "EarlyStopping",
+    "ExponentialLR",
     "History",
     "InvalidInputError",
     "Loss",
@@ -49,9 +54,11 @@ __all__ = [
     "Optimizer",
     "Parameter",
     "Perceptron",
+    "ReduceLROnPlateau",
     "Rescaling",
     "ShapeError",
     "SquaredError",
+    "StepLR",
     "TinynetError",
     "available_backends",
     "datasets",
@@ -59,6 +66,7 @@ __all__ = [
     "load",
     "losses",
     "one_hot",
+    "schedules",
     "set_backend",
     "system",
     "to_numpy",

@@ -74,7 +74,9 @@ def remove_stale_temp_files(folder: str) -> list[str]:
     return removed
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> str:
+def write_atomically(
+    path: str | os.PathLike, write: Callable[[IO[bytes]], None], what: str = "the model"
+) -> str:
     """Call ``write(f)`` on a temp file next to ``path``, then rename it over ``path``: after a
     crash or kill at any point, ``path`` holds the old or the new contents, never a mix.
 
@@ -88,7 +90,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]
     folder = os.path.dirname(target)
 
     def fail(reason: str, exc: BaseException | None = None) -> ModelFileError:
-        error = ModelFileError(f"cannot save the model to {shown}: {reason}")
+        error = ModelFileError(f"cannot save {what} to {shown}: {reason}")
         error.__cause__ = exc
         return error
 
@@ -136,10 +138,11 @@ class ModelArchive:
     the archive: a few-KB file cannot make the reader allocate gigabytes.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, what: str = "model file") -> None:
         self.path = os.fspath(path)
+        self.what = what  # "model file", "checkpoint": how errors name the file
         if not os.path.isfile(self.path):
-            raise ModelFileError(f"model file not found: {self.path}")
+            raise ModelFileError(f"{what} not found: {self.path}")
         try:
             self._zip = zipfile.ZipFile(self.path)
             self._members = {info.filename: info for info in self._zip.infolist()}
@@ -154,7 +157,7 @@ class ModelArchive:
         self._zip.close()
 
     def error(self, reason: str) -> ModelFileError:
-        return ModelFileError(f"not a tinynet model file: {self.path} ({reason})")
+        return ModelFileError(f"not a tinynet {self.what}: {self.path} ({reason})")
 
     def has(self, name: str) -> bool:
         return name + ".npy" in self._members

@@ -11,6 +11,7 @@ to its ``train_batches`` instead, a stretch of the epoch per call.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,11 +20,14 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
+from tinynet import checkpoint as checkpoints
 from tinynet.backend import Backend, EpochSpec
+from tinynet.callbacks import EarlyStopping
 from tinynet.errors import InvalidInputError, ShapeError
 from tinynet.layers import Parameter
 from tinynet.losses import Loss
 from tinynet.optim import Optimizer
+from tinynet.schedules import Schedule
 
 
 class Trainable(Protocol):
@@ -81,6 +85,12 @@ def fit(
     validation_data: tuple[Any, Any] | None = None,
     progress: bool = False,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    *,
+    validation_split: float = 0.0,
+    schedule: Schedule | None = None,
+    early_stopping: EarlyStopping | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
 ) -> History:
     """Mini-batch SGD over (X, T) for ``epochs`` epochs; returns the History.
 
@@ -89,7 +99,14 @@ def fit(
     SGD. ``seed`` fixes the shuffling order. History keys: loss, time, samples_per_s, and
     val_loss, val_accuracy when ``validation_data`` is given; ``on_epoch_end(epoch, record)`` sees
     each epoch's record. Raises InvalidInputError if the loss turns NaN or inf, after putting
-    back the weights (and momentum) the model had before that epoch.
+    back the weights (and optimizer state) the model had before that epoch.
+
+    ``validation_split``: that fraction of (X, T), drawn by a generator seeded from ``seed``,
+    is held out as validation data. ``schedule`` (tinynet.schedules) sets the learning rate
+    after each epoch; ``early_stopping`` (tinynet.EarlyStopping) may end the run early.
+    ``checkpoint``: a file written atomically after every epoch with all the run's state;
+    ``resume``: such a file to continue from (``epochs`` counts all epochs, done and to do), on
+    the same backend and thread count bit for bit.
     """
     epochs = _positive_int("epochs", epochs)
     batch_size = _positive_int("batch_size", batch_size)
@@ -100,14 +117,39 @@ def fit(
     if n == 0:
         raise ShapeError("no training samples")
     T = model.as_targets(T, n)
+    if not (isinstance(validation_split, int | float) and 0 <= validation_split < 1):
+        raise InvalidInputError(f"validation_split must be in [0, 1), got {validation_split!r}")
+    if validation_split and validation_data is not None:
+        raise InvalidInputError("pass validation_data or validation_split, not both")
+    rng = np.random.default_rng(seed)
+    history = History()
+    state = checkpoints.Checkpoint(0, {}, None, {}, None, None)
+    best = None
+    if resume is not None:
+        state, best = checkpoints.load(resume, model, optimizer)
+        rng.bit_generator.state = state.rng_state
+        history = History({key: list(values) for key, values in state.history.items()})
+    if validation_split:
+        if state.split_seed is None:
+            state.split_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+        X, T, validation_data = _split(X, T, validation_split, state.split_seed, B)
+        n = X.shape[0]
     if validation_data is not None:
         X_val, T_val = validation_data
         X_val = model.as_inputs(X_val)
         T_val = model.as_targets(T_val, X_val.shape[0])
-    rng = np.random.default_rng(seed)
-    history = History()
+    if schedule is not None:
+        schedule.start(optimizer)
+        if state.schedule is not None:
+            schedule.load_state(state.schedule)
+    if early_stopping is not None:
+        early_stopping.start()
+        if state.early_stopping is not None:
+            early_stopping.load_state(state.early_stopping, best)
+            if early_stopping.stopped_epoch is not None:
+                return history  # the run this checkpoint holds had stopped
     per_sample = loss.reduction == "mean"
-    for epoch in range(1, epochs + 1):
+    for epoch in range(state.epoch + 1, epochs + 1):
         saved = _snapshot(model, optimizer)  # restored if this epoch diverges
         # A backend that can train this model's batches takes stretches of the epoch (a whole
         # number of batches, the same batches as below) and the progress bar moves between them.
@@ -179,9 +221,38 @@ def fit(
             scores = _evaluate_arrays(model, X_val, T_val, loss, 4096)
             record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
         history.append(**record)
+        stop = early_stopping is not None and early_stopping.after_epoch(
+            epoch, record, model.parameters(), B.xp
+        )
+        if schedule is not None:
+            schedule.after_epoch(epoch, record)
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
+        if checkpoint is not None:
+            state.epoch, state.rng_state = epoch, rng.bit_generator.state
+            state.history = history.history
+            state.schedule = schedule.state() if schedule is not None else None
+            state.early_stopping = early_stopping.state() if early_stopping is not None else None
+            best = early_stopping.best_params if early_stopping is not None else None
+            checkpoints.save(checkpoint, model, optimizer, state, best)
+        if stop:
+            break
+    if early_stopping is not None:
+        early_stopping.restore(model.parameters())
     return history
+
+
+def _split(X: Any, T: Any, fraction: float, seed: int, B: Any) -> tuple[Any, Any, tuple]:
+    """(X, T) without a held-out ``fraction``, and the held-out part: rows drawn by a generator
+    seeded with ``seed``, each part in its original order."""
+    n = X.shape[0]
+    held = np.random.default_rng(seed).permutation(n)[: max(1, round(n * fraction))]
+    keep = np.ones(n, bool)
+    keep[held] = False
+    if not keep.any():
+        raise InvalidInputError(f"validation_split={fraction} leaves no training samples")
+    train, val = B.asarray(np.flatnonzero(keep)), B.asarray(np.sort(held))
+    return X[train], T[train], (X[val], T[val])
 
 
 def _snapshot(model: Trainable, optimizer: Optimizer) -> tuple[list[tuple[Any, Any]], Any]:
