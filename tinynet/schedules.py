@@ -33,11 +33,10 @@ class Schedule:
     """The rate as a function of the epochs done: subclasses give ``rate(epochs_done)``."""
 
     def start(self, optimizer: Any) -> None:
-        """Remember the optimizer and its rate as the base rate (at the first start only, so a
-        resumed run keeps the base rate it began with)."""
+        """Remember the optimizer and its rate as the base rate (a resumed run then restores
+        the base rate it began with: load_state)."""
         self.optimizer = optimizer
-        if getattr(self, "base_lr", None) is None:
-            self.base_lr = optimizer.lr
+        self.base_lr = optimizer.lr
 
     def after_epoch(self, epoch: int, record: dict[str, float]) -> None:
         self.optimizer.lr = self.rate(epoch)
