@@ -213,3 +213,58 @@ def test_one_epoch_is_singular(capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "1 epoch," in out and "1 epochs" not in out
+
+
+def test_every_train_flag_shows_its_default(capsys):
+    try:
+        main(["train", "--help"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    text = capsys.readouterr().out
+    # one entry per option: from a line starting with "  -" to the next
+    entries = re.split(r"\n  (?=-)", text.split("options:")[1])
+    for entry in filter(str.strip, entries):
+        flag = entry.split()[0]
+        if flag in ("-h,", "--quiet", "--sample", "--no-download"):  # switches
+            continue
+        assert "default" in " ".join(entry.split()), flag
+
+
+def test_the_training_flags_are_checked_before_any_data_loads(capsys, monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before the settings were checked")
+
+    monkeypatch.setattr("tinynet.datasets.load_mnist", no_data)
+    monkeypatch.setattr("tinynet.datasets.mnist_sample", no_data)
+    _one_line_error(capsys, ["train", "--optimizer", "lion"], "invalid choice: 'lion'")
+    _one_line_error(capsys, ["train", "--optimizer", "adam", "--momentum", "0.9"], "has none")
+    _one_line_error(capsys, ["train", "--early-stopping", "3"], "give --validation-split")
+    _one_line_error(capsys, ["train", "--schedule", "plateau"], "give --validation-split")
+    _one_line_error(capsys, ["train", "--validation-split", "1"], r"must be in \[0, 1\)")
+    _one_line_error(capsys, ["train", "--resume", "/no/such.ckpt"], "no checkpoint at")
+    _one_line_error(
+        capsys, ["train", "--checkpoint", "/no/such/dir/x.ckpt"], "its folder does not exist"
+    )
+    _one_line_error(capsys, ["train", "--weight-decay", "-1"], "weight_decay must be in")
+
+
+def test_train_with_adam_a_split_early_stopping_and_a_checkpoint_then_resume(tmp_path, capsys):
+    ckpt, plot = tmp_path / "run.ckpt", tmp_path / "curve.png"
+    common = ["train", "--sample", "--hidden", "32", "--quiet", "--optimizer", "adamw"]
+    common += ["--validation-split", "0.2", "--schedule", "cosine", "--batch-size", "32"]
+    assert main([*common, "--epochs", "2", "--checkpoint", str(ckpt)]) == 0
+    first = capsys.readouterr().out
+    assert "AdamW(lr=0.001" in first and "weight_decay=0.01" in first and "val acc" in first
+    assert ckpt.is_file()
+    argv = [*common, "--epochs", "4", "--resume", str(ckpt), "--early-stopping", "5"]
+    assert main([*argv, "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "epoch  3/4" in out and "epoch  1/4" not in out  # it went on from epoch 3
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_adam_at_its_defaults_reaches_98_percent_on_mnist(capsys, mnist_dir, monkeypatch):
+    monkeypatch.setenv("TINYNET_DATA_DIR", str(mnist_dir))
+    assert main(["train", "--optimizer", "adam", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert float(re.search(r"test accuracy (\d+\.\d+)% on MNIST", out).group(1)) >= 98.0

@@ -31,8 +31,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         loss="cross_entropy",
         epochs=12,
         batch_size=64,
+        optimizer="sgd",
         lr=0.05,
-        lr_decay=0.8,  # lr *= 0.8 after each epoch
+        lr_decay=0.8,  # lr *= 0.8 after each epoch (the exponential schedule)
+        schedule="exponential",
         momentum=0.9,
         init="auto",
         bias=True,
@@ -46,8 +48,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         loss="squared_error",
         epochs=5,
         batch_size=1,
+        optimizer="sgd",
         lr=0.1,
         lr_decay=1.0,
+        schedule="none",
         momentum=0.0,
         init="normal",
         bias=False,
@@ -56,6 +60,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         loss_scale=0.5,
     ),
 }
+
+
+OPTIMIZERS = {"sgd": tn.SGD, "adam": tn.Adam, "adamw": tn.AdamW}
+ADAM_LR = 1e-3  # adam's and adamw's --lr when none is given (torch.optim's default)
+ADAMW_DECAY = 1e-2  # adamw's --weight-decay when none is given (torch.optim's default)
+SCHEDULES = ["none", "exponential", "step", "cosine", "plateau"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -110,12 +120,56 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--loss", help="cross_entropy or squared_error " + _recipe_default("loss"))
     train.add_argument("--epochs", type=int, help=_recipe_default("epochs"))
     train.add_argument("--batch-size", type=int, help=_recipe_default("batch_size"))
-    train.add_argument("--lr", type=float, help="learning rate " + _recipe_default("lr"))
-    train.add_argument("--momentum", type=float, help=_recipe_default("momentum"))
+    train.add_argument(
+        "--optimizer",
+        choices=sorted(OPTIMIZERS),
+        help="sgd (with --momentum), adam, or adamw (decoupled weight decay) "
+        + _recipe_default("optimizer"),
+    )
+    train.add_argument(
+        "--lr",
+        type=float,
+        help=f"learning rate {_recipe_default('lr')[:-1]}; adam, adamw: {ADAM_LR:g})",
+    )
+    train.add_argument("--momentum", type=float, help="sgd's " + _recipe_default("momentum"))
+    train.add_argument(
+        "--weight-decay",
+        type=float,
+        help=f"L2 for sgd and adam, decoupled for adamw (default: 0; adamw: {ADAMW_DECAY:g})",
+    )
+    train.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help="the learning rate per epoch: exponential (x --lr-decay), step (x0.1 every third "
+        "of the epochs), cosine (down to 0 over the epochs), plateau (x0.5 after an epoch "
+        "without a better validation loss; needs --validation-split), none "
+        + _recipe_default("schedule"),
+    )
     train.add_argument(
         "--lr-decay",
         type=float,
-        help="multiply lr by this after each epoch " + _recipe_default("lr_decay"),
+        help="the exponential schedule's factor per epoch " + _recipe_default("lr_decay"),
+    )
+    train.add_argument(
+        "--validation-split",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="hold out this fraction of the training set to validate on each epoch; without "
+        "it the test set is scored each epoch (default: 0)",
+    )
+    train.add_argument(
+        "--early-stopping",
+        type=int,
+        metavar="N",
+        help="stop after N epochs without a better validation loss and keep the best epoch's "
+        "weights; needs --validation-split (default: off)",
+    )
+    train.add_argument(
+        "--checkpoint", metavar="PATH", help="write a checkpoint after every epoch (default: none)"
+    )
+    train.add_argument(
+        "--resume", metavar="PATH", help="continue the run a checkpoint holds (default: none)"
     )
     train.add_argument(
         "--seed", type=int, default=0, help="initialisation and shuffling seed (default: 0)"
@@ -124,8 +178,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--dtype", default="float32", choices=["float32", "float64"], help="(default: float32)"
     )
     _data_flags(train)
-    train.add_argument("--plot", metavar="PNG", help="save the training curve (matplotlib)")
-    train.add_argument("--save", metavar="NPZ", help="save the trained model")
+    train.add_argument(
+        "--plot", metavar="PNG", help="save the training curve, matplotlib (default: none)"
+    )
+    train.add_argument("--save", metavar="NPZ", help="save the trained model (default: none)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     evaluate = sub.add_parser("evaluate", help="test accuracy of a saved model on MNIST")
@@ -138,7 +194,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _data_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", help="folder with the MNIST IDX files (raw or .gz)")
+    parser.add_argument(
+        "--data-dir",
+        help="folder with the MNIST IDX files, raw or .gz (default: $TINYNET_DATA_DIR, then "
+        "~/.cache/tinynet/mnist)",
+    )
     parser.add_argument("--no-download", action="store_true", help="never download MNIST")
     parser.add_argument(
         "--download-deadline",
@@ -187,6 +247,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     opt = {k: recipe[k] if v is None else v for k, v in opt.items()}
     if not 0 < opt["lr_decay"] <= 1:
         raise InvalidInputError(f"--lr-decay must be in (0, 1], got {opt['lr_decay']}")
+    adam = opt["optimizer"] in ("adam", "adamw")
+    if args.lr is None and adam:
+        opt["lr"] = ADAM_LR
+    decay = args.weight_decay
+    if decay is None:
+        decay = ADAMW_DECAY if opt["optimizer"] == "adamw" else 0.0
+    if adam and args.momentum is not None:
+        raise InvalidInputError(f"--momentum is sgd's; {opt['optimizer']} has none")
+    if not 0 <= args.validation_split < 1:
+        raise InvalidInputError(
+            f"--validation-split must be in [0, 1), got {args.validation_split}"
+        )
+    watches = args.early_stopping is not None or opt["schedule"] == "plateau"
+    if watches and not args.validation_split:
+        raise InvalidInputError(
+            "--early-stopping and --schedule plateau watch the validation loss: give "
+            "--validation-split (the test set must not steer training)"
+        )
+    if args.early_stopping is not None and args.early_stopping < 1:
+        raise InvalidInputError(f"--early-stopping must be >= 1, got {args.early_stopping}")
+    _check_output_path(args.checkpoint, "the checkpoint to")
+    if args.resume and not os.path.isfile(args.resume):
+        raise InvalidInputError(f"--resume: no checkpoint at {args.resume}")
     # every setting is checked before the data loads (seconds, or a download)
     for flag in ("epochs", "batch_size"):
         if opt[flag] < 1:
@@ -211,7 +294,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     loss = tn.losses.get_loss(opt["loss"])
     if isinstance(loss, tn.SquaredError):
         loss = tn.SquaredError(scale=opt["loss_scale"])
-    optimizer = tn.SGD(opt["lr"], opt["momentum"])
+    if adam:
+        optimizer = OPTIMIZERS[opt["optimizer"]](opt["lr"], weight_decay=decay)
+    else:
+        optimizer = tn.SGD(opt["lr"], opt["momentum"], weight_decay=decay)
+    schedule = {
+        "none": None,
+        "exponential": tn.ExponentialLR(opt["lr_decay"]),
+        "step": tn.StepLR(max(1, opt["epochs"] // 3)),
+        "cosine": tn.CosineLR(opt["epochs"]),
+        "plateau": tn.ReduceLROnPlateau(factor=0.5, patience=0),
+    }[opt["schedule"]]
+    stopper = None
+    if args.early_stopping is not None:
+        stopper = tn.EarlyStopping(patience=args.early_stopping)
 
     (x_train, y_train), (x_test, y_test), source = _data(args)
     out_act = "softmax" if isinstance(loss, tn.CrossEntropy) else "sigmoid"
@@ -236,15 +332,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print(
         f"recipe {args.recipe}: {net.in_features}-{'-'.join(map(str, opt['hidden']))}-10 "
-        f"{opt['activation']}, {loss!r}, {optimizer!r} (lr x{opt['lr_decay']:g} per epoch), "
+        f"{opt['activation']}, {loss!r}, {optimizer!r} ({opt['schedule']} schedule), "
         f"batch {opt['batch_size']}, {_count(opt['epochs'], 'epoch')}, {args.dtype}"
     )
 
+    scored = "val" if args.validation_split else "test"
+
     def end_of_epoch(epoch: int, r: dict[str, float]) -> None:
-        optimizer.lr *= opt["lr_decay"]
         print(
             f"epoch {epoch:2d}/{opt['epochs']}  loss {r['loss']:.4f}  "
-            f"test acc {100 * r['val_accuracy']:.2f}%  {r['time']:.2f} s  "
+            f"{scored} acc {100 * r['val_accuracy']:.2f}%  lr {r['lr']:.3g}  {r['time']:.2f} s  "
             f"{r['samples_per_s']:,.0f} samples/s",
             flush=True,
         )
@@ -259,17 +356,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         opt["batch_size"],
         shuffle=True,
         seed=args.seed,
-        validation_data=(x_test, t_test),
+        validation_data=None if args.validation_split else (x_test, t_test),
         progress=not args.quiet,
         on_epoch_end=end_of_epoch,
+        validation_split=args.validation_split,
+        schedule=schedule,
+        early_stopping=stopper,
+        checkpoint=args.checkpoint,
+        resume=args.resume,
     )
     wall = time.perf_counter() - started
-    accuracy = history["val_accuracy"][-1]
-    train_time = sum(history["time"])
+    accuracy = net.evaluate(x_test, t_test)["accuracy"]
+    epochs_run = max(1, len(history["time"]))
+    train_time = sum(history["time"]) or float("nan")
+    trained = epochs_run * len(x_train) * (1 - args.validation_split)
+    if stopper is not None and stopper.stopped_epoch is not None:
+        print(f"stopped after epoch {stopper.stopped_epoch}; kept epoch {stopper.best_epoch}")
     print(
         f"test accuracy {100 * accuracy:.2f}% on {source}; training {train_time:.1f} s "
-        f"({train_time / opt['epochs']:.2f} s/epoch, "
-        f"{opt['epochs'] * len(x_train) / train_time:,.0f} samples/s), wall {wall:.1f} s"
+        f"({train_time / epochs_run:.2f} s/epoch, "
+        f"{trained / train_time:,.0f} samples/s), wall {wall:.1f} s"
     )
     if args.save:
         net.save(args.save)
@@ -285,25 +391,29 @@ def _count(n: int, noun: str) -> str:
 
 
 def _plot(history: tn.History, path: str, title: str) -> None:
+    """Training (and validation) loss with the validation accuracy, and the learning rate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = np.arange(1, len(history["loss"]) + 1)
-    fig, ax_loss = plt.subplots(figsize=(6, 4))
-    ax_loss.plot(epochs, history["loss"], "o-", color="tab:blue", label="training loss")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("training loss", color="tab:blue")
-    ax_acc = ax_loss.twinx()
-    ax_acc.plot(
-        epochs,
-        100 * np.array(history["val_accuracy"]),
-        "s-",
-        color="tab:red",
-        label="test accuracy",
+    fig, (ax_loss, ax_lr) = plt.subplots(
+        2, 1, figsize=(6, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
-    ax_acc.set_ylabel("test accuracy (%)", color="tab:red")
+    ax_loss.plot(epochs, history["loss"], "o-", color="tab:blue", label="training loss")
+    if "val_loss" in history.history:
+        ax_loss.plot(epochs, history["val_loss"], "o--", color="tab:cyan", label="validation loss")
+    ax_loss.set_ylabel("loss", color="tab:blue")
+    ax_loss.legend(loc="upper center", fontsize=8)
+    if "val_accuracy" in history.history:
+        ax_acc = ax_loss.twinx()
+        accuracy = 100 * np.array(history["val_accuracy"])
+        ax_acc.plot(epochs, accuracy, "s-", color="tab:red", label="validation accuracy")
+        ax_acc.set_ylabel("validation accuracy (%)", color="tab:red")
+    ax_lr.plot(epochs, history["lr"], ".-", color="tab:gray")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("epoch")
     ax_loss.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -96,8 +96,8 @@ def fit(
 
     X: (n, in_features), float or uint8 (with a Rescaling first layer). T: (n, out_features)
     targets, or n integer labels (one-hot encoded). ``batch_size=1`` is the seeds' per-sample
-    SGD. ``seed`` fixes the shuffling order. History keys: loss, time, samples_per_s, and
-    val_loss, val_accuracy when ``validation_data`` is given; ``on_epoch_end(epoch, record)`` sees
+    SGD. ``seed`` fixes the shuffling order. History keys: loss, time, samples_per_s, lr, and
+    val_loss, val_accuracy with validation data; ``on_epoch_end(epoch, record)`` sees
     each epoch's record. Raises InvalidInputError if the loss turns NaN or inf, after putting
     back the weights (and optimizer state) the model had before that epoch.
 
@@ -216,7 +216,12 @@ def fit(
                 f"back to what they were before it; try a smaller learning rate "
                 f"(now {optimizer.lr:g})"
             )
-        record = {"loss": mean_loss, "time": elapsed, "samples_per_s": n / elapsed}
+        record = {
+            "loss": mean_loss,
+            "time": elapsed,
+            "samples_per_s": n / elapsed,
+            "lr": optimizer.lr,  # the rate this epoch trained with
+        }
         if validation_data is not None:
             scores = _evaluate_arrays(model, X_val, T_val, loss, 4096)
             record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
