@@ -86,6 +86,7 @@ def test_fit_learns_and_is_deterministic(backend_name):
         "loss",
         "time",
         "samples_per_s",
+        "lr",
         "val_loss",
         "val_accuracy",
     }
