@@ -27,6 +27,11 @@ TWO_THREADS = pytest.mark.skipif(
 )
 
 
+def _optimizer(momentum):
+    """SGD with this momentum, or ``"adam"``: Adam."""
+    return tn.Adam(1e-3) if momentum == "adam" else tn.SGD(0.05, momentum=momentum)
+
+
 def _train(
     backend: str, threads: int, sizes, hidden, output, loss, momentum, dtype, freeze, batch=1
 ):
@@ -40,7 +45,7 @@ def _train(
             )
             if freeze:
                 net.layers[1].freeze(freeze)
-            spec = net.epoch_spec(loss, tn.SGD(0.05, momentum=momentum))
+            spec = net.epoch_spec(loss, _optimizer(momentum))
             team = 0
             if backend == "numba":  # these cases are for the compiled loops, not BLAS
                 assert net.backend._compiled_loop(spec, batch)
@@ -49,7 +54,7 @@ def _train(
                 x[:500],
                 y[:500],
                 loss,
-                tn.SGD(0.05, momentum=momentum),
+                _optimizer(momentum),
                 epochs=2,
                 batch_size=batch,
                 seed=1,
@@ -87,6 +92,8 @@ def _assert_team_matches_one_thread_and_the_reference(args, dtype, loss_rtol):
         ([784, 128, 10], "relu", "softmax", tn.CrossEntropy(), 0.9, "float64", "bias"),
         ([784, 96, 16, 10], "tanh", "softmax", tn.CrossEntropy(), 0.0, "float32", "weights"),
         ([784, 64], "sigmoid", "identity", tn.SquaredError(0.5), 0.5, "float64", None),
+        ([784, 128, 10], "relu", "softmax", tn.CrossEntropy(), "adam", "float64", "bias"),
+        ([784, 96, 10], "tanh", "softmax", tn.CrossEntropy(), "adam", "float32", None),
     ],
 )
 def test_per_sample_team_matches_one_thread_and_the_reference(
@@ -146,6 +153,8 @@ def test_the_compiled_mini_batch_loop_is_chosen_by_batch_momentum_and_weight_siz
         (16, [784, 100, 10], "sigmoid", "sigmoid", tn.SquaredError(0.5), 0.0, "float32", None),
         (7, [784, 64, 30, 10], "relu", "softmax", tn.CrossEntropy(), 0.9, "float64", "bias"),
         (32, [784, 48, 10], "tanh", "softmax", tn.CrossEntropy("sum"), 0.9, "float32", "weights"),
+        (8, [784, 64, 30, 10], "relu", "softmax", tn.CrossEntropy(), "adam", "float64", None),
+        (32, [784, 48, 10], "tanh", "softmax", tn.CrossEntropy(), "adam", "float32", "weights"),
     ],
 )
 def test_mini_batch_team_matches_one_thread_and_the_reference(

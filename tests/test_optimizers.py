@@ -114,8 +114,8 @@ def tinynet_run(X, labels, Ws, bs, optimizer, batch: int):
     return [layer.get_weights() for layer in net.layers]
 
 
-# batch 1 and 8: numba's compiled loops (SGD) or the kernel-by-kernel loop; 20 and 40 its BLAS
-# epoch, with two batches and one per call
+# batch 1 and 8: numba's compiled loops (per sample, tiles); 20 and 40 its BLAS epoch (with
+# momentum or Adam), with two batches and one per call
 @pytest.mark.parametrize("name", OPTIMIZERS)
 @pytest.mark.parametrize("batch", [1, 8, 20, 40])
 def test_every_optimizer_matches_its_reference(backend_name, name, batch):
@@ -188,9 +188,12 @@ def test_bad_hyperparameters_are_clear_errors(make, message):
         make()
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw", "sgd-momentum"])
-def test_the_numba_backend_fuses_these_optimizers_from_batch_17(name):
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "sgd-momentum"])
+def test_the_numba_backend_fuses_these_optimizers_on_every_path(name):
     with tn.use_backend("numba") as B:
         net = tn.MLP.from_sizes(list(SIZES), "tanh", "softmax", dtype="float64")
         spec = net.epoch_spec(tn.CrossEntropy(), OPTIMIZERS[name][0]())
-        assert spec is not None and B.can_train_batches(spec, 20)
+        assert spec is not None
+        paths = {batch: B._compiled_loop(spec, batch) for batch in (1, 8, 40)}
+        assert paths == {1: True, 8: True, 40: False}  # per sample, tiles, BLAS
+        assert all(B.can_train_batches(spec, batch) for batch in paths)

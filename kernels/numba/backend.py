@@ -175,15 +175,15 @@ class NumbaBackend(Backend):
 
     # -- whole epochs -----------------------------------------------------------------------
     def can_train_batches(self, spec: EpochSpec, batch_size: int) -> bool:
-        # every batch size has a path in train_batches; Adam only the BLAS epoch's, for now
-        return spec.adam is None or not self._compiled_loop(spec, batch_size)
+        return True  # every batch size has a path in train_batches
 
     def _compiled_loop(self, spec: EpochSpec, batch_size: int) -> bool:
         """Whether this batch size runs in one compiled call (else: the BLAS epoch)."""
         if batch_size == 1:
             return True
         largest = max(layer.W.nbytes for layer in spec.layers)
-        most = self.FUSED_MAX_BATCH_MOMENTUM if spec.momentum else self.FUSED_MAX_BATCH
+        with_state = spec.momentum or spec.adam is not None  # a pass the tiles fuse
+        most = self.FUSED_MAX_BATCH_MOMENTUM if with_state else self.FUSED_MAX_BATCH
         return batch_size <= most and largest <= self.FUSED_MAX_WEIGHT_BYTES
 
     def train_batches(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int) -> float:
@@ -312,7 +312,12 @@ class NumbaBackend(Backend):
                 net
                 if rank == 0
                 else net._replace(
-                    Ws=own(net.Ws), bs=own(net.bs), vWs=own(net.vWs), vbs=own(net.vbs)
+                    Ws=own(net.Ws),
+                    bs=own(net.bs),
+                    vWs=own(net.vWs),
+                    vbs=own(net.vbs),
+                    sWs=own(net.sWs),
+                    sbs=own(net.sbs),
                 )
             )
             rows = (tuple([a[0] for a in A]), tuple([d[0] for d in D]))

@@ -18,6 +18,7 @@ from tinynet.kernels.numba.elementwise import (
     column_sums,
     gather_inputs,
     loss_delta_gathered,
+    rule_at,
     sgd,
 )
 
@@ -133,7 +134,6 @@ def blas_epoch(address, data, net, rule, A, D, grads_W, grad_b, batch):
     X, order, T, in_scale, in_offset = data
     Ws, bs, acts, alphas, train_w, train_b, vWs, vbs, sWs, sbs = net
     kind, scale, mean, lr, momentum = rule.kind, rule.scale, rule.mean, rule.lr, rule.momentum
-    b1, b2, eps, decay, shrink = rule.b1, rule.b2, rule.eps, rule.weight_decay, rule.shrink
     last = len(Ws) - 1
     one = typed(A[0], 1.0)
     zero = one - one
@@ -143,9 +143,7 @@ def blas_epoch(address, data, net, rule, A, D, grads_W, grad_b, batch):
         nb = min(batch, order.shape[0] - start)
         rows = order[start : start + nb]
         gather_inputs(X, rows, in_scale, in_offset, A[0][:nb])
-        t = rule.step + start // batch + 1  # this update's number, for Adam's bias correction
-        step_size = typed(A[0], np.float64(lr) / (1.0 - np.float64(b1) ** t))
-        bias_root = typed(A[0], np.sqrt(1.0 - np.float64(b2) ** t))
+        constants = rule_at(rule, rule.step + start // batch + 1, A[0])[3]  # Adam's, this update
         for layer in range(last + 1):  # A[l + 1] = f(A[l] W^T + b)
             Z = A[layer + 1][:nb]
             gemm(address, False, True, one, A[layer][:nb], Ws[layer], zero, Z)
@@ -160,7 +158,6 @@ def blas_epoch(address, data, net, rule, A, D, grads_W, grad_b, batch):
                 gemm(address, False, False, one, d, W, zero, below)
                 act_grad(a_in, below, acts[layer - 1], alphas[layer - 1])
             if rule.adam:  # g = d^T a into a buffer, then the rule, for W and b
-                constants = (b1, b2, step_size, bias_root, eps, decay, shrink)
                 if train_w[layer]:
                     G = grads_W[layer]
                     gemm(address, True, False, one, d, a_in, zero, G)

@@ -294,16 +294,44 @@ def loss_delta_gathered(Y, T, order, kind, scale, inv_n, act, alpha, D):
 
 
 @inner_jit
+def rule_at(rule, t, like):
+    """The update rule of the compiled epochs (compile.Rule) for update number t, as
+    (lr, momentum, adam, constants); constants: adam_step's b1, b2, step_size, bias_root, eps,
+    weight_decay, shrink, in ``like``'s dtype (for SGD, placeholders)."""
+    one = typed(like, 1.0)
+    step_size = bias_root = one
+    if rule.adam:
+        step_size = typed(like, np.float64(rule.lr) / (1.0 - np.float64(rule.b1) ** t))
+        bias_root = typed(like, np.sqrt(1.0 - np.float64(rule.b2) ** t))
+    constants = (rule.b1, rule.b2, step_size, bias_root, rule.eps, rule.weight_decay, rule.shrink)
+    return rule.lr, rule.momentum, rule.adam, constants
+
+
+@inlined_jit
+def update_param(w, g, v, s, rule_now):
+    """One parameter's update by ``rule_now`` (rule_at): Adam's adam_step (v, s its moments)
+    or SGD's sgd_step (v its velocity, s unused). Returns (new w, new v, new s)."""
+    lr, momentum, adam, c = rule_now
+    if adam:
+        return adam_step(w, g, v, s, c[0], c[1], c[2], c[3], c[4], c[5], c[6])
+    w, v = sgd_step(w, g, v, lr, momentum, False, lr - lr)
+    return w, v, s
+
+
+@inner_jit
 def load_input(X, idx, in_scale, in_offset, x):
     for j in range(x.shape[0]):
         x[j] = X[idx, j] * in_scale + in_offset
 
 
 @inlined_jit
-def update_bias(b, i, di, lr, momentum, vb):
-    """b[i] by sgd_step with gradient di; vb holds the velocities, or is empty."""
+def update_bias(b, i, di, rule_now, vb, sb):
+    """b[i] by update_param with gradient di; vb holds the velocities or first moments, sb the
+    second moments (each may be empty: no momentum, or SGD)."""
     zero = typed(b, 0.0)
-    if vb.shape[0]:
-        b[i], vb[i] = sgd_step(b[i], di, vb[i], lr, momentum, False, zero)
+    if sb.shape[0]:
+        b[i], vb[i], sb[i] = update_param(b[i], di, vb[i], sb[i], rule_now)
+    elif vb.shape[0]:
+        b[i], vb[i], _ = update_param(b[i], di, vb[i], zero, rule_now)
     else:
-        b[i], _ = sgd_step(b[i], di, zero, lr, zero, False, zero)
+        b[i], _, _ = update_param(b[i], di, zero, zero, rule_now)

@@ -10,8 +10,10 @@ from tinynet.kernels.numba.elementwise import (
     bias_act_row,
     load_input,
     loss_delta_row,
+    rule_at,
     sgd_step,
     update_bias,
+    update_param,
 )
 from tinynet.kernels.numba.team import publish, wait_for_team
 
@@ -32,19 +34,26 @@ def _matvec(W, x, z):
 
 
 @inner_jit
-def _backward_update(W, b, d, a_in, g, train_w, train_b, lr, momentum, vW, vb):
-    """Update a layer from its delta d, and g = W^T d (old W) for the layer below; one pass."""
+def _backward_update(W, b, d, a_in, g, train_w, train_b, rule_now, vW, vb, sW, sb):
+    """Update a layer from its delta d, and g = W^T d (old W) for the layer below; one pass.
+    rule_now: elementwise.rule_at's; vW, vb, sW, sb: the optimizer's state (or empty)."""
     one = typed(W, 1.0)
     zero = one - one
+    lr, momentum, adam, _ = rule_now
     for j in range(g.shape[0]):
         g[j] = zero
     for i in range(W.shape[0]):
         di = d[i]
-        if train_w and momentum != zero:
+        if train_w and (adam or momentum != zero):
             for j in range(W.shape[1]):
                 w = W[i, j]
                 g[j] += di * w
-                W[i, j], vW[i, j] = sgd_step(w, di * a_in[j], vW[i, j], lr, momentum, False, zero)
+                if adam:
+                    W[i, j], vW[i, j], sW[i, j] = update_param(
+                        w, di * a_in[j], vW[i, j], sW[i, j], rule_now
+                    )
+                else:
+                    W[i, j], vW[i, j], _ = update_param(w, di * a_in[j], vW[i, j], zero, rule_now)
         elif train_w:
             step = lr * di  # see PLAIN_SGD
             for j in range(W.shape[1]):
@@ -55,12 +64,12 @@ def _backward_update(W, b, d, a_in, g, train_w, train_b, lr, momentum, vW, vb):
             for j in range(W.shape[1]):
                 g[j] += di * W[i, j]
         if train_b:
-            update_bias(b, i, di, lr, momentum, vb)
+            update_bias(b, i, di, rule_now, vb, sb)
 
 
 @inner_jit
 def _first_layer_update_and_next_forward(
-    W, b, act, alpha, d, x, x_next, h_next, r0, r1, train_w, train_b, lr, momentum, vW, vb
+    W, b, act, alpha, d, x, x_next, h_next, r0, r1, train_w, train_b, rule_now, vW, vb, sW, sb
 ):
     """Rows r0..r1 of the first layer: update them with (d, x) and, in the same pass over W,
     h_next[r0:r1] = f(W_new x_next + b_new) for the next sample.
@@ -71,11 +80,12 @@ def _first_layer_update_and_next_forward(
     """
     one = typed(W, 1.0)
     zero = one - one
+    lr, momentum, adam, _ = rule_now
     i = r0
     # Plain SGD four rows at a time: each load of x[j] and x_next[j] serves four weights. The
     # pass is bound by loads, not arithmetic (four rows beat two and one: design.md). Its
     # steps fold lr into the delta (see PLAIN_SGD).
-    if train_w and momentum == zero:
+    if train_w and momentum == zero and not adam:
         while i + 3 < r1:
             w0, w1, w2, w3 = W[i], W[i + 1], W[i + 2], W[i + 3]
             s0, s1, s2, s3 = lr * d[i], lr * d[i + 1], lr * d[i + 2], lr * d[i + 3]
@@ -97,15 +107,21 @@ def _first_layer_update_and_next_forward(
             h_next[i], h_next[i + 1], h_next[i + 2], h_next[i + 3] = acc0, acc1, acc2, acc3
             if train_b:
                 for r in range(i, i + 4):
-                    update_bias(b, r, d[r], lr, momentum, vb)
+                    update_bias(b, r, d[r], rule_now, vb, sb)
             i += 4
-    for row in range(i, r1):  # the rest, and every row with momentum or frozen weights
+    for row in range(i, r1):  # the rest, and every row with momentum, Adam or frozen weights
         i = row
         di = d[i]
         acc = zero
-        if train_w and momentum != zero:
+        if train_w and adam:
             for j in range(W.shape[1]):
-                w, vW[i, j] = sgd_step(W[i, j], di * x[j], vW[i, j], lr, momentum, False, zero)
+                g = di * x[j]
+                w, vW[i, j], sW[i, j] = update_param(W[i, j], g, vW[i, j], sW[i, j], rule_now)
+                W[i, j] = w
+                acc += w * x_next[j]
+        elif train_w and momentum != zero:
+            for j in range(W.shape[1]):
+                w, vW[i, j], _ = update_param(W[i, j], di * x[j], vW[i, j], zero, rule_now)
                 W[i, j] = w
                 acc += w * x_next[j]
         elif train_w:
@@ -119,7 +135,7 @@ def _first_layer_update_and_next_forward(
                 acc += W[i, j] * x_next[j]
         h_next[i] = acc
         if train_b:
-            update_bias(b, i, di, lr, momentum, vb)
+            update_bias(b, i, di, rule_now, vb, sb)
     bias_act_row(h_next[r0:r1], b[r0:r1], act, alpha)
 
 
@@ -133,12 +149,13 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H):
     identically by every thread from the same inputs, so the team meets once per sample.
     A[0] is the input (x_spare takes the next sample's), A[l] the input of layer l, D[l] the
     delta of layer l. Frozen weights/biases have train_w/train_b False; bias-free layers carry a
-    zero bias that is never trained. With momentum, vWs/vbs hold the velocities.
+    zero bias that is never trained. vWs/vbs hold momentum's velocities or Adam's first moments,
+    sWs/sbs Adam's second moments (else empty); sample s is update rule.step + s + 1.
     """
     rank, progress, bounds = thread
     X, order, T, in_scale, in_offset = data
-    Ws, bs, acts, alphas, train_w, train_b, vWs, vbs = net[:8]  # SGD: no second moments
-    kind, scale, lr, momentum = rule.kind, rule.scale, rule.lr, rule.momentum
+    Ws, bs, acts, alphas, train_w, train_b, vWs, vbs, sWs, sbs = net
+    kind, scale = rule.kind, rule.scale
     n_layers = len(Ws)
     last = n_layers - 1
     one = typed(A[0], 1.0)
@@ -152,6 +169,7 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H):
     # the first sample's forward pass is the update pass with nothing to update; literal
     # constants as arguments would compile a second copy of a helper, hence the runtime values
     nothing, first = n < 0, np.int64(1)
+    rule_now = rule_at(rule, rule.step + 1, x)
     _first_layer_update_and_next_forward(
         Ws[0],
         bs[0],
@@ -165,13 +183,15 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H):
         r1,
         nothing,
         nothing,
-        lr,
-        momentum,
+        rule_now,
         vWs[0],
         vbs[0],
+        sWs[0],
+        sbs[0],
     )
     publish(progress, rank, first)
     for s in range(n):
+        rule_now = rule_at(rule, rule.step + s + 1, x)  # sample s is update step + s + 1
         wait_for_team(progress, s + 1)
         h, a = H[s % 2], A[1]
         for j in range(a.shape[0]):  # a loop: Numba compiles a slice assignment for seconds
@@ -192,10 +212,11 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H):
                 g,
                 train_w[layer],
                 train_b[layer],
-                lr,
-                momentum,
+                rule_now,
                 vWs[layer],
                 vbs[layer],
+                sWs[layer],
+                sbs[layer],
             )
             act_grad_row(A[layer], g, acts[layer - 1], alphas[layer - 1])
         # the last sample's "next" input is its own: a harmless extra forward
@@ -213,10 +234,11 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H):
             r1,
             train_w[0],
             train_b[0],
-            lr,
-            momentum,
+            rule_now,
             vWs[0],
             vbs[0],
+            sWs[0],
+            sbs[0],
         )
         publish(progress, rank, s + 2)
         x, x_next = x_next, x

@@ -12,8 +12,9 @@ from tinynet.kernels.numba.elementwise import (
     bias_act_row,
     gather_inputs,
     loss_delta_gathered,
-    sgd_step,
+    rule_at,
     update_bias,
+    update_param,
 )
 from tinynet.kernels.numba.team import meet
 
@@ -118,25 +119,31 @@ def _add_outer_rows(target, t0, D, A, i0, i1, coef):
 
 
 @inner_jit
-def _update_block(W, b, D, A, blk, train_w, train_b, lr, momentum, vW, vb, G):
-    """Rows 4 blk .. 4 blk + 3 of W and b by the rule (elementwise.sgd_step) with gradients
-    D^T A and sum_r D[r]. With momentum the weight gradient is summed in G (4, in) first; plain
-    SGD adds -lr D^T A straight into the weights (sgd_step says why)."""
+def _update_block(W, b, D, A, blk, train_w, train_b, rule_now, vW, vb, sW, sb, G):
+    """Rows 4 blk .. 4 blk + 3 of W and b by the rule (elementwise.update_param; rule_now:
+    elementwise.rule_at's) with gradients D^T A and sum_r D[r]. With momentum or Adam the weight
+    gradient is summed in G (4, in) first; plain SGD adds -lr D^T A straight into the weights
+    (elementwise.sgd_step says why)."""
     one = typed(W, 1.0)
     zero = one - one
+    lr, momentum, adam, _ = rule_now
     n_out, n_in = W.shape
     i0 = blk * 4
     i1 = min(i0 + 4, n_out)
-    if train_w and momentum != zero:
+    if train_w and (adam or momentum != zero):
         for k in range(i1 - i0):
             for j in range(n_in):
                 G[k, j] = zero
         _add_outer_rows(G, np.int64(0), D, A, i0, i1, one)
         for i in range(i0, i1):
             for j in range(n_in):
-                W[i, j], vW[i, j] = sgd_step(
-                    W[i, j], G[i - i0, j], vW[i, j], lr, momentum, False, zero
-                )
+                g = G[i - i0, j]
+                if adam:
+                    W[i, j], vW[i, j], sW[i, j] = update_param(
+                        W[i, j], g, vW[i, j], sW[i, j], rule_now
+                    )
+                else:
+                    W[i, j], vW[i, j], _ = update_param(W[i, j], g, vW[i, j], zero, rule_now)
     elif train_w:
         _add_outer_rows(W, i0, D, A, i0, i1, -lr)
     if train_b:
@@ -144,7 +151,7 @@ def _update_block(W, b, D, A, blk, train_w, train_b, lr, momentum, vW, vb, G):
             g = zero
             for r in range(D.shape[0]):
                 g += D[r, i]
-            update_bias(b, i, g, lr, momentum, vb)
+            update_bias(b, i, g, rule_now, vb, sb)
 
 
 @inner_jit
@@ -170,14 +177,15 @@ def epoch_small_batch(thread, data, net, rule, A, D, batch):
 
     Thread ``rank`` owns units bounds[l, rank]..bounds[l, rank + 1] of layer l: it computes
     those columns of A[l + 1] (the layer's output) and of D[l] (its delta), and updates those
-    rows of W, b and their velocities. The delta for the layer below, D[l-1] = D[l] W (old W),
-    is formed before any thread changes W. Inputs, losses and softmax rows are split by sample.
-    The team meets between the steps that read what another thread wrote.
+    rows of W, b and the optimizer's state (momentum's velocities or Adam's moments). The delta
+    for the layer below, D[l-1] = D[l] W (old W), is formed before any thread changes W.
+    Inputs, losses and softmax rows are split by sample. The team meets between the steps that
+    read what another thread wrote.
     """
     rank, progress, bounds = thread
     X, order, T, in_scale, in_offset = data
-    Ws, bs, acts, alphas, train_w, train_b, vWs, vbs = net[:8]  # SGD: no second moments
-    kind, scale, mean, lr, momentum = rule.kind, rule.scale, rule.mean, rule.lr, rule.momentum
+    Ws, bs, acts, alphas, train_w, train_b, vWs, vbs, sWs, sbs = net
+    kind, scale, mean = rule.kind, rule.scale, rule.mean
     n_layers = len(Ws)
     last = n_layers - 1
     team = bounds.shape[1] - 1
@@ -188,6 +196,7 @@ def epoch_small_batch(thread, data, net, rule, A, D, batch):
     for start in range(0, n, batch):
         nb = min(batch, n - start)
         inv_n = batch_scale(A[0], nb, mean)
+        rule_now = rule_at(rule, rule.step + start // batch + 1, A[0])  # this update's rule
         r0, r1 = nb * rank // team, nb * (rank + 1) // team  # this thread's samples
         mine = order[start + r0 : start + r1]  # this thread's samples of the batch
         gather_inputs(X, mine, in_scale, in_offset, A[0][r0:r1])
@@ -227,10 +236,11 @@ def epoch_small_batch(thread, data, net, rule, A, D, batch):
                     blk,
                     train_w[layer],
                     train_b[layer],
-                    lr,
-                    momentum,
+                    rule_now,
                     vW,
                     vb,
+                    sWs[layer],
+                    sbs[layer],
                     G,
                 )
         step = meet(progress, rank, step)  # A[0] is read by the updates until here
