@@ -8,13 +8,14 @@ import numpy as np
 from tinynet.kernels.numba.compile import SOFTMAX, inner_jit, jit, typed
 from tinynet.kernels.numba.elementwise import (
     act_grad_row,
+    adam_step_with,
     batch_scale,
     bias_act_row,
     gather_inputs,
     loss_delta_gathered,
     rule_at,
+    sgd_step,
     update_bias,
-    update_param,
 )
 from tinynet.kernels.numba.team import meet
 
@@ -119,14 +120,23 @@ def _add_outer_rows(target, t0, D, A, i0, i1, coef):
 
 
 @inner_jit
+def _adam_rows(W, G, m, v, i0, i1, constants):
+    """Rows i0..i1 of W by adam_step with gradients G[0 : i1 - i0]."""
+    for i in range(i0, i1):
+        for j in range(W.shape[1]):
+            g = G[i - i0, j]
+            W[i, j], m[i, j], v[i, j] = adam_step_with(W[i, j], g, m[i, j], v[i, j], constants)
+
+
+@inner_jit
 def _update_block(W, b, D, A, blk, train_w, train_b, rule_now, vW, vb, sW, sb, G):
-    """Rows 4 blk .. 4 blk + 3 of W and b by the rule (elementwise.update_param; rule_now:
+    """Rows 4 blk .. 4 blk + 3 of W and b by the rule (sgd_step or adam_step; rule_now:
     elementwise.rule_at's) with gradients D^T A and sum_r D[r]. With momentum or Adam the weight
     gradient is summed in G (4, in) first; plain SGD adds -lr D^T A straight into the weights
     (elementwise.sgd_step says why)."""
     one = typed(W, 1.0)
     zero = one - one
-    lr, momentum, adam, _ = rule_now
+    lr, momentum, adam, constants = rule_now
     n_out, n_in = W.shape
     i0 = blk * 4
     i1 = min(i0 + 4, n_out)
@@ -135,15 +145,13 @@ def _update_block(W, b, D, A, blk, train_w, train_b, rule_now, vW, vb, sW, sb, G
             for j in range(n_in):
                 G[k, j] = zero
         _add_outer_rows(G, np.int64(0), D, A, i0, i1, one)
-        for i in range(i0, i1):
-            for j in range(n_in):
-                g = G[i - i0, j]
-                if adam:
-                    W[i, j], vW[i, j], sW[i, j] = update_param(
-                        W[i, j], g, vW[i, j], sW[i, j], rule_now
-                    )
-                else:
-                    W[i, j], vW[i, j], _ = update_param(W[i, j], g, vW[i, j], zero, rule_now)
+        if adam:  # out of line, as per_sample._adam_row
+            _adam_rows(W, G, vW, sW, i0, i1, constants)
+        else:
+            for i in range(i0, i1):
+                for j in range(n_in):
+                    g = G[i - i0, j]
+                    W[i, j], vW[i, j] = sgd_step(W[i, j], g, vW[i, j], lr, momentum, False, zero)
     elif train_w:
         _add_outer_rows(W, i0, D, A, i0, i1, -lr)
     if train_b:
