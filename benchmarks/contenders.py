@@ -27,6 +27,8 @@ class Network:
     samples_per_round_b1: int  # ... at batch 1 (per-sample SGD)
     batches: tuple[int, ...] | None = None  # the batch sizes benchmarked; None: all
     momentum: float = 0.0  # SGD's: v <- m v + g; w <- w - lr v (PyTorch's convention)
+    optimizer: str = "sgd"  # or "adam" (PyTorch's Adam at its default betas and eps)
+    baseline: str | None = None  # the SGD network an Adam network's cost is compared with
 
     def tinynet_loss(self) -> tn.Loss:
         if self.loss == "squared_error":
@@ -38,6 +40,7 @@ class Network:
 TUTORIAL = Network(
     "784-128-10 sigmoid/SE", (784, 128, 10), "sigmoid", "sigmoid", "squared_error", 0.1, 16384, 4096
 )
+DEFAULT_RECIPE = "784-256-128-10 relu/CE momentum (default recipe)"
 NETWORKS = {
     net.name: net
     for net in (
@@ -46,7 +49,7 @@ NETWORKS = {
         replace(TUTORIAL, name="784-200-10 sigmoid/SE", sizes=(784, 200, 10), batches=(1,)),
         # `tinynet train`'s default recipe (its first epoch's learning rate).
         Network(
-            "784-256-128-10 relu/CE momentum (default recipe)",
+            DEFAULT_RECIPE,
             (784, 256, 128, 10),
             "relu",
             "softmax",
@@ -54,8 +57,22 @@ NETWORKS = {
             0.05,
             16384,
             4096,
-            batches=(64,),
+            batches=(1, 64),
             momentum=0.9,
+        ),
+        # The default recipe's network with Adam: its cost against SGD with momentum.
+        Network(
+            "784-256-128-10 relu/CE Adam",
+            (784, 256, 128, 10),
+            "relu",
+            "softmax",
+            "cross_entropy",
+            1e-3,
+            16384,
+            4096,
+            batches=(1, 64),
+            optimizer="adam",
+            baseline=DEFAULT_RECIPE,
         ),
         # A GEMM-bound network: ReLU, softmax + cross-entropy.
         Network(
@@ -97,7 +114,10 @@ class TinynetContender:
         for layer, (W, b) in zip(self.model.layers[1:], weights, strict=True):
             layer.set_weights(W, b)
         self.loss = net.tinynet_loss()
-        self.optimizer = tn.SGD(net.lr, net.momentum)
+        if net.optimizer == "adam":
+            self.optimizer: tn.Optimizer = tn.Adam(net.lr)
+        else:
+            self.optimizer = tn.SGD(net.lr, net.momentum)
 
     def train(self, x: np.ndarray, t: np.ndarray, batch: int) -> None:
         B = self.model.backend
@@ -143,7 +163,11 @@ class TorchContender:
                 layers.append(torch.nn.ReLU())
             # softmax is fused into cross_entropy below, as PyTorch users write it
         self.model = torch.nn.Sequential(*layers).to(self.device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=net.lr, momentum=net.momentum)
+        params = self.model.parameters()
+        if net.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(params, lr=net.lr)
+        else:
+            self.optimizer = torch.optim.SGD(params, lr=net.lr, momentum=net.momentum)
 
     def _loss(self, out: Any, t: Any) -> Any:
         F = self.torch.nn.functional

@@ -108,6 +108,37 @@ def training_table(rows: list[dict]) -> tuple[list[str], dict]:
     return lines, speeds
 
 
+def optimizer_cost_table(rows: list[dict], speeds: dict) -> list[str]:
+    """Each network trained with another optimizer (its rows name a ``baseline`` network)
+    against that baseline: seconds per epoch of both, per contender, and their ratio."""
+    pairs = sorted(
+        {
+            (r["network"], r["baseline"])
+            for r in rows
+            if r.get("kind") == "train" and r.get("baseline")
+        }
+    )
+    lines = []
+    for network, baseline in pairs:
+        for key in sorted(k for k in speeds if k[0] == network):
+            _, dtype, batch = key
+            base = speeds.get((baseline, dtype, batch), {})
+            for name, speed in sorted(speeds[key].items()):
+                if name in base:
+                    lines.append(
+                        f"| {network} | {baseline} | {dtype} | {batch} | {name} | "
+                        f"{MNIST_TRAIN / speed:.3f} | {MNIST_TRAIN / base[name]:.3f} | "
+                        f"{base[name] / speed:.2f} |"
+                    )
+    if not lines:
+        return []
+    return [
+        "| network | against | dtype | batch | contender | s/epoch | against, s/epoch | ratio |",
+        "|---|---|---|---:|---|---:|---:|---:|",
+        *lines,
+    ]
+
+
 def best_of_table(rows: list[dict], contender: str, peer: str) -> list[str]:
     """``contender`` against ``peer`` by best (minimum) round over all repeats, with each one's
     range of rounds: fast peers with a wide spread (JAX) are compared at their best."""
@@ -302,6 +333,12 @@ def render(json_path: Path, prefix: Path) -> str:
             "JAX's round times spread widely, so both are compared by their best round over "
             "all repeats (the range of rounds in brackets); best / best below 1: numba faster.",
             best_of_table(rows, "numba", "jax-scan"),
+        ),
+        *_section(
+            "Adam against SGD",
+            "The same network, data and batches trained with Adam and with SGD (momentum 0.9), "
+            "per contender, from the medians above; ratio above 1: Adam costs more.",
+            optimizer_cost_table(rows, speeds),
         ),
         *_section(
             "Beside a busy core",

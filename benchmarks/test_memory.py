@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.conftest import THREADS, contender_params
+from benchmarks.contenders import DEFAULT_RECIPE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +57,6 @@ peak = status_mb("VmHWM:")
 print(json.dumps({"peak_mb": peak, "training_mb": peak - before}))
 """
 
-DEFAULT_RECIPE = "784-256-128-10 relu/CE momentum (default recipe)"
 CASES = [  # network, batch, samples per round, the dtype the inputs are handed over in
     ("784-128-10 sigmoid/SE", 1, 4096, "uint8"),
     ("784-128-10 sigmoid/SE", 512, 16384, "uint8"),

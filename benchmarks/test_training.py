@@ -49,6 +49,8 @@ CASES = [
 @pytest.mark.parametrize(("net_name", "dtype", "batch"), CASES)
 def test_training_throughput(benchmark, mnist_train, net_name, dtype, batch, repeat, contender):
     net = NETWORKS[net_name]
+    if net.optimizer != "sgd" and contender in ("numpy-plain", "jax", "jax-scan"):
+        pytest.skip(f"{contender}: written for SGD only")
     n = net.samples_per_round_b1 if batch == 1 else net.samples_per_round
     x, t = mnist_train.x[:n], mnist_train.targets(dtype)[:n]
     model = make_contender(contender, net, dtype, _weights(net_name))
@@ -72,6 +74,8 @@ def test_training_throughput(benchmark, mnist_train, net_name, dtype, batch, rep
         batch=batch,
         repeat=repeat,
         samples_per_round=n,
+        optimizer=net.optimizer,
+        baseline=net.baseline,
         first_call_s=first_call,
         threads=THREADS,
         loss_before=loss_before,

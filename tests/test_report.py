@@ -146,3 +146,16 @@ def test_contention_ratios(tmp_path):
     text = report.render(_write(tmp_path, runs), tmp_path / "out")
     assert "| numba | small batch | 32 | 10.0 ms | 15.0 ms | 12.0 ms | 1.50x | 1.25x |" in text
     assert "| numpy | small batch | 32 | 20.0 ms | 80.0 ms | - | 4.00x | - |" in text
+
+
+def test_adam_against_its_sgd_baseline(tmp_path):
+    def run(network, median_s, **extra):
+        bench = _train("numba", median_s, batch=64)
+        bench["extra_info"].update(network=network, **extra)
+        return bench
+
+    sgd, adam = "784-256-128-10 SGD", "784-256-128-10 Adam"
+    path = _write(tmp_path, [run(sgd, 0.02), run(adam, 0.025, optimizer="adam", baseline=sgd)])
+    text = report.render(path, tmp_path / "out")
+    # 4096 samples a round: 0.025 s -> 60,000 / 163,840 = 0.366 s/epoch; 0.02 s -> 0.293; 1.25x
+    assert f"| {adam} | {sgd} | float32 | 64 | numba | 0.366 | 0.293 | 1.25 |" in text
