@@ -197,3 +197,11 @@ def test_the_numba_backend_fuses_these_optimizers_on_every_path(name):
         paths = {batch: B._compiled_loop(spec, batch) for batch in (1, 8, 40)}
         assert paths == {1: True, 8: True, 40: False}  # per sample, tiles, BLAS
         assert all(B.can_train_batches(spec, batch) for batch in paths)
+
+
+def test_numba_fuses_sgd_with_nesterov_or_decay_on_its_blas_epoch_only():
+    with tn.use_backend("numba") as B:
+        net = tn.MLP.from_sizes(list(SIZES), "tanh", "softmax", dtype="float64")
+        spec = net.epoch_spec(tn.CrossEntropy(), OPTIMIZERS["sgd-nesterov-decay"][0]())
+        assert spec is not None and (spec.nesterov, spec.weight_decay) == (True, 0.01)
+        assert [B.can_train_batches(spec, batch) for batch in (1, 8, 40)] == [False, False, True]

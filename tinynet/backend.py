@@ -220,6 +220,8 @@ class EpochSpec:
     reduction: str  # "mean" or "sum" over each batch
     lr: float
     momentum: float
+    nesterov: bool = False  # SGD's Nesterov momentum
+    weight_decay: float = 0.0  # SGD's weight decay (g + weight_decay w)
     # Adam's (beta1, beta2, eps, weight_decay, decoupled) for Adam and AdamW; None: SGD
     adam: tuple[float, float, float, float, bool] | None = None
     step: int = 0  # the updates every trained parameter has had (Adam's bias correction)

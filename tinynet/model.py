@@ -237,11 +237,8 @@ class MLP:
             scale, offset, layers = layers[0].scale, layers[0].offset, layers[1:]
         if not all(isinstance(layer, Dense) for layer in layers):
             return None
-        # the fused paths run Adam, AdamW and SGD with or without momentum (Nesterov and SGD's
-        # weight decay: the trainer's kernel-by-kernel loop, for now)
         adam = isinstance(optimizer, Adam)
-        plain_sgd = type(optimizer) is SGD and not (optimizer.nesterov or optimizer.weight_decay)
-        if not (adam or plain_sgd):
+        if not (adam or type(optimizer) is SGD):
             return None
         if type(loss) not in (SquaredError, CrossEntropy):
             return None
@@ -283,6 +280,8 @@ class MLP:
             loss.reduction,
             optimizer.lr,
             0.0 if adam else optimizer.momentum,
+            nesterov=not adam and optimizer.nesterov,
+            weight_decay=0.0 if adam else optimizer.weight_decay,
             adam=(*optimizer.betas, optimizer.eps, optimizer.weight_decay, optimizer.DECOUPLED)
             if adam
             else None,

@@ -175,7 +175,10 @@ class NumbaBackend(Backend):
 
     # -- whole epochs -----------------------------------------------------------------------
     def can_train_batches(self, spec: EpochSpec, batch_size: int) -> bool:
-        return True  # every batch size has a path in train_batches
+        # every batch size has a path, except SGD with Nesterov or weight decay: only the BLAS
+        # epoch's (the compiled loops' SGD passes stay free of their branches)
+        decayed = spec.adam is None and (spec.nesterov or spec.weight_decay)
+        return not (decayed and self._compiled_loop(spec, batch_size))
 
     def _compiled_loop(self, spec: EpochSpec, batch_size: int) -> bool:
         """Whether this batch size runs in one compiled call (else: the BLAS epoch)."""
@@ -256,11 +259,12 @@ class NumbaBackend(Backend):
             spec.reduction == "mean",
             dt(spec.lr),
             dt(spec.momentum),
+            spec.nesterov,
             spec.adam is not None,
             dt(b1),
             dt(b2),
             dt(eps),
-            dt(0.0 if decoupled else decay),
+            dt(spec.weight_decay if spec.adam is None else 0.0 if decoupled else decay),
             dt(1.0 - spec.lr * decay if decoupled else 1.0),
             np.int64(spec.step),
         )
@@ -342,10 +346,12 @@ class NumbaBackend(Backend):
 
     def _gradients(self, spec: EpochSpec) -> tuple:
         """The BLAS epoch's gradient buffers, kept like _work_arrays: per layer the weight
-        gradient (Adam's; SGD needs none, empty) and the bias gradient."""
+        gradient (Adam's, and SGD's with Nesterov or decay; plain and momentum SGD need none:
+        empty) and the bias gradient."""
         dtype = spec.layers[0].W.dtype
         shapes = tuple([layer.W.shape for layer in spec.layers])
-        key = ("gradients", dtype, shapes, spec.adam is not None)
+        needed = spec.adam is not None or spec.nesterov or bool(spec.weight_decay)
+        key = ("gradients", dtype, shapes, needed)
         buffers = self._local.__dict__.setdefault("buffers", {})
         if key not in buffers:
             buffers[key] = (

@@ -167,6 +167,17 @@ def blas_epoch(address, data, net, rule, A, D, grads_W, grad_b, batch):
                     column_sums(d, grad_b[layer])
                     adam(bs[layer], grad_b[layer], vbs[layer], sbs[layer], constants)
                 continue
+            if rule.nesterov or rule.weight_decay != zero:  # g = d^T a apart, then the rule
+                nesterov, decay = rule.nesterov, rule.weight_decay
+                if train_w[layer]:
+                    G = grads_W[layer]
+                    gemm(address, True, False, one, d, a_in, zero, G)
+                    v = vWs[layer].reshape(-1)
+                    sgd(W.reshape(-1), G.reshape(-1), lr, v, momentum, nesterov, decay)
+                if train_b[layer]:
+                    column_sums(d, grad_b[layer])
+                    sgd(bs[layer], grad_b[layer], lr, vbs[layer], momentum, nesterov, decay)
+                continue
             if train_w[layer] and momentum != zero:  # v <- m v + d^T a in the GEMM, then
                 V = vWs[layer]  # w <- w - lr v: sgd_step with v as the gradient, no velocity
                 gemm(address, True, False, one, d, a_in, momentum, V)

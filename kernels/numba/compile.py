@@ -27,10 +27,13 @@ Data = namedtuple("Data", "X order T in_scale in_offset")
 # Net: per layer W, b, activation code and parameter, whether W and b train, their momentum
 # velocities (SGD) or first moments (Adam), and their second moments (Adam; else empty).
 Net = namedtuple("Net", "Ws bs acts alphas train_w train_b vWs vbs sWs sbs")
-# Rule: the loss (code, scale, mean or sum per batch) and the update: lr and momentum (SGD), or
-# with ``adam`` Adam's b1, b2, eps, weight_decay (its L2 term; 0 for AdamW) and shrink (AdamW's
-# 1 - lr weight_decay; 1 for Adam), and step, the updates applied before this call.
-Rule = namedtuple("Rule", "kind scale mean lr momentum adam b1 b2 eps weight_decay shrink step")
+# Rule: the loss (code, scale, mean or sum per batch) and the update: SGD's lr, momentum,
+# nesterov and weight_decay, or with ``adam`` Adam's b1, b2, eps, weight_decay (its L2 term; 0
+# for AdamW) and shrink (AdamW's 1 - lr weight_decay; 1 for Adam), and step, the updates
+# applied before this call.
+Rule = namedtuple(
+    "Rule", "kind scale mean lr momentum nesterov adam b1 b2 eps weight_decay shrink step"
+)
 
 FAST = {"reassoc", "contract", "nsz", "arcp"}
 ACT = ACTIVATION_CODE  # activation name -> the code the kernels branch on

@@ -196,8 +196,9 @@ def sgd_step(w, g, v, lr, momentum, nesterov, weight_decay):
     """One parameter's step of torch.optim.SGD (dampening 0): g <- g + weight_decay w;
     v <- momentum v + g; w <- w - lr d with d = g + momentum v (nesterov) or v. Returns
     (new w, new v). Plain SGD is momentum 0 with v 0 (the compiler folds 0 v + g to g):
-    w - lr g. The fused epochs run it without Nesterov or weight decay (MLP.epoch_spec leaves
-    those to the trainer's kernel-by-kernel loop), passing False and 0, which fold away.
+    w - lr g. The compiled loops (per sample, tiles) run it without Nesterov or weight decay,
+    passing False and 0, which fold away (NumbaBackend.can_train_batches leaves those rules at
+    such batch sizes to the trainer's kernel-by-kernel loop); the BLAS epoch runs them all.
 
     The one exception: what is linear in g. Where g is a sum over a batch that a GEMM or a
     register tile forms, plain SGD's sum goes straight into w with coefficient -lr
