@@ -256,3 +256,42 @@ def test_a_checkpoint_from_another_backend_or_dtype_says_what_changes(tmp_path):
         wide.fit(x, y, tn.CrossEntropy(), tn.Adam(), 2, 32, resume=ckpt)
     with pytest.warns(RuntimeWarning, match=r"other optimizer settings \(eps: 1e-08 -> 0.001\)"):
         _model("numpy").fit(x, y, tn.CrossEntropy(), tn.Adam(eps=1e-3), 2, 32, resume=ckpt)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: tn.StepLR(0), "step_size must be an integer >= 1"),
+        (lambda: tn.StepLR(2, gamma=0), r"gamma must be in \(0, inf\)"),
+        (lambda: tn.ExponentialLR(math.nan), "gamma must be in"),
+        (lambda: tn.CosineLR(0), "t_max must be an integer >= 1"),
+        (lambda: tn.CosineLR(5, min_lr=-1), r"min_lr must be in \[0, inf\)"),
+        (lambda: tn.ReduceLROnPlateau(factor=1.0), r"factor must be in \(0, 1\)"),
+        (lambda: tn.ReduceLROnPlateau(patience=-1), "patience must be an integer >= 0"),
+        (lambda: tn.ReduceLROnPlateau(monitor=3), "monitor must be a History key"),
+        (lambda: tn.EarlyStopping(patience=0), "patience must be an integer >= 1"),
+        (lambda: tn.EarlyStopping(min_delta=-0.1), r"min_delta must be in \[0, inf\)"),
+        (lambda: tn.EarlyStopping(mode="up"), "mode must be 'auto', 'min' or 'max'"),
+        (lambda: tn.EarlyStopping(monitor=None), "monitor must be a History key"),
+    ],
+)
+def test_bad_schedule_and_stopping_settings_are_clear_errors(make, message):
+    with pytest.raises(tn.InvalidInputError, match=message):
+        make()
+
+
+def test_a_plateau_schedule_needs_the_value_it_watches():
+    x, y = _data(96)
+    with pytest.raises(tn.InvalidInputError, match="ReduceLROnPlateau watches 'val_loss'"):
+        _model().fit(x, y, tn.CrossEntropy(), tn.SGD(0.1), schedule=tn.ReduceLROnPlateau())
+
+
+def test_early_stopping_on_an_accuracy_waits_for_it_to_rise():
+    stopper = tn.EarlyStopping("val_accuracy", patience=2, restore_best=False)
+    accuracies = [0.5, 0.7, 0.6, 0.7]  # best 0.7 at epoch 2; 0.7 again is no gain
+    stops = [
+        stopper.after_epoch(e, {"val_accuracy": a}, [], np)
+        for e, a in enumerate(accuracies, start=1)
+    ]
+    assert stops == [False, False, False, True]
+    assert stopper.best_epoch == 2 and stopper.stopped_epoch == 4

@@ -21,6 +21,7 @@ import contextlib
 import importlib
 import importlib.util
 import logging
+import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -190,6 +191,30 @@ class Backend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<tinynet backend {self.name!r}>"
+
+
+def adam_scalars(
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    step: int,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+) -> tuple[float, float, float, float, float, float, float]:
+    """The scalars of Adam's update number ``step`` as the fused kernels take them (Numba's
+    and CUDA's adam_step): (b1, b2, step_size = lr / (1 - b1^step), bias_root =
+    sqrt(1 - b2^step), eps, l2 = Adam's weight_decay (0 for AdamW), shrink = AdamW's
+    1 - lr weight_decay (1 for Adam)), in float64."""
+    b1, b2 = betas
+    return (
+        b1,
+        b2,
+        lr / (1 - b1**step),
+        math.sqrt(1 - b2**step),
+        eps,
+        0.0 if decoupled else weight_decay,
+        1 - lr * weight_decay if decoupled else 1.0,
+    )
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tinynet.errors import InvalidInputError
+from tinynet.errors import InvalidInputError, checked_number
 
 
 class EarlyStopping:
@@ -28,11 +28,10 @@ class EarlyStopping:
             raise InvalidInputError(f"monitor must be a History key, got {monitor!r}")
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise InvalidInputError(f"patience must be an integer >= 1, got {patience!r}")
-        if not (isinstance(min_delta, int | float) and math.isfinite(min_delta) and min_delta >= 0):
-            raise InvalidInputError(f"min_delta must be a number >= 0, got {min_delta!r}")
         if mode not in ("auto", "min", "max"):
             raise InvalidInputError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
-        self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
+        self.monitor, self.patience = monitor, patience
+        self.min_delta = checked_number("min_delta", min_delta, 0.0)
         self.restore_best = bool(restore_best)
         self.maximize = mode == "max" or (mode == "auto" and monitor.endswith("accuracy"))
         self.start()

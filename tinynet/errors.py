@@ -7,6 +7,9 @@ Each one also derives from the built-in exception a Python user would expect (``
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 
 class TinynetError(Exception):
     """Base class of every error tinynet raises on purpose."""
@@ -30,3 +33,22 @@ class DataFileError(TinynetError, OSError):
 
 class ModelFileError(TinynetError, OSError):
     """A model file is missing or is not a tinynet model."""
+
+
+def checked_number(
+    name: str,
+    value: Any,
+    low: float,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = True,
+) -> float:
+    """``value`` as a float within [low, high) (the ends open or closed as asked); otherwise
+    an InvalidInputError naming the setting and its range. Booleans, NaN and inf are refused."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    above = value > low or (value == low and not low_open) if ok else False
+    below = value < high or (value == high and not high_open) if ok else False
+    if ok and above and below:
+        return float(value)
+    span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    raise InvalidInputError(f"{name} must be in {span}, got {value!r}")

@@ -8,21 +8,11 @@ per backend.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
-from tinynet.errors import InvalidInputError
+from tinynet.errors import InvalidInputError, checked_number
 from tinynet.layers import Parameter
-
-
-def _check(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False):
-    """value as a float in [low, high) (low excluded when low_open), else a clear error."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and (value > low or (value == low and not low_open)) and value < high:
-        return float(value)
-    span = f"({low:g}, {high:g})" if low_open else f"[{low:g}, {high:g})"
-    raise InvalidInputError(f"{name} must be in {span}, got {value!r}")
 
 
 class Optimizer:
@@ -33,7 +23,7 @@ class Optimizer:
     BUFFERS: tuple[str, ...] = ()
 
     def __init__(self, lr: float) -> None:
-        self.lr = _check("learning rate", lr, 0.0, low_open=True)
+        self.lr = checked_number("learning rate", lr, 0.0, low_open=True)
         self._state: dict[Parameter, dict[str, Any]] = {}
 
     def state(self, p: Parameter, backend: Any) -> dict[str, Any]:
@@ -96,13 +86,13 @@ class SGD(Optimizer):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__(lr)
-        self.momentum = _check("momentum", momentum, 0.0, 1.0)
+        self.momentum = checked_number("momentum", momentum, 0.0, 1.0)
         if not isinstance(nesterov, bool):
             raise InvalidInputError(f"nesterov must be True or False, got {nesterov!r}")
         if nesterov and not self.momentum:
             raise InvalidInputError("nesterov needs a momentum above 0")
         self.nesterov = nesterov
-        self.weight_decay = _check("weight_decay", weight_decay, 0.0)
+        self.weight_decay = checked_number("weight_decay", weight_decay, 0.0)
 
     def buffers_used(self) -> tuple[str, ...]:
         return self.BUFFERS if self.momentum else ()
@@ -153,11 +143,11 @@ class Adam(Optimizer):
         if not (isinstance(betas, tuple | list) and len(betas) == 2):
             raise InvalidInputError(f"betas must be two numbers in [0, 1), got {betas!r}")
         self.betas = (
-            _check("betas[0]", betas[0], 0.0, 1.0),
-            _check("betas[1]", betas[1], 0.0, 1.0),
+            checked_number("betas[0]", betas[0], 0.0, 1.0),
+            checked_number("betas[1]", betas[1], 0.0, 1.0),
         )
-        self.eps = _check("eps", eps, 0.0, low_open=True)
-        self.weight_decay = _check("weight_decay", weight_decay, 0.0)
+        self.eps = checked_number("eps", eps, 0.0, low_open=True)
+        self.weight_decay = checked_number("weight_decay", weight_decay, 0.0)
 
     def _update(self, p: Parameter, state: dict[str, Any], backend: Any) -> None:
         backend.adam_update(

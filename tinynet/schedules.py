@@ -12,15 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tinynet.errors import InvalidInputError
-
-
-def _number(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = True):
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and (value > low or (value == low and not low_open)) and value <= high:
-        return float(value)
-    span = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-    raise InvalidInputError(f"{name} must be in {span}, got {value!r}")
+from tinynet.errors import InvalidInputError, checked_number
 
 
 def _count(name: str, value: Any, low: int = 1) -> int:
@@ -57,7 +49,7 @@ class StepLR(Schedule):
 
     def __init__(self, step_size: int, gamma: float = 0.1) -> None:
         self.step_size = _count("step_size", step_size)
-        self.gamma = _number("gamma", gamma, 0.0)
+        self.gamma = checked_number("gamma", gamma, 0.0, low_open=True)
 
     def rate(self, epochs_done: int) -> float:
         return self.base_lr * self.gamma ** (epochs_done // self.step_size)
@@ -67,7 +59,7 @@ class ExponentialLR(Schedule):
     """lr = base_lr * gamma ** epochs_done."""
 
     def __init__(self, gamma: float) -> None:
-        self.gamma = _number("gamma", gamma, 0.0)
+        self.gamma = checked_number("gamma", gamma, 0.0, low_open=True)
 
     def rate(self, epochs_done: int) -> float:
         return self.base_lr * self.gamma**epochs_done
@@ -79,7 +71,7 @@ class CosineLR(Schedule):
 
     def __init__(self, t_max: int, min_lr: float = 0.0) -> None:
         self.t_max = _count("t_max", t_max)
-        self.min_lr = _number("min_lr", min_lr, 0.0, low_open=False)
+        self.min_lr = checked_number("min_lr", min_lr, 0.0)
 
     def rate(self, epochs_done: int) -> float:
         progress = min(epochs_done, self.t_max) / self.t_max
@@ -101,10 +93,10 @@ class ReduceLROnPlateau(Schedule):
         if not isinstance(monitor, str):
             raise InvalidInputError(f"monitor must be a History key, got {monitor!r}")
         self.monitor = monitor
-        self.factor = _number("factor", factor, 0.0, 1.0)
+        self.factor = checked_number("factor", factor, 0.0, 1.0, low_open=True)
         self.patience = _count("patience", patience, 0)
-        self.min_lr = _number("min_lr", min_lr, 0.0, low_open=False)
-        self.threshold = _number("threshold", threshold, 0.0, low_open=False)
+        self.min_lr = checked_number("min_lr", min_lr, 0.0)
+        self.threshold = checked_number("threshold", threshold, 0.0)
         self.best = math.inf
         self.bad_epochs = 0
 

@@ -4,7 +4,6 @@ GPU training plan."""
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import threading
 import warnings
@@ -12,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tinynet.backend import Backend, EpochSpec
+from tinynet.backend import Backend, EpochSpec, adam_scalars
 from tinynet.errors import BackendError
 from tinynet.kernels.cupy.cublas import Cublas
 from tinynet.kernels.cupy.plan import EpochPlan
@@ -207,20 +206,8 @@ class CupyBackend(Backend):
         decoupled: bool = False,
     ) -> None:
         dt = w.dtype.type
-        b1, b2 = betas
-        self._adam(
-            g,
-            dt(b1),
-            dt(b2),
-            dt(lr / (1 - b1**step)),
-            dt(math.sqrt(1 - b2**step)),
-            dt(eps),
-            dt(0.0 if decoupled else weight_decay),
-            dt(1 - lr * weight_decay if decoupled else 1.0),
-            w,
-            m,
-            v,
-        )
+        scalars = map(dt, adam_scalars(lr, betas, eps, step, weight_decay, decoupled))
+        self._adam(g, *scalars, w, m, v)
 
     def rescale(self, x: Any, scale: float, offset: float, dtype: Any) -> Any:
         dt = np.dtype(dtype).type

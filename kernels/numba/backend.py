@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 import threading
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from tinynet.backend import Backend, EpochSpec
+from tinynet.backend import Backend, EpochSpec, adam_scalars
 from tinynet.kernels.numba import cache, elementwise
 from tinynet.kernels.numba.blas import blas_epoch, gemm_address, product
 from tinynet.kernels.numba.compile import (
@@ -154,16 +153,7 @@ class NumbaBackend(Backend):
         decoupled: bool = False,
     ) -> None:
         dt = w.dtype.type
-        b1, b2 = betas
-        constants = (
-            dt(b1),
-            dt(b2),
-            dt(lr / (1 - b1**step)),
-            dt(math.sqrt(1 - b2**step)),
-            dt(eps),
-            dt(0.0 if decoupled else weight_decay),
-            dt(1 - lr * weight_decay if decoupled else 1.0),
-        )
+        constants = tuple(map(dt, adam_scalars(lr, betas, eps, step, weight_decay, decoupled)))
         g = np.ascontiguousarray(g, w.dtype).reshape(-1)
         elementwise.adam(w.reshape(-1), g, m.reshape(-1), v.reshape(-1), constants)
 
@@ -252,7 +242,9 @@ class NumbaBackend(Backend):
             sWs=tuple([layer.sW if layer.sW is not None else no_velocity_W for layer in layers]),
             sbs=tuple([layer.sb if layer.sb is not None else no_velocity_b for layer in layers]),
         )
+        # Adam's settings; step_size and bias_root, per update, come from elementwise.rule_at
         b1, b2, eps, decay, decoupled = spec.adam or (0.0, 0.0, 1.0, 0.0, False)
+        b1, b2, _, _, eps, l2, shrink = adam_scalars(spec.lr, (b1, b2), eps, 1, decay, decoupled)
         rule = Rule(
             CROSS_ENTROPY if spec.loss == "cross_entropy" else SQUARED_ERROR,
             dt(spec.loss_scale),
@@ -264,8 +256,8 @@ class NumbaBackend(Backend):
             dt(b1),
             dt(b2),
             dt(eps),
-            dt(spec.weight_decay if spec.adam is None else 0.0 if decoupled else decay),
-            dt(1.0 - spec.lr * decay if decoupled else 1.0),
+            dt(spec.weight_decay if spec.adam is None else l2),
+            dt(shrink),
             np.int64(spec.step),
         )
         return data, net, rule
