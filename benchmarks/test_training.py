@@ -35,7 +35,7 @@ def _weights(net_name: str):
 
 
 CASES = [
-    pytest.param(name, dtype, batch, id=f"{name.split()[0]}-{dtype}-b{batch}")
+    pytest.param(name, dtype, batch, id=f"{name.split()[0]}-{net.optimizer}-{dtype}-b{batch}")
     for name, net in NETWORKS.items()
     for dtype in ("float32", "float64")
     for batch in net.batches or BATCHES

@@ -69,25 +69,29 @@ def inlined_jit(fn):
 
 @intrinsic
 def typed(typingctx, like, value):
-    """``value`` as the element type of the array ``like``, so float32 arithmetic stays float32
-    (Numba widens ``float32 op <Python float>`` to float64). An intrinsic, because the obvious
-    jitted helper costs a noticeable compile per process and dtype."""
+    """``value`` as the type of the number ``like`` or the element type of the array ``like``,
+    so float32 arithmetic stays float32 (Numba widens ``float32 op <Python float or int>`` to
+    float64). An intrinsic, because the obvious jitted helper costs a noticeable compile per
+    process and dtype."""
+    element = like.dtype if isinstance(like, types.Array) else like
 
     def codegen(context, builder, signature, args):
         return context.cast(builder, args[1], signature.args[1], signature.return_type)
 
-    return like.dtype(like, types.unliteral(value)), codegen
+    return element(like, types.unliteral(value)), codegen
 
 
 @intrinsic
 def smallest_normal(typingctx, like):
-    """The smallest positive normal number of ``like``'s element type (np.finfo(...).tiny)."""
-    tiny = float(np.finfo(np.dtype(str(like.dtype))).tiny)
+    """The smallest positive normal number (np.finfo(...).tiny) of the number ``like``'s type
+    or of the array ``like``'s element type."""
+    element = like.dtype if isinstance(like, types.Array) else like
+    tiny = float(np.finfo(np.dtype(str(element))).tiny)
 
     def codegen(context, builder, signature, args):
         return context.get_constant(signature.return_type, tiny)
 
-    return like.dtype(like), codegen
+    return element(like), codegen
 
 
 @intrinsic
