@@ -165,10 +165,7 @@ class NumbaBackend(Backend):
 
     # -- whole epochs -----------------------------------------------------------------------
     def can_train_batches(self, spec: EpochSpec, batch_size: int) -> bool:
-        # every batch size has a path, except SGD with Nesterov or weight decay: only the BLAS
-        # epoch's (the compiled loops' SGD passes stay free of their branches)
-        decayed = spec.adam is None and (spec.nesterov or spec.weight_decay)
-        return not (decayed and self._compiled_loop(spec, batch_size))
+        return True  # every rule on every path: the compiled loops or the BLAS epoch
 
     def _compiled_loop(self, spec: EpochSpec, batch_size: int) -> bool:
         """Whether this batch size runs in one compiled call (else: the BLAS epoch)."""

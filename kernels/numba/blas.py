@@ -143,7 +143,7 @@ def blas_epoch(address, data, net, rule, A, D, grads_W, grad_b, batch):
         nb = min(batch, order.shape[0] - start)
         rows = order[start : start + nb]
         gather_inputs(X, rows, in_scale, in_offset, A[0][:nb])
-        constants = rule_at(rule, rule.step + start // batch + 1, A[0])[3]  # Adam's, this update
+        constants = rule_at(rule, rule.step + start // batch + 1, A[0]).constants  # Adam's, now
         for layer in range(last + 1):  # A[l + 1] = f(A[l] W^T + b)
             Z = A[layer + 1][:nb]
             gemm(address, False, True, one, A[layer][:nb], Ws[layer], zero, Z)

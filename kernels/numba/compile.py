@@ -35,6 +35,11 @@ Rule = namedtuple(
     "Rule", "kind scale mean lr momentum nesterov adam b1 b2 eps weight_decay shrink step"
 )
 
+# RuleNow: the rule for one update (elementwise.rule_at): lr and momentum; out_of_line: Adam,
+# or SGD with Nesterov or weight decay, which the compiled loops apply out of line (their
+# inline loops are plain and momentum SGD's); adam_step's constants for this update.
+RuleNow = namedtuple("RuleNow", "lr momentum out_of_line adam nesterov constants")
+
 FAST = {"reassoc", "contract", "nsz", "arcp"}
 ACT = ACTIVATION_CODE  # activation name -> the code the kernels branch on
 IDENTITY, STEP, SIGMOID, TANH, RELU, SOFTMAX, LEAKY_RELU = (

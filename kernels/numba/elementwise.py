@@ -14,6 +14,7 @@ from tinynet.kernels.numba.compile import (
     SOFTMAX,
     STEP,
     TANH,
+    RuleNow,
     inlined_jit,
     inner_jit,
     is_float32,
@@ -196,9 +197,9 @@ def sgd_step(w, g, v, lr, momentum, nesterov, weight_decay):
     """One parameter's step of torch.optim.SGD (dampening 0): g <- g + weight_decay w;
     v <- momentum v + g; w <- w - lr d with d = g + momentum v (nesterov) or v. Returns
     (new w, new v). Plain SGD is momentum 0 with v 0 (the compiler folds 0 v + g to g):
-    w - lr g. The compiled loops (per sample, tiles) run it without Nesterov or weight decay,
-    passing False and 0, which fold away (NumbaBackend.can_train_batches leaves those rules at
-    such batch sizes to the trainer's kernel-by-kernel loop); the BLAS epoch runs them all.
+    w - lr g. The compiled loops' inline passes (per sample, tiles) run it without Nesterov or
+    weight decay, passing False and 0, which fold away; with either, they call it out of line
+    (RuleNow.out_of_line), like Adam's step, so the common passes stay free of their branches.
 
     The one exception: what is linear in g. Where g is a sum over a batch that a GEMM or a
     register tile forms, plain SGD's sum goes straight into w with coefficient -lr
@@ -305,16 +306,17 @@ def loss_delta_gathered(Y, T, order, kind, scale, inv_n, act, alpha, D):
 
 @inner_jit
 def rule_at(rule, t, like):
-    """The update rule of the compiled epochs (compile.Rule) for update number t, as
-    (lr, momentum, adam, constants); constants: adam_step's b1, b2, step_size, bias_root, eps,
-    weight_decay, shrink, in ``like``'s dtype (for SGD, placeholders)."""
+    """The update rule of the compiled epochs (compile.Rule) for update number t, as a
+    compile.RuleNow; its constants: adam_step's b1, b2, step_size, bias_root, eps,
+    weight_decay, shrink, in ``like``'s dtype (for SGD, placeholders but weight_decay)."""
     one = typed(like, 1.0)
     step_size = bias_root = one
     if rule.adam:
         step_size = typed(like, np.float64(rule.lr) / (1.0 - np.float64(rule.b1) ** t))
         bias_root = typed(like, np.sqrt(1.0 - np.float64(rule.b2) ** t))
     constants = (rule.b1, rule.b2, step_size, bias_root, rule.eps, rule.weight_decay, rule.shrink)
-    return rule.lr, rule.momentum, rule.adam, constants
+    out_of_line = rule.adam or rule.nesterov or rule.weight_decay != one - one
+    return RuleNow(rule.lr, rule.momentum, out_of_line, rule.adam, rule.nesterov, constants)
 
 
 @inlined_jit
@@ -333,10 +335,22 @@ def load_input(X, idx, in_scale, in_offset, x):
 
 
 @inner_jit
-def _adam_bias(b, i, di, m, v, constants):
-    """b[i] by adam_step, out of line: inlined into the tile loops' SGD paths, Adam's code made
-    plain-SGD small batches 10% slower."""
-    b[i], m[i], v[i] = adam_step_with(b[i], di, m[i], v[i], constants)
+def _out_of_line_bias(b, i, di, rule_now, vb, sb):
+    """b[i] by adam_step or by sgd_step with Nesterov or weight decay, out of line: inlined
+    into the tile loops' SGD paths, Adam's code made plain-SGD small batches 10% slower."""
+    if rule_now.adam:
+        b[i], vb[i], sb[i] = adam_step_with(b[i], di, vb[i], sb[i], rule_now.constants)
+    elif vb.shape[0]:
+        b[i], vb[i] = sgd_step_with(b[i], di, vb[i], rule_now)
+    else:
+        b[i], _ = sgd_step_with(b[i], di, b[i] - b[i], rule_now)
+
+
+@inlined_jit
+def sgd_step_with(w, g, v, rule_now):
+    """sgd_step with all of rule_now's SGD settings (v: 0 without momentum)."""
+    r = rule_now
+    return sgd_step(w, g, v, r.lr, r.momentum, r.nesterov, r.constants[5])
 
 
 @inlined_jit
@@ -344,9 +358,9 @@ def update_bias(b, i, di, rule_now, vb, sb):
     """b[i] by the rule (rule_at's rule_now) with gradient di: adam_step, vb and sb its moments,
     or sgd_step, vb its velocities (or empty: no momentum)."""
     zero = typed(b, 0.0)
-    lr, momentum, adam, constants = rule_now
-    if adam:
-        _adam_bias(b, i, di, vb, sb, constants)
+    lr, momentum = rule_now.lr, rule_now.momentum
+    if rule_now.out_of_line:
+        _out_of_line_bias(b, i, di, rule_now, vb, sb)
     elif vb.shape[0]:
         b[i], vb[i] = sgd_step(b[i], di, vb[i], lr, momentum, False, zero)
     else:

@@ -13,6 +13,7 @@ from tinynet.kernels.numba.elementwise import (
     loss_delta_row,
     rule_at,
     sgd_step,
+    sgd_step_with,
     update_bias,
 )
 from tinynet.kernels.numba.team import publish, wait_for_team
@@ -34,19 +35,36 @@ def _matvec(W, x, z):
 
 
 @inner_jit
-def _adam_row(W, i, di, x, x_next, m, v, constants, g):
-    """Row i of W by adam_step with gradient di x; with x_next, returns that row's W_new x_next
-    (the next sample's forward), with g, adds di W_old to it (the delta below). Out of line:
-    Adam's code inlined into the SGD passes made them 10-40% slower."""
+def _out_of_line_row(W, i, di, x, x_next, m, v, rule_now, g):
+    """Row i of W by an out-of-line rule (RuleNow.out_of_line: adam_step, or sgd_step with
+    Nesterov or weight decay; m: Adam's first moments or the velocities, v: Adam's second) with
+    gradient di x; with x_next, returns that row's W_new x_next (the next sample's forward),
+    with g, adds di W_old to it (the delta below). Out of line: Adam's code inlined into the SGD
+    passes made them 10-40% slower. One loop per rule: a branch inside one kept it scalar."""
     acc = typed(W, 0.0)
-    for j in range(W.shape[1]):
-        w = W[i, j]
-        if g is not None:
-            g[j] += di * w
-        w, m[i, j], v[i, j] = adam_step_with(w, di * x[j], m[i, j], v[i, j], constants)
-        W[i, j] = w
-        if x_next is not None:
-            acc += w * x_next[j]
+    zero = acc
+    if g is not None:  # a pass of its own: the row is in L1 for the next
+        for j in range(W.shape[1]):
+            g[j] += di * W[i, j]
+    if rule_now.adam:
+        constants = rule_now.constants
+        for j in range(W.shape[1]):
+            w, m[i, j], v[i, j] = adam_step_with(W[i, j], di * x[j], m[i, j], v[i, j], constants)
+            W[i, j] = w
+            if x_next is not None:
+                acc += w * x_next[j]
+    elif m.shape[0]:
+        for j in range(W.shape[1]):
+            w, m[i, j] = sgd_step_with(W[i, j], di * x[j], m[i, j], rule_now)
+            W[i, j] = w
+            if x_next is not None:
+                acc += w * x_next[j]
+    else:
+        for j in range(W.shape[1]):
+            w, _ = sgd_step_with(W[i, j], di * x[j], zero, rule_now)
+            W[i, j] = w
+            if x_next is not None:
+                acc += w * x_next[j]
     return acc
 
 
@@ -56,13 +74,13 @@ def _backward_update(W, b, d, a_in, g, train_w, train_b, rule_now, vW, vb, sW, s
     rule_now: elementwise.rule_at's; vW, vb, sW, sb: the optimizer's state (or empty)."""
     one = typed(W, 1.0)
     zero = one - one
-    lr, momentum, adam, constants = rule_now
+    lr, momentum = rule_now.lr, rule_now.momentum
     for j in range(g.shape[0]):
         g[j] = zero
     for i in range(W.shape[0]):
         di = d[i]
-        if train_w and adam:  # out of line: see _adam_row
-            _adam_row(W, i, di, a_in, None, vW, sW, constants, g)
+        if train_w and rule_now.out_of_line:  # see _out_of_line_row
+            _out_of_line_row(W, i, di, a_in, None, vW, sW, rule_now, g)
         elif train_w and momentum != zero:
             for j in range(W.shape[1]):
                 w = W[i, j]
@@ -94,12 +112,12 @@ def _first_layer_update_and_next_forward(
     """
     one = typed(W, 1.0)
     zero = one - one
-    lr, momentum, adam, constants = rule_now
+    lr, momentum = rule_now.lr, rule_now.momentum
     i = r0
     # Plain SGD four rows at a time: each load of x[j] and x_next[j] serves four weights. The
     # pass is bound by loads, not arithmetic (four rows beat two and one: design.md). Its
     # steps fold lr into the delta (see PLAIN_SGD).
-    if train_w and momentum == zero and not adam:
+    if train_w and momentum == zero and not rule_now.out_of_line:
         while i + 3 < r1:
             w0, w1, w2, w3 = W[i], W[i + 1], W[i + 2], W[i + 3]
             s0, s1, s2, s3 = lr * d[i], lr * d[i + 1], lr * d[i + 2], lr * d[i + 3]
@@ -123,12 +141,12 @@ def _first_layer_update_and_next_forward(
                 for r in range(i, i + 4):
                     update_bias(b, r, d[r], rule_now, vb, sb)
             i += 4
-    for row in range(i, r1):  # the rest, and every row with momentum, Adam or frozen weights
-        i = row
+    for row in range(i, r1):  # the rest, and every row with momentum, another rule or frozen
+        i = row  # weights
         di = d[i]
         acc = zero
-        if train_w and adam:  # out of line: see _adam_row
-            acc = _adam_row(W, i, di, x, x_next, vW, sW, constants, None)
+        if train_w and rule_now.out_of_line:  # see _out_of_line_row
+            acc = _out_of_line_row(W, i, di, x, x_next, vW, sW, rule_now, None)
         elif train_w and momentum != zero:
             for j in range(W.shape[1]):
                 w, vW[i, j] = sgd_step(W[i, j], di * x[j], vW[i, j], lr, momentum, False, zero)

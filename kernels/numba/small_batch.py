@@ -15,6 +15,7 @@ from tinynet.kernels.numba.elementwise import (
     loss_delta_gathered,
     rule_at,
     sgd_step,
+    sgd_step_with,
     update_bias,
 )
 from tinynet.kernels.numba.team import meet
@@ -120,33 +121,44 @@ def _add_outer_rows(target, t0, D, A, i0, i1, coef):
 
 
 @inner_jit
-def _adam_rows(W, G, m, v, i0, i1, constants):
-    """Rows i0..i1 of W by adam_step with gradients G[0 : i1 - i0]."""
+def _out_of_line_rows(W, G, m, v, i0, i1, rule_now):
+    """Rows i0..i1 of W by an out-of-line rule (RuleNow.out_of_line: adam_step, or sgd_step with
+    Nesterov or weight decay; m: Adam's first moments or the velocities, v: Adam's second) with
+    gradients G[0 : i1 - i0]; out of line as per_sample._out_of_line_row."""
+    zero = typed(W, 0.0)
     for i in range(i0, i1):
-        for j in range(W.shape[1]):
-            g = G[i - i0, j]
-            W[i, j], m[i, j], v[i, j] = adam_step_with(W[i, j], g, m[i, j], v[i, j], constants)
+        if rule_now.adam:
+            for j in range(W.shape[1]):
+                W[i, j], m[i, j], v[i, j] = adam_step_with(
+                    W[i, j], G[i - i0, j], m[i, j], v[i, j], rule_now.constants
+                )
+        elif m.shape[0]:
+            for j in range(W.shape[1]):
+                W[i, j], m[i, j] = sgd_step_with(W[i, j], G[i - i0, j], m[i, j], rule_now)
+        else:
+            for j in range(W.shape[1]):
+                W[i, j], _ = sgd_step_with(W[i, j], G[i - i0, j], zero, rule_now)
 
 
 @inner_jit
 def _update_block(W, b, D, A, blk, train_w, train_b, rule_now, vW, vb, sW, sb, G):
-    """Rows 4 blk .. 4 blk + 3 of W and b by the rule (sgd_step or adam_step; rule_now:
-    elementwise.rule_at's) with gradients D^T A and sum_r D[r]. With momentum or Adam the weight
-    gradient is summed in G (4, in) first; plain SGD adds -lr D^T A straight into the weights
+    """Rows 4 blk .. 4 blk + 3 of W and b by the rule (rule_now: elementwise.rule_at's) with
+    gradients D^T A and sum_r D[r]. With momentum or an out-of-line rule the weight gradient is
+    summed in G (4, in) first; plain SGD adds -lr D^T A straight into the weights
     (elementwise.sgd_step says why)."""
     one = typed(W, 1.0)
     zero = one - one
-    lr, momentum, adam, constants = rule_now
+    lr, momentum = rule_now.lr, rule_now.momentum
     n_out, n_in = W.shape
     i0 = blk * 4
     i1 = min(i0 + 4, n_out)
-    if train_w and (adam or momentum != zero):
+    if train_w and (rule_now.out_of_line or momentum != zero):
         for k in range(i1 - i0):
             for j in range(n_in):
                 G[k, j] = zero
         _add_outer_rows(G, np.int64(0), D, A, i0, i1, one)
-        if adam:  # out of line, as per_sample._adam_row
-            _adam_rows(W, G, vW, sW, i0, i1, constants)
+        if rule_now.out_of_line:
+            _out_of_line_rows(W, G, vW, sW, i0, i1, rule_now)
         else:
             for i in range(i0, i1):
                 for j in range(n_in):
