@@ -52,17 +52,27 @@ def _elementwise_harness(ctype: str) -> str:
         + "                                    T* wp, T* vp, int n) {\n"
         + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
         + f"  const T g = gp[i]; T& w = wp[i]; T& v = vp[i];\n  {sources.MOMENTUM}\n}}\n"
-        + 'extern "C" __global__ void plan_momentum(const T* gp, const T* lr_m, T* wp, T* vp,\n'
-        + "                                         int n) {\n"
+        + 'extern "C" __global__ void plan_sgd(const T* gp, const T* lr_m, bool nesterov, T wd,\n'
+        + "                                    T* wp, T* vp, int n) {\n"
         + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
         + "  const T g = gp[i]; T& w = wp[i]; T& v = vp[i];\n"
-        + f"  {sources.MOMENTUM_FROM_DEVICE}\n}}\n"
+        + f"  {sources.SGD_FROM_DEVICE}\n}}\n"
+        + 'extern "C" __global__ void plan_sgd_decay(const T* gp, const T* lr_m, T wd, T* wp,\n'
+        + "                                          int n) {\n"
+        + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
+        + "  const T g = gp[i]; T& w = wp[i];\n"
+        + f"  {sources.SGD_DECAY_FROM_DEVICE}\n}}\n"
         + sources.ADAM_STEP
         + 'extern "C" __global__ void adam(const T* gp, T b1, T b2, T step_size, T bias_root,\n'
         + "                                T eps, T wd, T shrink, T* wp, T* mp, T* vp, int n) {\n"
         + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
         + "  const T g = gp[i]; T& w = wp[i]; T& m = mp[i]; T& v = vp[i];\n"
         + f"  {sources.ADAM}\n}}\n"
+        + 'extern "C" __global__ void plan_adam(const T* gp, const T* h, T* wp, T* mp, T* vp,\n'
+        + "                                     int n) {\n"
+        + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
+        + "  const T g = gp[i]; T& w = wp[i]; T& m = mp[i]; T& v = vp[i];\n"
+        + f"  {sources.ADAM_FROM_DEVICE}\n}}\n"
     )
 
 
@@ -145,9 +155,15 @@ SGD_CASES = {  # name: (momentum, nesterov, weight_decay)
 
 
 @pytest.mark.skipif(GXX is None, reason="g++ not installed")
-@pytest.mark.parametrize("case", SGD_CASES)
-def test_the_cuda_update_rule_matches_the_reference(tmp_path, case):
-    """The SGD bodies the CUDA kernels run, built for the host with g++, three steps on random
+@pytest.mark.parametrize(
+    ("case", "from_device"),
+    [(case, False) for case in SGD_CASES]
+    + [(case, True) for case in SGD_CASES if case != "sgd"],  # the plan's plain SGD: a GEMM
+    ids=lambda value: {False: "kernel", True: "plan"}.get(value, value),
+)
+def test_the_cuda_update_rule_matches_the_reference(tmp_path, case, from_device):
+    """The SGD bodies the CUDA kernels run (the per-call kernels', and the fused plan's with lr
+    and momentum in device memory), built for the host with g++, three steps on random
     parameters, against the NumPy reference's sgd_update in float64."""
     from tinynet.kernels.numpy_backend import NumpyBackend
 
@@ -159,7 +175,10 @@ def test_the_cuda_update_rule_matches_the_reference(tmp_path, case):
     w, v = w0.copy(), v0.copy()
     for g in grads:
         NumpyBackend().sgd_update(w, g, lr, v if momentum else None, momentum, nesterov, wd)
-    body = sources.MOMENTUM if momentum else sources.SGD
+    if from_device:
+        body = sources.SGD_FROM_DEVICE if momentum else sources.SGD_DECAY_FROM_DEVICE
+    else:
+        body = sources.MOMENTUM if momentum else sources.SGD
     program = (
         "#include <cstdio>\n#define __device__\ntypedef double T;\n"
         + sources.SGD_STEP
@@ -168,6 +187,7 @@ def test_the_cuda_update_rule_matches_the_reference(tmp_path, case):
         + f"  const double gs[3][8] = {{{', '.join('{' + _c_array(g) + '}' for g in grads)}}};\n"
         + f"  const T lr = {lr!r}, m = {momentum!r}, wd = {wd!r};\n"
         + f"  const bool nesterov = {str(nesterov).lower()};\n"
+        + "  const T lr_m[2] = {lr, m};\n"
         + "  for (int s = 0; s < 3; ++s)\n"
         + "    for (int i = 0; i < 8; ++i) {\n"
         + "      const T g = gs[s][i]; T& w = ws[i];"
@@ -181,6 +201,54 @@ def test_the_cuda_update_rule_matches_the_reference(tmp_path, case):
     np.testing.assert_allclose(w_cuda, w, rtol=1e-15)
     if momentum:
         np.testing.assert_allclose(v_cuda, v, rtol=1e-15)
+
+
+@pytest.mark.skipif(GXX is None, reason="g++ not installed")
+@pytest.mark.parametrize("decoupled", [False, True], ids=["adam", "adamw"])
+def test_the_cuda_plan_adam_matches_the_reference(tmp_path, decoupled):
+    """The fused plan's Adam, built for the host with g++: tinynet_adam_scalars writes each
+    update's step_size and bias_root from the step counter and the updates before the call
+    (base), then ADAM_FROM_DEVICE applies the rule; two calls, of 2 and 3 updates, against five
+    updates of the NumPy reference's adam_update in float64."""
+    from tinynet.backend import adam_scalars
+    from tinynet.kernels.numpy_backend import NumpyBackend
+
+    rng = np.random.default_rng(2)
+    w0, grads = rng.normal(size=8), rng.normal(size=(5, 8))
+    lr, (b1, b2), eps, wd = 0.01, (0.8, 0.99), 1e-6, 0.05
+    w, m, v = w0.copy(), np.zeros(8), np.zeros(8)
+    for step, g in enumerate(grads, start=1):
+        NumpyBackend().adam_update(w, g, m, v, lr, (b1, b2), eps, step, wd, decoupled)
+    _, _, _, _, _, l2, shrink = adam_scalars(lr, (b1, b2), eps, 1, wd, decoupled)
+    program = (
+        "#include <cmath>\n#include <cstdio>\n#include <initializer_list>\n"
+        "using std::sqrt; using std::pow;\n"
+        "#define __device__\n#define __global__\ntypedef double T;\n"
+        + sources.ADAM_STEP
+        + sources.ADAM_SCALARS
+        + f"int main() {{\n  double ws[] = {{{_c_array(w0)}}};\n"
+        + "  double ms[8] = {0}, vs[8] = {0};\n"
+        + f"  const double gs[5][8] = {{{', '.join('{' + _c_array(g) + '}' for g in grads)}}};\n"
+        + f"  T h[8] = {{{lr!r}, {b1!r}, {b2!r}, {eps!r}, {l2!r}, {shrink!r}, 0, 0}};\n"
+        + "  long long done = 0;\n"
+        + "  for (long long calls : {2, 3}) {\n"
+        + "    const long long base = done;\n"
+        + "    for (long long step = 0; step < calls; ++step) {\n"
+        + "      tinynet_adam_scalars(&step, &base, h);\n"
+        + "      for (int i = 0; i < 8; ++i) {\n"
+        + "        const T g = gs[done][i]; T& w = ws[i]; T& m = ms[i]; T& v = vs[i];\n"
+        + f"        {sources.ADAM_FROM_DEVICE}\n"
+        + "      }\n"
+        + "      ++done;\n"
+        + "    }\n"
+        + "  }\n"
+        + '  for (int i = 0; i < 8; ++i) printf("%.17g %.17g %.17g\\n", ws[i], ms[i], vs[i]);\n'
+        + "}\n"
+    )
+    w_cuda, m_cuda, v_cuda = _host_columns(tmp_path, "plan_adam", program)
+    np.testing.assert_allclose(w_cuda, w, rtol=1e-14)
+    np.testing.assert_allclose(m_cuda, m, rtol=1e-14)
+    np.testing.assert_allclose(v_cuda, v, rtol=1e-14)
 
 
 @pytest.mark.skipif(GXX is None, reason="g++ not installed")

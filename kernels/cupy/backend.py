@@ -215,8 +215,6 @@ class CupyBackend(Backend):
 
     # -- whole epochs -----------------------------------------------------------------------
     def can_train_batches(self, spec: EpochSpec, batch_size: int) -> bool:
-        if spec.adam is not None or spec.nesterov or spec.weight_decay:
-            return False  # the plan runs SGD with or without momentum only, for now
         # a softmax before the last layer couples a row's units: the kernel-by-kernel path
         if any(layer.activation == "softmax" for layer in spec.layers[:-1]):
             return False

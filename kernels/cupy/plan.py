@@ -9,8 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinynet.backend import EpochSpec
-from tinynet.kernels.cupy.sources import ACT, MOMENTUM_FROM_DEVICE, ROW_KERNELS, SGD_STEP
+from tinynet.backend import EpochSpec, adam_scalars
+from tinynet.kernels.cupy.sources import (
+    ACT,
+    ADAM_FROM_DEVICE,
+    ADAM_STEP,
+    ROW_KERNELS,
+    SGD_DECAY_FROM_DEVICE,
+    SGD_FROM_DEVICE,
+    SGD_STEP,
+)
 
 if TYPE_CHECKING:
     from tinynet.kernels.cupy.backend import CupyBackend
@@ -27,6 +35,7 @@ class PlanKernels:
         self.squared_error = module.get_function("tinynet_squared_error")
         self.softmax_rows = module.get_function("tinynet_softmax_rows")
         self.next_step = module.get_function("tinynet_next_step")
+        self.adam_scalars = module.get_function("tinynet_adam_scalars")
         self.gather = cp.ElementwiseKernel(
             "raw X x, raw int64 order, raw int64 step, int64 batch, int64 width, T scale, T offset",
             "T y",
@@ -34,13 +43,28 @@ class PlanKernels:
             "y = (T)x[order[step[0] * batch + r] * width + (i - r * width)] * scale + offset",
             "tinynet_gather",
         )
-        # momentum: the gradient by a GEMM, then the rule
-        self.momentum = cp.ElementwiseKernel(
-            "T g, raw T lr_m",
+        # every rule but plain SGD: the gradient by a GEMM, then the rule
+        self.sgd = cp.ElementwiseKernel(
+            "T g, raw T lr_m, bool nesterov, T wd",
             "T w, T v",
-            MOMENTUM_FROM_DEVICE,
-            "tinynet_plan_momentum",
+            SGD_DECAY_FROM_DEVICE,
+            SGD_FROM_DEVICE,
+            "tinynet_plan_sgd",
             preamble=SGD_STEP,
+        )
+        self.sgd_decay = cp.ElementwiseKernel(
+            "T g, raw T lr_m, T wd",
+            "T w",
+            SGD_DECAY_FROM_DEVICE,
+            "tinynet_plan_sgd_decay",
+            preamble=SGD_STEP,
+        )
+        self.adam = cp.ElementwiseKernel(
+            "T g, raw T h",
+            "T w, T m, T v",
+            ADAM_FROM_DEVICE,
+            "tinynet_plan_adam",
+            preamble=ADAM_STEP,
         )
 
 
@@ -56,13 +80,14 @@ class EpochPlan:
         """What the captured pointers and constants depend on: a change means a new EpochPlan."""
         arrays = [X, T]
         for layer in spec.layers:
-            arrays += [layer.W, layer.b, layer.vW, layer.vb]
+            arrays += [layer.W, layer.b, layer.vW, layer.vb, layer.sW, layer.sb]
         pointers = tuple(None if a is None else (a.data.ptr, a.shape, a.dtype.str) for a in arrays)
         settings = tuple(
             (layer.activation, layer.alpha, layer.train_W, layer.train_b) for layer in spec.layers
         )
         return (pointers, settings, batch_size, spec.in_scale, spec.in_offset, spec.loss,
-                spec.loss_scale, spec.reduction, spec.momentum)  # fmt: skip
+                spec.loss_scale, spec.reduction, spec.momentum, spec.nesterov,
+                spec.weight_decay, spec.adam)  # fmt: skip
 
     def __init__(
         self, backend: CupyBackend, blas: Cublas, spec: EpochSpec, X: Any, T: Any, batch: int
@@ -81,17 +106,25 @@ class EpochPlan:
         self.A = [cp.zeros((batch, w), dtype) for w in widths]  # activations, A[0] the input
         self.D = [cp.zeros((batch, w), dtype) for w in widths[1:]]  # deltas dE/dz
         self.zero_bias = [cp.zeros(layer.W.shape[0], dtype) for layer in spec.layers]
-        # what each layer's step updates: (parameter, velocity or None, is_bias, gradient
-        # buffer with momentum); the gradient is d^T a for W and d^T 1 for a bias, taken as a
-        # column (out, 1)
+        # what each layer's step updates: (parameter, velocity or Adam's first moments, Adam's
+        # second moments, is_bias, gradient buffer); the gradient is d^T a for W and d^T 1 for
+        # a bias, taken as a column (out, 1). Plain SGD has no buffer: its GEMM adds -lr d^T a
+        # into the parameter (sources.SGD_STEP).
+        self.adam, self.nesterov = spec.adam is not None, spec.nesterov
+        self.weight_decay = dt(spec.weight_decay)
+        plain = not self.adam and spec.momentum == 0 and spec.weight_decay == 0
+
+        def column(a: Any) -> Any:
+            return None if a is None else a.reshape(-1, 1)
+
         self.updates = []
         for layer in spec.layers:
-            params = [(layer.W, layer.vW, False)] if layer.train_W else []
+            params = [(layer.W, layer.vW, layer.sW, False)] if layer.train_W else []
             if layer.train_b:
-                vb = None if layer.vb is None else layer.vb.reshape(-1, 1)
-                params.append((layer.b.reshape(-1, 1), vb, True))
-            grads = [None if v is None else cp.empty_like(p) for p, v, _ in params]
-            self.updates.append([(*param, g) for param, g in zip(params, grads, strict=True)])
+                params.append((column(layer.b), column(layer.vb), column(layer.sb), True))
+            self.updates.append(
+                [(*param, None if plain else cp.empty_like(param[0])) for param in params]
+            )
         self.ones = cp.ones((batch, 1), dtype)
         self.order = cp.zeros(X.shape[0], np.int64)
         self.step = cp.zeros(1, np.int64)
@@ -99,6 +132,9 @@ class EpochPlan:
         # the GEMMs' alpha and beta, read on the device: 1, 0, -lr; then lr and momentum for
         # the momentum kernel (the learning rates set per run)
         self.scalars = cp.asarray(np.array([1, 0, 0, 0, spec.momentum], dtype))
+        # Adam's scalars (sources.ADAM_SCALARS) and the updates before this call
+        self.hyper = cp.zeros(8, dtype)
+        self.base = cp.zeros(1, np.int64)
         self.one, self.zero, self.alpha_lr = (
             self.scalars.data.ptr + i * dtype.itemsize for i in range(3)
         )
@@ -118,6 +154,12 @@ class EpochPlan:
         self.step.fill(0)
         self.neg_lr.fill(-spec.lr)  # the learning rate may change between epochs
         self.lr.fill(spec.lr)
+        if spec.adam is not None:
+            b1, b2, eps, weight_decay, decoupled = spec.adam
+            scalars = adam_scalars(spec.lr, (b1, b2), eps, 1, weight_decay, decoupled)
+            _, _, _, _, eps, l2, shrink = scalars
+            self.hyper[:6] = cp.asarray(np.array([spec.lr, b1, b2, eps, l2, shrink], self.dtype))
+            self.base.fill(spec.step)
         stream = cp.cuda.get_current_stream()
         self.blas.bind(stream.ptr)
         full, rest = divmod(n, self.batch)
@@ -209,6 +251,8 @@ class EpochPlan:
                                           np.int64(self.batch), np.int32(nb), np.int32(classes),
                                           act, alpha, self.loss_scale, coef, d,
                                           self.loss))  # fmt: skip
+        if self.adam:  # this update's step_size and bias_root
+            k.adam_scalars((1,), (1,), (self.step, self.base, self.hyper))
         for i in range(last, -1, -1):
             layer, d, a_in = layers[i], D[i][:nb], A[i][:nb]
             if i > 0:  # the delta below, from W before its update
@@ -217,11 +261,16 @@ class EpochPlan:
                 below_layer = layers[i - 1]
                 act, alpha = ACT[below_layer.activation], dt(below_layer.alpha)
                 self.act_grad(a_in, below, act, alpha, below)
-            for param, velocity, is_bias, grad in self.updates[i]:
+            for param, first, second, is_bias, grad in self.updates[i]:
                 x = self.ones[:nb] if is_bias else a_in
-                if velocity is None:  # SGD: p <- p - lr d^T x, one GEMM (sources.SGD_STEP)
+                if grad is None:  # plain SGD: p <- p - lr d^T x, one GEMM (sources.SGD_STEP)
                     blas.gemm(param, d, x, self.alpha_lr, self.one, trans_a=True)
-                else:  # momentum: g = d^T x, then the rule
-                    blas.gemm(grad, d, x, self.one, self.zero, trans_a=True)
-                    k.momentum(grad, self.lr_m, param, velocity)
+                    continue
+                blas.gemm(grad, d, x, self.one, self.zero, trans_a=True)  # g = d^T x
+                if self.adam:
+                    k.adam(grad, self.hyper, param, first, second)
+                elif first is None:  # weight decay without momentum
+                    k.sgd_decay(grad, self.lr_m, self.weight_decay, param)
+                else:
+                    k.sgd(grad, self.lr_m, self.nesterov, self.weight_decay, param, first)
         k.next_step((1,), (1,), (self.step,))

@@ -57,9 +57,11 @@ __device__ void sgd_step(F& w, F g, F& v, F lr, F momentum, bool nesterov, F wei
 SGD = "T v = 0; sgd_step(w, g, v, lr, (T)0, false, wd);"
 # inputs g, lr, m, nesterov, wd; outputs w, v
 MOMENTUM = "sgd_step(w, g, v, lr, m, nesterov, wd);"
-# the same, with lr and momentum read from device memory (raw lr_m): a captured CUDA graph
-# keeps serving when the learning rate changes; the plan runs SGD without Nesterov or decay
-MOMENTUM_FROM_DEVICE = "sgd_step(w, g, v, lr_m[0], lr_m[1], false, (T)0);"
+# the fused epoch's (plan.py): lr and momentum read from device memory (raw lr_m), so a
+# captured CUDA graph keeps serving when a schedule changes the learning rate; inputs g, lr_m,
+# nesterov, wd; outputs w, v. Without momentum (weight decay only): inputs g, lr_m, wd; output w
+SGD_FROM_DEVICE = "sgd_step(w, g, v, lr_m[0], lr_m[1], nesterov, wd);"
+SGD_DECAY_FROM_DEVICE = "T v = 0; sgd_step(w, g, v, lr_m[0], (T)0, false, wd);"
 
 # torch.optim.Adam's step, and AdamW's: w <- w shrink (AdamW: 1 - lr weight_decay), g <- g +
 # weight_decay w (Adam); m, v the moments; step_size = lr / (1 - b1^t), bias_root =
@@ -76,6 +78,20 @@ __device__ void adam_step(F& w, F g, F& m, F& v, F b1, F b2, F step_size, F bias
 """
 # inputs g, b1, b2, step_size, bias_root, eps, wd, shrink; outputs w, m, v
 ADAM = "adam_step(w, g, m, v, b1, b2, step_size, bias_root, eps, wd, shrink);"
+# the fused epoch's: every scalar read from device memory (raw h, see ADAM_SCALARS), so a
+# captured CUDA graph serves every update count and learning rate; inputs g, h; outputs w, m, v
+ADAM_FROM_DEVICE = "adam_step(w, g, m, v, h[1], h[2], h[6], h[7], h[3], h[4], h[5]);"
+# h: lr, b1, b2, eps, l2 (Adam's weight decay), shrink (AdamW's 1 - lr weight_decay), set per
+# call, and step_size, bias_root, which this one-thread kernel writes before each step for
+# update t = base + step + 1 (backend.adam_scalars' formulas, in double, as Numba's rule_at)
+ADAM_SCALARS = r"""
+extern "C" __global__ void tinynet_adam_scalars(const long long* step, const long long* base,
+                                                T* h) {
+  double t = (double)(base[0] + step[0] + 1);
+  h[6] = (T)((double)h[0] / (1.0 - pow((double)h[1], t)));
+  h[7] = (T)sqrt(1.0 - pow((double)h[2], t));
+}
+"""
 
 
 # Per-row kernels (one thread per sample) for the output layer. T is the float type.
@@ -154,4 +170,5 @@ extern "C" __global__ void tinynet_softmax_rows(T* z, const T* bias, int rows, i
 
 extern "C" __global__ void tinynet_next_step(long long* step) { step[0] += 1; }
 """
+    + ADAM_SCALARS
 )
