@@ -130,7 +130,7 @@ class EpochPlan:
         self.step = cp.zeros(1, np.int64)
         self.loss = cp.zeros((), np.float64)
         # the GEMMs' alpha and beta, read on the device: 1, 0, -lr; then lr and momentum for
-        # the momentum kernel (the learning rates set per run)
+        # the SGD rule kernels (the learning rates set per run)
         self.scalars = cp.asarray(np.array([1, 0, 0, 0, spec.momentum], dtype))
         # Adam's scalars (sources.ADAM_SCALARS) and the updates before this call
         self.hyper = cp.zeros(8, dtype)
