@@ -15,6 +15,7 @@ from tinynet.kernels.numba.elementwise import (
     sgd_step,
     sgd_step_with,
     update_bias,
+    update_biases,
 )
 from tinynet.kernels.numba.team import publish, wait_for_team
 
@@ -95,8 +96,8 @@ def _backward_update(W, b, d, a_in, g, train_w, train_b, rule_now, vW, vb, sW, s
         else:
             for j in range(W.shape[1]):
                 g[j] += di * W[i, j]
-        if train_b:
-            update_bias(b, i, di, rule_now, vb, sb)
+    if train_b:
+        update_biases(b, d, 0, W.shape[0], rule_now, vb, sb)
 
 
 @inner_jit
@@ -141,7 +142,8 @@ def _first_layer_update_and_next_forward(
                 for r in range(i, i + 4):
                     update_bias(b, r, d[r], rule_now, vb, sb)
             i += 4
-    for row in range(i, r1):  # the rest, and every row with momentum, another rule or frozen
+    rest = i
+    for row in range(rest, r1):  # the rest, and every row with momentum, another rule or frozen
         i = row  # weights
         di = d[i]
         acc = zero
@@ -162,8 +164,8 @@ def _first_layer_update_and_next_forward(
             for j in range(W.shape[1]):
                 acc += W[i, j] * x_next[j]
         h_next[i] = acc
-        if train_b:
-            update_bias(b, i, di, rule_now, vb, sb)
+    if train_b:
+        update_biases(b, d, rest, r1, rule_now, vb, sb)
     bias_act_row(h_next[r0:r1], b[r0:r1], act, alpha)
 
 
