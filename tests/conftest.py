@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# SciPy reads this once, on import: with it, scikit-learn's estimator checks include their
+# array API check (tests/test_sklearn.py) instead of skipping it
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
+
 import pytest
 
 import tinynet as tn

@@ -189,6 +189,17 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--backend", help="numpy, auto, ... (default: $TINYNET_BACKEND or auto)")
     _data_flags(evaluate)
 
+    export = sub.add_parser("export", help="write a saved model as ONNX (needs [onnx])")
+    export.add_argument("model", help="a file written by 'tinynet train --save' or net.save")
+    export.add_argument("onnx", help="the ONNX file to write")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    export.add_argument(
+        "--input-type",
+        choices=["float32", "uint8"],
+        default="float32",
+        help="the input's type; uint8 for models with a Rescaling layer (default: float32)",
+    )
+
     sub.add_parser("info", help="backends, versions, threads and GPU")
     return parser
 
@@ -430,6 +441,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    tn.set_backend("numpy")  # the weights only: no kernels to compile
+    net = tn.load(args.model)
+    try:
+        net.to_onnx(args.onnx, opset=args.opset, input_type=args.input_type)
+    except ImportError as exc:  # the onnx package missing: the error says what to install
+        print(f"tinynet: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.onnx} (ONNX opset {args.opset}, {args.input_type} input)")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     # what `train` would use: an invalid TINYNET_BACKEND fails here as it would there
     active = tn.get_backend()
@@ -456,7 +479,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    command = {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info}[args.command]
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export}
+    command = {**commands, "info": cmd_info}[args.command]
     # tinynet's own notes (which backend auto chose, a first compilation) go to stderr
     log, handler = logging.getLogger("tinynet"), logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("tinynet: %(message)s"))

@@ -319,6 +319,30 @@ class MLP:
                 arrays[f"{i}.{p.name}"] = data
         write_atomically(path, lambda f: np.savez(f, **arrays))
 
+    # -- other frameworks (tinynet/export.py; each imports its package only when called) ------
+    def to_onnx(
+        self, path: str | os.PathLike, opset: int = 17, input_type: str = "float32"
+    ) -> None:
+        """Write the model as ONNX (input "input", output "output", dynamic batch); see
+        export.to_onnx. Needs ``pip install "tinynet-mlp[onnx]"``."""
+        from tinynet.export import to_onnx
+
+        to_onnx(self, path, opset, input_type)
+
+    def to_torch(self) -> Any:
+        """The model as a ``torch.nn.Sequential`` with its weights (export.to_torch)."""
+        from tinynet.export import to_torch
+
+        return to_torch(self)
+
+    @classmethod
+    def from_torch(cls, module: Any, dtype: Any = "float32") -> MLP:
+        """An MLP with the weights of a ``torch.nn.Sequential`` of Linear layers and
+        activations (export.from_torch), on the active backend."""
+        from tinynet.export import from_torch
+
+        return from_torch(module, dtype)
+
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"MLP([\n  {inner}\n])"

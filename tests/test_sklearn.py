@@ -1,0 +1,282 @@
+"""tinynet.sklearn's estimators: scikit-learn's own estimator checks in full on the numpy and
+numba backends, and what users do with them (pipelines, searches, pickles, partial_fit)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+
+from sklearn.base import clone
+from sklearn.datasets import load_digits, make_regression
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import tinynet as tn
+from tinynet import backend as backend_module
+from tinynet.sklearn import MLPClassifier, MLPRegressor
+
+# the backends scikit-learn's checks run on: numpy, and numba where it can run
+BACKENDS = [n for n in ("numpy", "numba") if backend_module.backend_status()[n] is None]
+
+
+@parametrize_with_checks(
+    [est(backend=backend) for backend in BACKENDS for est in (MLPClassifier, MLPRegressor)]
+)
+def test_scikit_learn_estimator_checks(estimator, check):
+    """Every check scikit-learn runs on an estimator, none skipped or expected to fail."""
+    check(estimator)
+
+
+def _digits():
+    X, y = load_digits(return_X_y=True)
+    return train_test_split(X / 16.0, y, test_size=0.3, random_state=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_the_classifier_learns_digits_as_well_as_scikit_learns(backend, solver):
+    """Same architecture, solver and epochs as scikit-learn's MLPClassifier: test accuracy
+    within 2 points of it (scikit-learn's own score is the independent reference)."""
+    from sklearn.neural_network import MLPClassifier as SkMLPClassifier
+
+    X_train, X_test, y_train, y_test = _digits()
+    settings = dict(hidden_layer_sizes=(64,), solver=solver, max_iter=60, random_state=0)
+    if solver == "sgd":
+        settings["learning_rate_init"] = 0.05
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = MLPClassifier(backend=backend, **settings).fit(X_train, y_train)
+        theirs = SkMLPClassifier(**settings).fit(X_train, y_train)
+    assert ours.score(X_test, y_test) >= theirs.score(X_test, y_test) - 0.02
+    assert ours.score(X_test, y_test) > 0.9
+    assert ours.n_iter_ == len(ours.loss_curve_) <= 60
+    assert ours.loss_curve_[-1] < ours.loss_curve_[0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_regressor_fits_a_linear_target(backend):
+    X, y = make_regression(n_samples=400, n_features=5, noise=0.1, random_state=0)
+    y = (y - y.mean()) / y.std()
+    model = MLPRegressor((32,), max_iter=300, random_state=0, backend=backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X, y)
+    assert model.score(X, y) > 0.95  # scikit-learn's MLPRegressor: 0.989 here
+    assert model.predict(X).shape == (400,)
+
+
+def test_predict_proba_is_the_networks_softmax():
+    """predict_proba from the weights by hand (float64 NumPy), not from the model's forward."""
+    X_train, X_test, y_train, _ = _digits()
+    model = MLPClassifier((16,), max_iter=5, random_state=0, backend=BACKENDS[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X_train, y_train)
+    W1, W2 = model.coefs_
+    b1, b2 = model.intercepts_
+    hidden = np.maximum(X_test @ W1 + b1, 0)
+    z = hidden @ W2 + b2
+    expected = np.exp(z - z.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(model.predict_proba(X_test), expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(model.predict(X_test), model.classes_[expected.argmax(1)])
+
+
+def test_string_labels_and_partial_fit():
+    """partial_fit in chunks with string labels: the same network as with the integer labels
+    they name (classes_ sorted alike), so each label maps to its output unit."""
+    X_train, _, y_train, _ = _digits()
+    names = np.array([f"digit {k}" for k in range(10)])
+    models = {}
+    for kind, labels, classes in (("names", names[y_train], names), ("ints", y_train, range(10))):
+        model = MLPClassifier((32,), random_state=0, backend=BACKENDS[0])
+        if kind == "names":
+            with pytest.raises(ValueError, match="classes must be passed"):
+                model.partial_fit(X_train[:50], labels[:50])
+        chunks = range(0, len(X_train), 300)
+        for _ in range(10):  # ten passes over the data in chunks, one epoch per call
+            for start in chunks:
+                model.partial_fit(
+                    X_train[start : start + 300], labels[start : start + 300], classes
+                )
+        assert model.n_iter_ == 10 * len(chunks)
+        models[kind] = model
+    np.testing.assert_array_equal(models["names"].classes_, names)
+    predicted = models["names"].predict(X_train)
+    np.testing.assert_array_equal(predicted, names[models["ints"].predict(X_train)])
+    assert (predicted == names[y_train]).mean() > 0.7
+    with pytest.raises(ValueError, match="labels not in classes_"):
+        models["names"].partial_fit(X_train[:5], np.array(["digit 10"] * 5))
+
+
+def test_warm_start_continues_from_the_last_fit():
+    X_train, _, y_train, _ = _digits()
+    model = MLPClassifier((16,), max_iter=3, warm_start=True, random_state=0, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X_train, y_train)
+        first = model.coefs_[0].copy()
+        model.fit(X_train, y_train)
+    assert model.n_iter_ == 6
+    assert len(model.loss_curve_) == 6
+    assert not np.array_equal(model.coefs_[0], first)  # went on training
+    assert model.loss_curve_[3] < model.loss_curve_[0]  # from where it was, not from scratch
+
+
+def test_early_stopping_holds_out_validation_data_and_stops():
+    X_train, _, y_train, _ = _digits()
+    model = MLPClassifier(
+        (32,), early_stopping=True, n_iter_no_change=3, max_iter=500, random_state=0,
+        backend=BACKENDS[0],
+    )  # fmt: skip
+    model.fit(X_train, y_train)
+    assert model.n_iter_ < 500
+    assert len(model.validation_scores_) == model.n_iter_
+    assert model.best_validation_score_ == max(model.validation_scores_) > 0.8
+    assert model.best_loss_ is None
+
+
+def test_max_iter_without_convergence_warns():
+    X_train, _, y_train, _ = _digits()
+    with pytest.warns(ConvergenceWarning, match="max_iter=2"):
+        MLPClassifier((8,), max_iter=2, random_state=0, backend="numpy").fit(X_train, y_train)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(solver="lbfgs"), "solver"),
+        (dict(activation="softplus"), "activation"),
+        (dict(hidden_layer_sizes=(10, 0)), "hidden_layer_sizes"),
+        (dict(learning_rate_init=0.0), "learning_rate_init"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(max_iter=0), "max_iter"),
+        (dict(beta_2=1.5), "beta_2"),
+        (dict(validation_fraction=1.0), "validation_fraction"),
+    ],
+)
+def test_bad_parameters_are_value_errors_naming_them(settings, message):
+    X_train, _, y_train, _ = _digits()
+    with pytest.raises(ValueError, match=message):
+        MLPClassifier(backend="numpy", **settings).fit(X_train[:20], y_train[:20])
+
+
+def test_pipeline_grid_search_and_cross_validation():
+    X_train, X_test, y_train, y_test = _digits()
+    pipe = make_pipeline(StandardScaler(), MLPClassifier(max_iter=20, random_state=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search = GridSearchCV(
+            pipe, {"mlpclassifier__hidden_layer_sizes": [(16,), (64,)]}, cv=2, n_jobs=2
+        ).fit(X_train, y_train)
+        scores = cross_val_score(clone(pipe), X_train, y_train, cv=3)
+    assert search.best_params_["mlpclassifier__hidden_layer_sizes"] in [(16,), (64,)]
+    assert search.score(X_test, y_test) > 0.9
+    assert scores.shape == (3,) and scores.min() > 0.85
+
+
+def test_a_fitted_numba_estimator_unpickles_in_a_fresh_process(tmp_path):
+    X_train, X_test, y_train, _ = _digits()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = MLPClassifier((16,), max_iter=5, random_state=0, backend="numba")
+        model.fit(X_train, y_train)
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(model))
+    np.save(tmp_path / "x.npy", X_test)
+    x_path, p_path = str(tmp_path / "x.npy"), str(tmp_path / "p.npy")
+    code = (
+        "import pickle, sys, numpy as np\n"
+        f"model = pickle.loads(open({str(path)!r}, 'rb').read())\n"
+        f"np.save({p_path!r}, model.predict_proba(np.load({x_path!r})))\n"
+        "print(type(model).__module__, 'sklearn' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TINYNET_BACKEND": "numpy"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["tinynet.sklearn", "True"]
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), model.predict_proba(X_test))
+
+
+def test_import_tinynet_imports_no_ecosystem_package():
+    code = (
+        "import sys, tinynet\n"
+        "print(sorted(m for m in ('sklearn', 'onnx', 'onnxruntime', 'torch') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_backend_parameter_picks_the_backend():
+    X_train, _, y_train, _ = _digits()
+    for backend in BACKENDS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model = MLPClassifier((8,), max_iter=1, backend=backend).fit(X_train, y_train)
+        assert model._net.backend.name == backend
+    assert tn.get_backend().name in tn.available_backends()
+
+
+def _threads_here() -> tuple[int, int]:
+    """(the numba backend's team for a per-sample epoch, BLAS threads) in this process."""
+    import threadpoolctl
+
+    with tn.use_backend(BACKENDS[-1]) as B:
+        net = tn.MLP.from_sizes([8, 4, 2], dtype="float64")
+        spec = net.epoch_spec(tn.CrossEntropy(), tn.SGD(0.1))
+        team = B.team_size(spec, 1) if hasattr(B, "team_size") else 1
+    blas = max(info["num_threads"] for info in threadpoolctl.threadpool_info())
+    return team, blas
+
+
+def test_joblib_workers_take_a_fair_share_of_the_cores():
+    """GridSearchCV(n_jobs=2) runs in joblib's process workers: each worker's tinynet (its
+    thread team and BLAS) must use cores / 2 threads, not every core."""
+    from joblib import Parallel, delayed
+
+    from tinynet.system import cpu_count
+
+    shares = Parallel(n_jobs=2)(delayed(_threads_here)() for _ in range(2))
+    fair = max(1, cpu_count() // 2)
+    assert all(team <= fair and blas <= fair for team, blas in shares), shares
+
+
+def test_a_grid_search_runs_on_dask_unchanged():
+    """The same search through joblib's Dask backend on a LocalCluster of 2 processes: the same
+    best parameters and scores as in this process."""
+    distributed = pytest.importorskip("distributed")
+    from joblib import parallel_config
+
+    X_train, _, y_train, _ = _digits()
+    X_train, y_train = X_train[:600], y_train[:600]
+    grid = {"hidden_layer_sizes": [(8,), (32,)], "alpha": [1e-4, 1e-1]}
+    model = MLPClassifier(max_iter=15, random_state=0, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        here = GridSearchCV(model, grid, cv=2).fit(X_train, y_train)
+        with (
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster,
+            distributed.Client(cluster) as client,
+            parallel_config(backend="dask"),
+            distributed.get_task_stream(client) as tasks,
+        ):
+            on_dask = GridSearchCV(model, grid, cv=2).fit(X_train, y_train)
+    assert len({task["worker"] for task in tasks.data}) == 2  # the fits ran on both workers
+    assert on_dask.best_params_ == here.best_params_
+    np.testing.assert_allclose(
+        on_dask.cv_results_["mean_test_score"], here.cv_results_["mean_test_score"], atol=1e-12
+    )
