@@ -251,6 +251,34 @@ def contention_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def sklearn_table(rows: list[dict]) -> list[str]:
+    """Per dataset and contender: the median seconds per epoch and test score over repeats,
+    and scikit-learn's time over the contender's (above 1: faster than scikit-learn)."""
+    runs: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r.get("kind") == "sklearn":
+            runs[(r["dataset"], r["contender"])]["s"].append(r["s_per_epoch"])
+            runs[(r["dataset"], r["contender"])]["score"].append(r["score"])
+            runs[(r["dataset"], r["contender"])]["info"] = [r]
+    if not runs:
+        return []
+    lines = [
+        "| dataset | contender | epochs | s/epoch | test score | scikit-learn's time / this |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for dataset, contender in sorted(runs):
+        run = runs[(dataset, contender)]
+        info = run["info"][0]
+        seconds = statistics.median(run["s"])
+        reference = runs.get((dataset, "sklearn"), {}).get("s")
+        ratio = _ratio(statistics.median(reference), seconds) if reference else "-"
+        lines.append(
+            f"| {dataset} ({info['train_samples']:,} train) | {contender} | {info['epochs']} | "
+            f"{seconds:.3f} | {statistics.median(run['score']):.4f} {info['metric']} | {ratio} |"
+        )
+    return lines
+
+
 def chart(speeds: dict, path: Path, title: str) -> None:
     """Save ``chart_figure`` as a PNG."""
     import matplotlib.pyplot as plt
@@ -339,6 +367,13 @@ def render(json_path: Path, prefix: Path) -> str:
             "The same network, data and batches trained with Adam and with SGD (momentum 0.9), "
             "per contender, from the medians above; ratio above 1: Adam costs more.",
             optimizer_cost_table(rows, speeds),
+        ),
+        *_section(
+            "Against scikit-learn",
+            "tinynet.sklearn's estimators and scikit-learn's MLPClassifier / MLPRegressor with "
+            "the same settings (one hidden layer of 100 ReLU units, Adam, batch 200, a fixed "
+            "number of epochs, float32 data); medians over 2 alternating fits.",
+            sklearn_table(rows),
         ),
         *_section(
             "Beside a busy core",

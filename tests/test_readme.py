@@ -29,8 +29,8 @@ def _run(code: str, cwd: Path, **env: str) -> str:
     return done.stdout
 
 
-def test_the_readme_has_the_two_blocks_these_tests_run():
-    assert len(BLOCKS) == 2
+def test_the_readme_has_the_three_blocks_these_tests_run():
+    assert len(BLOCKS) == 3
 
 
 def test_the_tutorial_snippet_prints_what_its_comments_say(tmp_path):
@@ -55,7 +55,17 @@ def test_the_mnist_snippet_runs_alone(tmp_path, mnist_dir):
     assert (tmp_path / "mnist.npz").is_file()
 
 
-@pytest.mark.parametrize("index", [0, 1])
+def test_the_ecosystem_snippet_prints_what_its_comments_say(tmp_path):
+    """scikit-learn search, ONNX round trip through onnxruntime, PyTorch weights."""
+    for module in ("sklearn", "onnxruntime", "torch"):
+        pytest.importorskip(module)
+    lines = _run(BLOCKS[2], tmp_path).splitlines()
+    assert 0.95 <= float(lines[0]) <= 1.0  # "about 0.97"
+    assert lines[1:3] == ["True", "True"]
+    assert lines[3].startswith("MLP([") and (tmp_path / "digits.onnx").is_file()
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
 def test_each_block_imports_what_it_uses(index):
     block = BLOCKS[index]
     for name, module in (("tn", "tinynet"), ("np", "numpy")):

@@ -159,3 +159,30 @@ def test_adam_against_its_sgd_baseline(tmp_path):
     text = report.render(path, tmp_path / "out")
     # 4096 samples a round: 0.025 s -> 60,000 / 163,840 = 0.366 s/epoch; 0.02 s -> 0.293; 1.25x
     assert f"| {adam} | {sgd} | float32 | 64 | numba | 0.366 | 0.293 | 1.25 |" in text
+
+
+def test_against_scikit_learn_by_median_epoch_and_score(tmp_path):
+    def fit(contender, s_per_epoch, score, repeat):
+        return _bench(
+            s_per_epoch * 5,
+            kind="sklearn",
+            contender=contender,
+            dataset="MNIST",
+            repeat=repeat,
+            epochs=5,
+            s_per_epoch=s_per_epoch,
+            score=score,
+            metric="accuracy",
+            train_samples=60000,
+        )
+
+    runs = [
+        fit("sklearn", 2.0, 0.970, 0),
+        fit("tinynet-numba", 0.5, 0.972, 0),
+        fit("sklearn", 3.0, 0.971, 1),
+        fit("tinynet-numba", 0.7, 0.974, 1),
+    ]
+    text = report.render(_write(tmp_path, runs), tmp_path / "out")
+    # medians: sklearn 2.5 s, numba 0.6 s an epoch: 2.5 / 0.6 = 4.17x; scores 0.9705, 0.9730
+    assert "| MNIST (60,000 train) | tinynet-numba | 5 | 0.600 | 0.9730 accuracy | 4.17x |" in text
+    assert "| MNIST (60,000 train) | sklearn | 5 | 2.500 | 0.9705 accuracy | 1.00x |" in text

@@ -1,0 +1,108 @@
+"""tinynet's scikit-learn estimators against scikit-learn's own MLP: the same architecture
+(scikit-learn's default, one hidden layer of 100 ReLU units), solver (Adam), batch size (200),
+number of epochs and data; seconds per epoch and the test score of each.
+
+Each round fits a fresh estimator for a fixed number of epochs (no early stop); contenders
+alternate, and the tinynet backends are warmed up first so compilation is not timed.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from functools import cache
+
+import numpy as np
+import pytest
+
+import tinynet as tn
+from benchmarks.conftest import tinynet_backends
+
+pytest.importorskip("sklearn")
+
+REPEATS = 2
+# dataset: epochs per fit
+EPOCHS = {"MNIST": 5, "digits": 50, "classification 100k": 5, "regression 50k": 5}
+CONTENDERS = ["sklearn"] + [f"tinynet-{name}" for name in tinynet_backends() if name != "cupy"]
+
+
+@cache
+def _dataset(name: str):
+    """(X_train, X_test, y_train, y_test, is_classification), float32 features."""
+    from sklearn.datasets import load_digits, make_classification, make_regression
+    from sklearn.model_selection import train_test_split
+
+    if name == "MNIST":
+        try:
+            (x, y), (xt, yt) = (
+                tn.datasets.mnist("train", download=False),
+                tn.datasets.mnist("test", download=False),
+            )
+        except tn.DataFileError:
+            pytest.skip("full MNIST not found (TINYNET_DATA_DIR)")
+        return (
+            (x / np.float32(255)).astype(np.float32),
+            (xt / np.float32(255)).astype(np.float32),
+            y,
+            yt,
+            True,
+        )
+    if name == "digits":
+        X, y = load_digits(return_X_y=True)
+        X, classify = X / 16.0, True
+    elif name == "classification 100k":
+        X, y = make_classification(
+            n_samples=100_000, n_features=40, n_informative=20, n_classes=5, random_state=0
+        )
+        classify = True
+    else:
+        X, y = make_regression(
+            n_samples=50_000, n_features=50, n_informative=30, noise=10.0, random_state=0
+        )
+        y, classify = (y - y.mean()) / y.std(), False
+    X_train, X_test, y_train, y_test = train_test_split(
+        X.astype(np.float32), y, test_size=0.2, random_state=0
+    )
+    return X_train, X_test, y_train, y_test, classify
+
+
+def _estimator(contender: str, classify: bool, epochs: int):
+    settings = dict(max_iter=epochs, n_iter_no_change=epochs + 1, tol=0.0, random_state=0)
+    if contender == "sklearn":
+        from sklearn.neural_network import MLPClassifier, MLPRegressor
+    else:
+        from tinynet.sklearn import MLPClassifier, MLPRegressor
+
+        settings["backend"] = contender.removeprefix("tinynet-")
+    return (MLPClassifier if classify else MLPRegressor)(**settings)
+
+
+@pytest.mark.parametrize("contender", CONTENDERS)
+@pytest.mark.parametrize("repeat", range(REPEATS), ids=lambda r: f"r{r}")
+@pytest.mark.parametrize("dataset", EPOCHS)
+def test_against_scikit_learn(benchmark, dataset, repeat, contender):
+    X_train, X_test, y_train, y_test, classify = _dataset(dataset)
+    epochs = EPOCHS[dataset]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning: a fixed number of epochs
+        if contender != "sklearn":  # compile outside the timing
+            _estimator(contender, classify, 1).fit(X_train[:400], y_train[:400])
+        model = _estimator(contender, classify, epochs)
+        start = time.perf_counter()
+        benchmark.pedantic(model.fit, args=(X_train, y_train), rounds=1, iterations=1)
+        seconds = time.perf_counter() - start
+    score = model.score(X_test, y_test)
+    benchmark.group = f"sklearn {dataset}"
+    benchmark.extra_info.update(
+        kind="sklearn",
+        contender=contender,
+        dataset=dataset,
+        repeat=repeat,
+        epochs=model.n_iter_,
+        s_per_epoch=seconds / model.n_iter_,
+        score=score,
+        metric="accuracy" if classify else "R^2",
+        train_samples=len(X_train),
+    )
+    assert model.n_iter_ == epochs
+    assert score > (0.5 if classify else 0.3), f"{contender} did not learn {dataset}: {score}"
