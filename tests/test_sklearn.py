@@ -280,3 +280,16 @@ def test_a_grid_search_runs_on_dask_unchanged():
     np.testing.assert_allclose(
         on_dask.cv_results_["mean_test_score"], here.cv_results_["mean_test_score"], atol=1e-12
     )
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_training_stops_after_as_many_epochs_as_scikit_learns(early_stopping):
+    """With a tol no epoch can beat, scikit-learn's own MLPClassifier is the reference for how
+    many epochs n_iter_no_change allows."""
+    from sklearn.neural_network import MLPClassifier as SkMLPClassifier
+
+    X_train, _, y_train, _ = _digits()
+    settings = dict(tol=1e9, n_iter_no_change=3, max_iter=50, early_stopping=early_stopping)
+    theirs = SkMLPClassifier((8,), random_state=0, **settings).fit(X_train, y_train)
+    ours = MLPClassifier((8,), random_state=0, backend="numpy", **settings).fit(X_train, y_train)
+    assert ours.n_iter_ == theirs.n_iter_ < 50

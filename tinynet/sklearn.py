@@ -205,12 +205,14 @@ class _BaseMLP(BaseEstimator):
         if self._optim is None:
             self._optim = self._optimizer(batch)
         epochs = 1 if incremental else self.max_iter
-        stop = None
+        # scikit-learn stops once n_iter_no_change epochs in a row did not improve by tol, on
+        # the epoch after them: EarlyStopping's patience counts that epoch too
+        patience, stop = self.n_iter_no_change + 1, None
         if self.early_stopping and not incremental:
             monitor = "val_accuracy" if isinstance(self, ClassifierMixin) else "val_loss"
-            stop = tn.EarlyStopping(monitor, self.n_iter_no_change, self.tol, restore_best=True)
+            stop = tn.EarlyStopping(monitor, patience, self.tol, restore_best=True)
         elif not incremental:
-            stop = tn.EarlyStopping("loss", self.n_iter_no_change, self.tol, restore_best=False)
+            stop = tn.EarlyStopping("loss", patience, self.tol, restore_best=False)
         history = self._net.fit(
             X,
             targets,
