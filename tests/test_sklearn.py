@@ -265,16 +265,21 @@ def test_a_grid_search_runs_on_dask_unchanged():
     X_train, y_train = X_train[:600], y_train[:600]
     grid = {"hidden_layer_sizes": [(8,), (32,)], "alpha": [1e-4, 1e-1]}
     model = MLPClassifier(max_iter=15, random_state=0, backend="numpy")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        here = GridSearchCV(model, grid, cv=2).fit(X_train, y_train)
-        with (
-            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster,
-            distributed.Client(cluster) as client,
-            parallel_config(backend="dask"),
-            distributed.get_task_stream(client) as tasks,
-        ):
-            on_dask = GridSearchCV(model, grid, cv=2).fit(X_train, y_train)
+    environ = dict(os.environ)  # distributed leaves OPENBLAS_NUM_THREADS=1 etc. in it
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            here = GridSearchCV(model, grid, cv=2).fit(X_train, y_train)
+            with (
+                distributed.LocalCluster(n_workers=2, threads_per_worker=1) as cluster,
+                distributed.Client(cluster) as client,
+                parallel_config(backend="dask"),
+                distributed.get_task_stream(client) as tasks,
+            ):
+                on_dask = GridSearchCV(model, grid, cv=2).fit(X_train, y_train)
+    finally:  # later tests start child processes with this environment
+        os.environ.clear()
+        os.environ.update(environ)
     assert len({task["worker"] for task in tasks.data}) == 2  # the fits ran on both workers
     assert on_dask.best_params_ == here.best_params_
     np.testing.assert_allclose(
