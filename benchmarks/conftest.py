@@ -144,7 +144,7 @@ def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
 def machine_info_for_report() -> dict[str, str]:
     info = machine_info()
     info["threads"] = ", ".join(f"{k} {v}" for k, v in thread_settings().items())
-    for module, label in (("torch", "pytorch"), ("jax", "jax")):
+    for module, label in (("torch", "pytorch"), ("jax", "jax"), ("sklearn", "scikit-learn")):
         if importlib.util.find_spec(module) is not None:
             info[label] = importlib.import_module(module).__version__
     if "jax" in info:
