@@ -2,8 +2,9 @@
 (scikit-learn's default, one hidden layer of 100 ReLU units), solver (Adam), batch size (200),
 number of epochs and data; seconds per epoch and the test score of each.
 
-Each round fits a fresh estimator for a fixed number of epochs (no early stop); contenders
-alternate, and the tinynet backends are warmed up first so compilation is not timed.
+Each round fits a fresh estimator for a fixed number of epochs (no early stop), after a pause
+that lets the previous contender's BLAS threads stop spinning; contenders alternate, and the
+tinynet backends are warmed up first so compilation is not timed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from benchmarks.conftest import tinynet_backends
 pytest.importorskip("sklearn")
 
 REPEATS = 2
+SETTLE_S = 1.0
 # dataset: epochs per fit
 EPOCHS = {"MNIST": 5, "digits": 50, "classification 100k": 5, "regression 50k": 5}
 CONTENDERS = ["sklearn"] + [f"tinynet-{name}" for name in tinynet_backends() if name != "cupy"]
@@ -88,6 +90,10 @@ def test_against_scikit_learn(benchmark, dataset, repeat, contender):
         if contender != "sklearn":  # compile outside the timing
             _estimator(contender, classify, 1).fit(X_train[:400], y_train[:400])
         model = _estimator(contender, classify, epochs)
+        # the previous contender's BLAS pool (scikit-learn runs on NumPy's OpenBLAS, tinynet's
+        # numba backend on SciPy's) spins for a while after its last call and would take half
+        # of this one's cores: let it go to sleep first
+        time.sleep(SETTLE_S)
         start = time.perf_counter()
         benchmark.pedantic(model.fit, args=(X_train, y_train), rounds=1, iterations=1)
         seconds = time.perf_counter() - start
