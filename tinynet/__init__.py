@@ -5,7 +5,7 @@ net = tn.MLP.from_sizes([784, 128, 10], activation="relu", output_activation="so
 net.fit(X, labels, tn.CrossEntropy(), tn.SGD(lr=0.1), epochs=5, batch_size=64)
 """
 
-from tinynet import datasets, losses, schedules, system
+from tinynet import datasets, distributed, losses, schedules, system
 from tinynet.backend import (
     Backend,
     available_backends,
@@ -62,6 +62,7 @@ __all__ = [
     "TinynetError",
     "available_backends",
     "datasets",
+    "distributed",
     "get_backend",
     "load",
     "losses",

@@ -216,14 +216,20 @@ class MLP:
             chunks.append(self.backend.to_numpy(self.outputs(x[start : start + batch_size])))
         return np.concatenate(chunks)
 
-    def step(self, x: Any, t: Any, loss: Loss, optimizer: Optimizer) -> Any:
-        """One training step on checked backend arrays; the loss before the update, 0-d."""
+    def gradients(self, x: Any, t: Any, loss: Loss) -> Any:
+        """Forward and backward on checked backend arrays: every parameter's ``grad`` set, no
+        update; the loss, 0-d."""
         y = x
         for layer in self.layers:
             y = layer.forward(y)
         last = self.layers[-1]
         value, delta = loss.value_and_delta(self.backend, y, t, last.activation, last.alpha)
         self.backward(delta)
+        return value
+
+    def step(self, x: Any, t: Any, loss: Loss, optimizer: Optimizer) -> Any:
+        """One training step on checked backend arrays; the loss before the update, 0-d."""
+        value = self.gradients(x, t, loss)
         optimizer.step(self.parameters(), self.backend)
         return value
 

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -28,6 +28,9 @@ from tinynet.layers import Parameter
 from tinynet.losses import Loss
 from tinynet.optim import Optimizer
 from tinynet.schedules import Schedule
+
+if TYPE_CHECKING:
+    from tinynet.distributed import MPI
 
 
 class Trainable(Protocol):
@@ -42,6 +45,8 @@ class Trainable(Protocol):
     def as_inputs(self, x: Any) -> Any: ...  # a checked backend array (batch, in)
 
     def as_targets(self, t: Any, n: int) -> Any: ...  # a checked backend array (n, out)
+
+    def gradients(self, x: Any, t: Any, loss: Loss) -> Any: ...  # grads set; 0-d loss
 
     def step(self, x: Any, t: Any, loss: Loss, optimizer: Optimizer) -> Any: ...  # 0-d loss
 
@@ -91,6 +96,7 @@ def fit(
     early_stopping: EarlyStopping | None = None,
     checkpoint: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
+    distributed: MPI | None = None,
 ) -> History:
     """Mini-batch SGD over (X, T) for ``epochs`` epochs; returns the History.
 
@@ -107,6 +113,11 @@ def fit(
     ``checkpoint``: a file written atomically after every epoch with all the run's state;
     ``resume``: such a file to continue from (``epochs`` counts all epochs, done and to do), on
     the same backend and thread count bit for bit.
+
+    ``distributed``: a ``tinynet.distributed.MPI`` on every rank of an ``mpiexec`` job: each
+    global batch of ``batch_size`` rows is split over the ranks and their gradients averaged
+    (one allreduce a step); rank 0 alone shows progress and writes the checkpoint. An error on
+    one rank stops them all (MPI_Abort) with a line naming it.
     """
     epochs = _positive_int("epochs", epochs)
     batch_size = _positive_int("batch_size", batch_size)
@@ -117,6 +128,9 @@ def fit(
     if n == 0:
         raise ShapeError("no training samples")
     T = model.as_targets(T, n)
+    if distributed is not None:  # the same model, weights and shuffling seed on every rank
+        seed = distributed.start(model, optimizer, loss, batch_size, n, seed)
+        progress = progress and distributed.is_root
     if not (isinstance(validation_split, int | float) and 0 <= validation_split < 1):
         raise InvalidInputError(f"validation_split must be in [0, 1), got {validation_split!r}")
     if validation_split and validation_data is not None:
@@ -155,8 +169,8 @@ def fit(
         # number of batches, the same batches as below) and the progress bar moves between them.
         # Built per epoch, so a learning rate changed in on_epoch_end takes effect.
         spec = model.epoch_spec(loss, optimizer)
-        if spec is not None and not B.can_train_batches(spec, batch_size):
-            spec = None
+        if spec is not None and (distributed or not B.can_train_batches(spec, batch_size)):
+            spec = None  # distributed: the fused epochs have no allreduce between steps yet
         chunk = _chunk(n, batch_size)
         order = rng.permutation(n) if shuffle else None
         order_on_device = B.asarray(order) if order is not None else None  # one upload
@@ -185,6 +199,14 @@ def fit(
                     updates = -(-(stop - start) // batch_size)  # the batches it trained
                     spec.step += updates
                     optimizer.advance(model.parameters(), updates)
+                elif distributed is not None:
+                    try:
+                        total += _distributed_steps(
+                            model, X, T, order_on_device, start, stop, batch_size, loss,
+                            optimizer, distributed,
+                        )  # fmt: skip
+                    except BaseException as exc:  # the other ranks wait in an allreduce
+                        distributed.abort(exc)
                 else:
                     with B.step_threads((id(model), batch_size), stop - start):
                         for first in range(start, stop, batch_size):
@@ -207,6 +229,8 @@ def fit(
                             samples_s=f"{rate:,.0f}",
                             refresh=False,
                         )
+        if distributed is not None:
+            total = distributed.sum(float(total))  # each rank summed its own shards' losses
         mean_loss = float(total) / n
         elapsed = time.perf_counter() - start_time
         if not math.isfinite(mean_loss):
@@ -232,8 +256,13 @@ def fit(
         if schedule is not None:
             schedule.after_epoch(epoch, record)
         if on_epoch_end is not None:
-            on_epoch_end(epoch, record)
-        if checkpoint is not None:
+            try:
+                on_epoch_end(epoch, record)
+            except BaseException as exc:
+                if distributed is None:
+                    raise
+                distributed.abort(exc)
+        if checkpoint is not None and (distributed is None or distributed.is_root):
             state.epoch, state.rng_state = epoch, rng.bit_generator.state
             state.history = history.history
             state.schedule = schedule.state() if schedule is not None else None
@@ -245,6 +274,39 @@ def fit(
     if early_stopping is not None:
         early_stopping.restore(model.parameters())
     return history
+
+
+def _distributed_steps(
+    model: Trainable,
+    X: Any,
+    T: Any,
+    order: Any,
+    start: int,
+    stop: int,
+    batch_size: int,
+    loss: Loss,
+    optimizer: Optimizer,
+    distributed: MPI,
+) -> float:
+    """The steps of rows start..stop on this rank: its shard of each global batch, the
+    gradients averaged over the ranks, the same update everywhere; its shards' loss sum."""
+    B = model.backend
+    per_sample = loss.reduction == "mean"
+    total = 0.0
+    for first in range(start, stop, batch_size):
+        last = min(first + batch_size, stop)
+        lo, hi = distributed.shard(first, last)
+        if hi > lo:
+            idx = order[lo:hi] if order is not None else B.xp.arange(lo, hi)
+            value = float(model.gradients(X[idx], T[idx], loss))
+            total += value * (hi - lo) if per_sample else value
+        else:  # a last batch smaller than the ranks: nothing of it here
+            for p in model.parameters():
+                p.grad = B.xp.zeros_like(p.data)
+        weight = (hi - lo) / (last - first) if per_sample else 1.0
+        distributed.average_gradients(model.parameters(), weight, B)
+        optimizer.step(model.parameters(), B)
+    return total
 
 
 def _split(X: Any, T: Any, fraction: float, seed: int, B: Any) -> tuple[Any, Any, tuple]:

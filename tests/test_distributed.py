@@ -1,0 +1,137 @@
+"""Data-parallel training over MPI, with real processes under ``mpiexec -n 2``: the same result
+as one process with the global batch, faults that stop the whole job, and ranks that disagree."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tinynet as tn
+from tinynet import backend as backend_module
+
+pytest.importorskip("mpi4py")
+MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+if MPIEXEC is None:
+    pytest.skip("mpiexec not found (pip install 'tinynet-mlp[mpi]')", allow_module_level=True)
+
+BACKENDS = [name for name in ("numpy", "numba") if backend_module.backend_status()[name] is None]
+OPTIMIZERS = {"momentum": lambda: tn.SGD(0.1, 0.9), "adam": lambda: tn.Adam(0.01)}
+
+# Each rank builds its model from its own seed (rank 0's weights win: the run broadcasts them),
+# and trains 3 epochs of global batches of 64. Modes inject faults on rank 1.
+JOB = """
+import os, signal, sys, numpy as np, tinynet as tn
+backend, name, out, mode = sys.argv[1:5]
+tn.set_backend(backend)
+mpi = tn.distributed.MPI()
+rng = np.random.default_rng(0)
+X, labels = rng.normal(size=(600, 6)), rng.integers(0, 3, 600)
+hidden = 17 if mode == "other-model" and mpi.rank == 1 else 16
+dtype = "float32" if mode == "other-dtype" and mpi.rank == 1 else "float64"
+net = tn.MLP.from_sizes([6, hidden, 3], "tanh", "softmax", dtype=dtype, seed=1 + mpi.rank)
+optimizer = {"momentum": lambda: tn.SGD(0.1, 0.9), "adam": lambda: tn.Adam(0.01)}[name]()
+if mode in ("raise", "kill") and mpi.rank == 1:  # a fault in the 5th step of the first epoch
+    calls, gradients = [0], net.gradients
+    def faulty(*args):
+        calls[0] += 1
+        if calls[0] == 5:
+            if mode == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError("injected fault")
+        return gradients(*args)
+    net.gradients = faulty
+try:
+    history = net.fit(X, labels, tn.CrossEntropy(), optimizer, epochs=3, batch_size=64, seed=5,
+                      distributed=mpi)
+except tn.InvalidInputError as exc:
+    print(f"rank {mpi.rank}: {exc}", flush=True)
+    sys.exit(3)
+if mpi.is_root:
+    np.savez(out, *[a for pair in net.get_weights() for a in pair], loss=history["loss"])
+"""
+
+
+def _mpiexec(
+    tmp_path: Path, *args: str, ranks: int = 2
+) -> tuple[subprocess.CompletedProcess, float]:
+    job = tmp_path / "job.py"
+    job.write_text(JOB)
+    start = time.perf_counter()
+    done = subprocess.run(
+        [MPIEXEC, "-n", "2", sys.executable, str(job), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TINYNET_ADAPTIVE_THREADS": "0"},
+    )
+    return done, time.perf_counter() - start
+
+
+def _one_process(backend: str, name: str):
+    """The reference: one process, the same data, seed and global batch of 64."""
+    rng = np.random.default_rng(0)
+    X, labels = rng.normal(size=(600, 6)), rng.integers(0, 3, 600)
+    with tn.use_backend(backend):
+        net = tn.MLP.from_sizes([6, 16, 3], "tanh", "softmax", dtype="float64", seed=1)
+        history = net.fit(X, labels, tn.CrossEntropy(), OPTIMIZERS[name](), epochs=3,
+                          batch_size=64, seed=5)  # fmt: skip
+    return [a for pair in net.get_weights() for a in pair], history["loss"]
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path, backend, name):
+    done, _ = _mpiexec(tmp_path, backend, name, str(tmp_path / "out.npz"), "ok")
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    weights, losses = _one_process(backend, name)
+    for i, want in enumerate(weights):
+        np.testing.assert_allclose(got[f"arr_{i}"], want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got["loss"], losses, rtol=1e-10)
+
+
+def test_an_exception_on_one_rank_stops_the_job_naming_it(tmp_path):
+    done, seconds = _mpiexec(tmp_path, "numpy", "momentum", str(tmp_path / "out.npz"), "raise")
+    assert done.returncode != 0
+    assert seconds < 30
+    assert "tinynet: error: rank 1 of 2 failed: RuntimeError: injected fault" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_a_killed_rank_stops_the_job(tmp_path):
+    done, seconds = _mpiexec(tmp_path, "numpy", "momentum", str(tmp_path / "out.npz"), "kill")
+    assert done.returncode != 0
+    assert seconds < 30
+    assert "signal 9" in done.stdout + done.stderr  # the launcher's report of the killed rank
+    assert not (tmp_path / "out.npz").exists()
+
+
+@pytest.mark.parametrize(("mode", "differs"), [("other-model", "model"), ("other-dtype", "dtype")])
+def test_ranks_that_disagree_fail_before_training(tmp_path, mode, differs):
+    done, _ = _mpiexec(tmp_path, "numpy", "momentum", str(tmp_path / "out.npz"), mode)
+    assert done.returncode == 3, done.stderr[-3000:]
+    lines = sorted(done.stdout.splitlines())
+    assert len(lines) == 2  # every rank says it, none trains
+    for rank, line in enumerate(lines):
+        assert line.startswith(f"rank {rank}: the MPI ranks do not train the same model")
+        assert f"rank 1 differs from rank 0 in {differs}" in line
+
+
+def test_shards_cover_each_batch_once():
+    """The contiguous split of a global batch over the ranks, by hand for 3 ranks."""
+    shards = []
+    for rank in range(3):
+        mpi = tn.distributed.MPI.__new__(tn.distributed.MPI)
+        mpi.rank, mpi.size = rank, 3
+        shards.append(mpi.shard(64, 128))
+    assert shards == [(64, 85), (85, 106), (106, 128)]
+    mpi.rank = 2
+    assert mpi.shard(0, 2) == (1, 2)  # a last batch smaller than the ranks: rank 0 gets none

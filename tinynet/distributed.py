@@ -1,0 +1,171 @@
+"""Data-parallel training over MPI: ``net.fit(..., distributed=tn.distributed.MPI())`` on each
+of the processes ``mpiexec -n N`` starts.
+
+Synchronous data parallelism, as ChainerMN, Horovod and PyTorch DDP do it. Every rank holds the
+whole model (rank 0's weights, broadcast at the start) and draws the same permutation of the
+data each epoch. Each global batch of ``batch_size`` rows is split into contiguous shards, one
+per rank. A rank computes the gradient of its shard, and one allreduce per step averages the
+gradients of all parameters, packed into one buffer. Every rank then applies the same update,
+so the run computes what one process would with the global batch.
+
+Needs ``pip install "tinynet-mlp[mpi]"`` (mpi4py and MPICH); ``import tinynet`` does not
+import it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+from tinynet.errors import InvalidInputError
+
+# the variables an MPI launcher sets in each process it starts (MPICH's Hydra and PMIx, Open MPI)
+LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
+
+
+def launched_size() -> int:
+    """How many processes the MPI launcher started (1 outside ``mpiexec``), without importing
+    MPI."""
+    for name in LAUNCHER_SIZE_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
+class MPI:
+    """Synchronous data parallelism over an MPI communicator (mpi4py's ``COMM_WORLD`` by
+    default). ``rank`` and ``size`` say where this process stands; ``is_root`` is rank 0, the
+    one that prints, plots and writes files.
+
+    ``threads``: the threads each rank's kernels and BLAS may use. The default is the machine's
+    cores divided by the ranks on this node, so the ranks do not oversubscribe the cores.
+    """
+
+    def __init__(self, comm: Any = None, threads: int | None = None) -> None:
+        try:
+            from mpi4py import MPI as mpi
+        except ImportError as exc:
+            raise ImportError(
+                "distributed training needs mpi4py and an MPI library: "
+                "pip install 'tinynet-mlp[mpi]'"
+            ) from exc
+        self._mpi = mpi
+        self.comm = mpi.COMM_WORLD if comm is None else comm
+        self.rank: int = self.comm.Get_rank()
+        self.size: int = self.comm.Get_size()
+        local = self.comm.Split_type(mpi.COMM_TYPE_SHARED)
+        self.local_size: int = local.Get_size()
+        local.Free()
+        self.threads = threads if threads is not None else self._fair_threads()
+        self._limit_threads(self.threads)
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def _fair_threads(self) -> int:
+        from tinynet.system import cpu_count
+
+        return max(1, cpu_count() // self.local_size)
+
+    @staticmethod
+    def _limit_threads(threads: int) -> None:
+        """At most ``threads`` threads for BLAS (threadpoolctl) and Numba in this process."""
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+        if "numba" in sys.modules:
+            import numba
+
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        os.environ["NUMBA_NUM_THREADS"] = os.environ.get("NUMBA_NUM_THREADS", str(threads))
+
+    # -- before training ------------------------------------------------------------------------
+    def start(self, model: Any, optimizer: Any, loss: Any, batch_size: int, n: int, seed: Any):
+        """Check that every rank trains the same thing, make the weights rank 0's, and return
+        the shuffling seed every rank uses (rank 0's). An InvalidInputError on every rank, before
+        any training, when the ranks disagree."""
+        mine = self._fingerprint(model, optimizer, loss, batch_size, n)
+        everyone = self.comm.allgather(mine)
+        differ = [rank for rank, theirs in enumerate(everyone) if theirs != everyone[0]]
+        if differ:
+            keys = sorted(k for k in everyone[0] if everyone[differ[0]].get(k) != everyone[0][k])
+            raise InvalidInputError(
+                f"the MPI ranks do not train the same model: rank {differ[0]} differs from rank 0 "
+                f"in {', '.join(keys)} ({everyone[differ[0]][keys[0]]!r} against "
+                f"{everyone[0][keys[0]]!r}); ranks differing: {differ}"
+            )
+        B = model.backend
+        for p in model.parameters():
+            data = np.ascontiguousarray(B.to_numpy(p.data))
+            self.comm.Bcast(data, root=0)
+            p.data[...] = B.asarray(data)
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        return self.comm.bcast(seed, root=0)
+
+    @staticmethod
+    def _fingerprint(model: Any, optimizer: Any, loss: Any, batch_size: int, n: int) -> dict:
+        layers = [layer.config() for layer in model.layers]
+        return {
+            "model": json.dumps(layers, sort_keys=True),
+            "dtype": str(np.dtype(model.dtype)),
+            "backend": model.backend.name,
+            "optimizer": repr(optimizer),  # its class and settings
+            "loss": repr(loss),
+            "batch_size": batch_size,
+            "samples": n,
+        }
+
+    # -- each step ------------------------------------------------------------------------------
+    def shard(self, first: int, last: int) -> tuple[int, int]:
+        """This rank's contiguous rows of the global batch [first, last)."""
+        n = last - first
+        return first + n * self.rank // self.size, first + n * (self.rank + 1) // self.size
+
+    def average_gradients(self, params: list[Any], weight: float, backend: Any) -> None:
+        """grad <- sum over ranks of weight_r grad_r for every trainable parameter, with one
+        allreduce of one buffer. ``weight``: this rank's share of the batch (its rows / the
+        batch's, for a mean loss), so the result is the whole batch's gradient."""
+        grads = [p for p in params if not p.frozen and p.grad is not None]
+        sizes = [p.grad.size for p in grads]
+        dtype = np.dtype(grads[0].grad.dtype) if grads else np.float64
+        buffer = np.empty(sum(sizes), dtype)
+        offset = 0
+        for p, size in zip(grads, sizes, strict=True):
+            buffer[offset : offset + size] = backend.to_numpy(p.grad).reshape(-1)
+            offset += size
+        buffer *= dtype.type(weight)
+        self.comm.Allreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM)
+        offset = 0
+        for p, size in zip(grads, sizes, strict=True):
+            p.grad = backend.asarray(buffer[offset : offset + size].reshape(p.grad.shape))
+            offset += size
+
+    def sum(self, value: float) -> float:
+        """The sum of ``value`` over the ranks."""
+        return float(self.comm.allreduce(float(value), op=self._mpi.SUM))
+
+    # -- faults ---------------------------------------------------------------------------------
+    def abort(self, exc: BaseException) -> None:
+        """Stop every rank: one line naming this rank and its error on stderr, then this
+        process exits at once with status 1, and the launcher stops the others, which may be
+        waiting in a collective that would never complete. Not MPI_Abort: MPICH's runs a
+        collective of its own, which met the others' pending allreduce and crashed them with
+        pages of internal errors."""
+        print(
+            f"tinynet: error: rank {self.rank} of {self.size} failed: "
+            f"{type(exc).__name__}: {exc}; stopping all ranks",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.stdout.flush()
+        os._exit(1)
+
+
+__all__ = ["MPI", "launched_size"]
