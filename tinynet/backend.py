@@ -175,6 +175,21 @@ class Backend(abc.ABC):
         said True."""
         raise NotImplementedError(f"backend {self.name!r} has no train_batches")
 
+    def can_train_batches_distributed(self, spec: EpochSpec, distributed: Any) -> bool:
+        """Whether ``train_batches_distributed`` can run this model as a rank of
+        ``distributed`` (a tinynet.distributed.MPI); else the trainer's kernel-by-kernel loop
+        averages the gradients between steps."""
+        return False
+
+    def train_batches_distributed(
+        self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int, distributed: Any
+    ) -> Any:
+        """``train_batches`` as one rank of a data-parallel run: each global batch of
+        ``batch_size`` rows of X[order] split into the ranks' contiguous shards
+        (``distributed.shard``), the gradients summed over the ranks each step; the sum of this
+        rank's rows' losses. Called only where ``can_train_batches_distributed`` said True."""
+        raise NotImplementedError(f"backend {self.name!r} has no train_batches_distributed")
+
     def step_threads(self, key: Any, samples: int) -> contextlib.AbstractContextManager:
         """A context the trainer runs a stretch of ``samples`` samples of kernel-by-kernel
         steps in, ``key`` naming its kind: where a CPU backend sizes its BLAS thread pools

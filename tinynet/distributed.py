@@ -79,11 +79,12 @@ class MPI:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(threads)
-        if "numba" in sys.modules:
+        if "numba" in sys.modules:  # this thread's share (tinynet's teams ask get_num_threads)
             import numba
 
             numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        os.environ["NUMBA_NUM_THREADS"] = os.environ.get("NUMBA_NUM_THREADS", str(threads))
+        else:  # read when Numba is imported; changed after, Numba refuses it
+            os.environ.setdefault("NUMBA_NUM_THREADS", str(threads))
 
     # -- before training ------------------------------------------------------------------------
     def start(self, model: Any, optimizer: Any, loss: Any, batch_size: int, n: int, seed: Any):

@@ -169,8 +169,12 @@ def fit(
         # number of batches, the same batches as below) and the progress bar moves between them.
         # Built per epoch, so a learning rate changed in on_epoch_end takes effect.
         spec = model.epoch_spec(loss, optimizer)
-        if spec is not None and (distributed or not B.can_train_batches(spec, batch_size)):
-            spec = None  # distributed: the fused epochs have no allreduce between steps yet
+        if spec is not None and not (
+            B.can_train_batches_distributed(spec, distributed)
+            if distributed is not None
+            else B.can_train_batches(spec, batch_size)
+        ):
+            spec = None
         chunk = _chunk(n, batch_size)
         order = rng.permutation(n) if shuffle else None
         order_on_device = B.asarray(order) if order is not None else None  # one upload
@@ -195,7 +199,15 @@ def fit(
                         if order_on_device is not None
                         else B.xp.arange(start, stop)
                     )
-                    total += B.train_batches(spec, X, T, idx, batch_size)
+                    if distributed is None:
+                        total += B.train_batches(spec, X, T, idx, batch_size)
+                    else:
+                        try:
+                            total += B.train_batches_distributed(
+                                spec, X, T, idx, batch_size, distributed
+                            )
+                        except BaseException as exc:  # the other ranks wait in an allreduce
+                            distributed.abort(exc)
                     updates = -(-(stop - start) // batch_size)  # the batches it trained
                     spec.step += updates
                     optimizer.advance(model.parameters(), updates)

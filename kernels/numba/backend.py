@@ -11,7 +11,8 @@ import numpy as np
 
 from tinynet.backend import Backend, EpochSpec, adam_scalars
 from tinynet.kernels.numba import cache, elementwise
-from tinynet.kernels.numba.blas import blas_epoch, gemm_address, product
+from tinynet.kernels.numba.blas import blas_epoch, blas_epoch_allreduce, gemm_address, product
+from tinynet.kernels.numba.collective import allreduce_handles
 from tinynet.kernels.numba.compile import (
     ACT,
     CACHE,
@@ -70,6 +71,7 @@ class NumbaBackend(Backend):
         self._sizer = self._blas.sizer
         self.adaptive_threads = self._blas.adaptive
         self._kinds_run: set = set()  # kinds of train_batches call made in this process
+        self._allreduce_handles: dict = {}  # (communicator, dtype) -> MPI_Allreduce and handles
 
     def info(self) -> dict[str, str]:
         info = NumpyBackend.info(self)
@@ -199,6 +201,53 @@ class NumbaBackend(Backend):
         finally:
             if notice is not None:
                 notice.cancel()
+
+    def can_train_batches_distributed(self, spec: EpochSpec, distributed: Any) -> bool:
+        return self._allreduce(spec, distributed) is not None
+
+    def _allreduce(self, spec: EpochSpec, distributed: Any) -> tuple | None:
+        """collective.allreduce_handles for this dtype, found once per communicator."""
+        dtype = np.dtype(spec.layers[0].W.dtype)
+        key = (id(distributed.comm), dtype)
+        if key not in self._allreduce_handles:
+            self._allreduce_handles[key] = allreduce_handles(distributed.comm, dtype)
+        return self._allreduce_handles[key]
+
+    def train_batches_distributed(
+        self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int, distributed: Any
+    ) -> float:
+        """blas.blas_epoch_allreduce for every batch size: the shards of small global batches
+        are smaller still, and a step needs the summed gradients before any update."""
+        dtype = spec.layers[0].W.dtype
+        data, net, rule = self._epoch_arguments(spec, X, T, order)
+        A, D, _ = self._work_arrays(dtype, spec.layers, batch_size)
+        grads, sums = self._flat_gradients(spec), self._flat_gradients(spec, "sums")
+        shard = (np.int64(distributed.rank), np.int64(distributed.size))
+        handles = self._allreduce(spec, distributed)
+        with self._blas.sized(("distributed", dtype, batch_size), len(order)):
+            return blas_epoch_allreduce(
+                gemm_address(dtype), data, net, rule, A, D, grads, sums, batch_size, shard,
+                handles,
+            )  # fmt: skip
+
+    def _flat_gradients(self, spec: EpochSpec, name: str = "grads") -> tuple:
+        """(one flat buffer, per-layer weight-gradient views of it, per-layer bias-gradient
+        views): what one allreduce a step sums. Zeros, kept like _work_arrays."""
+        dtype = spec.layers[0].W.dtype
+        shapes = tuple([layer.W.shape for layer in spec.layers])
+        key = ("flat", name, dtype, shapes)
+        buffers = self._local.__dict__.setdefault("buffers", {})
+        if key not in buffers:
+            sizes = [r * c for r, c in shapes] + [r for r, _ in shapes]
+            flat = np.zeros(sum(sizes), dtype)
+            views, offset = [], 0
+            for size in sizes:
+                views.append(flat[offset : offset + size])
+                offset += size
+            n = len(shapes)
+            W_views = tuple([v.reshape(shape) for v, shape in zip(views[:n], shapes, strict=True)])
+            buffers[key] = (flat, W_views, tuple(views[n:]))
+        return buffers[key]
 
     def _blas_batches(self, spec, X, T, order, batch_size: int) -> float:
         dtype = spec.layers[0].W.dtype

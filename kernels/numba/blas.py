@@ -9,6 +9,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import get_cython_function_address, intrinsic
 
+from tinynet.kernels.numba.collective import allreduce_sum
 from tinynet.kernels.numba.compile import inner_jit, jit, typed
 from tinynet.kernels.numba.elementwise import (
     act_grad,
@@ -118,6 +119,36 @@ def product(a: np.ndarray, b: np.ndarray, trans_a: bool = False, trans_b: bool =
     return out
 
 
+@inner_jit
+def _forward_and_loss(address, data, net, rule, A, D, rows, batch_rows):
+    """The forward pass of X[rows] (A[l + 1] = f(A[l] W^T + b)) and the output layer's delta,
+    scaled for a batch of ``batch_rows`` rows (which may be more than these: a shard of it);
+    the sum of these rows' losses."""
+    X, T, in_scale, in_offset = data.X, data.T, data.in_scale, data.in_offset
+    Ws, bs, acts, alphas = net.Ws, net.bs, net.acts, net.alphas
+    last = len(Ws) - 1
+    one = typed(A[0], 1.0)
+    nb = rows.shape[0]
+    gather_inputs(X, rows, in_scale, in_offset, A[0][:nb])
+    for layer in range(last + 1):
+        Z = A[layer + 1][:nb]
+        gemm(address, False, True, one, A[layer][:nb], Ws[layer], one - one, Z)
+        bias_act(Z, bs[layer], acts[layer], alphas[layer])
+    inv_n = batch_scale(A[0], batch_rows, rule.mean)
+    Y, d = A[last + 1][:nb], D[last][:nb]
+    return loss_delta_gathered(
+        Y, T, rows, rule.kind, rule.scale, inv_n, acts[last], alphas[last], d
+    )
+
+
+@inner_jit
+def _delta_below(address, net, layer, d, a_in, below):
+    """The delta of the layer below, d W * f'(its output), from W before its update."""
+    one = typed(d, 1.0)
+    gemm(address, False, False, one, d, net.Ws[layer], one - one, below)
+    act_grad(a_in, below, net.acts[layer - 1], net.alphas[layer - 1])
+
+
 @jit
 def blas_epoch(address, data, net, rule, A, D, grads_W, grad_b, batch):
     """Mini-batch SGD over X[order] in steps of ``batch``; the sum of the per-sample losses.
@@ -131,9 +162,11 @@ def blas_epoch(address, data, net, rule, A, D, grads_W, grad_b, batch):
     elementwise.adam_step. Nothing is allocated per batch (grad_b: the bias gradients), and no
     Python runs between batches.
     """
-    X, order, T, in_scale, in_offset = data
-    Ws, bs, acts, alphas, train_w, train_b, vWs, vbs, sWs, sbs = net
-    kind, scale, mean, lr, momentum = rule.kind, rule.scale, rule.mean, rule.lr, rule.momentum
+    order = data.order
+    Ws, bs, train_w, train_b, vWs, vbs, sWs, sbs = (
+        net.Ws, net.bs, net.train_w, net.train_b, net.vWs, net.vbs, net.sWs, net.sbs
+    )  # fmt: skip
+    lr, momentum = rule.lr, rule.momentum
     last = len(Ws) - 1
     one = typed(A[0], 1.0)
     zero = one - one
@@ -142,21 +175,12 @@ def blas_epoch(address, data, net, rule, A, D, grads_W, grad_b, batch):
     for start in range(0, order.shape[0], batch):
         nb = min(batch, order.shape[0] - start)
         rows = order[start : start + nb]
-        gather_inputs(X, rows, in_scale, in_offset, A[0][:nb])
         constants = rule_at(rule, rule.step + start // batch + 1, A[0]).constants  # Adam's, now
-        for layer in range(last + 1):  # A[l + 1] = f(A[l] W^T + b)
-            Z = A[layer + 1][:nb]
-            gemm(address, False, True, one, A[layer][:nb], Ws[layer], zero, Z)
-            bias_act(Z, bs[layer], acts[layer], alphas[layer])
-        inv_n = batch_scale(A[0], nb, mean)
-        Y, d = A[last + 1][:nb], D[last][:nb]
-        total += loss_delta_gathered(Y, T, rows, kind, scale, inv_n, acts[last], alphas[last], d)
+        total += _forward_and_loss(address, data, net, rule, A, D, rows, nb)
         for layer in range(last, -1, -1):
             W, d, a_in = Ws[layer], D[layer][:nb], A[layer][:nb]
-            if layer > 0:  # the delta below, from W before its update
-                below = D[layer - 1][:nb]
-                gemm(address, False, False, one, d, W, zero, below)
-                act_grad(a_in, below, acts[layer - 1], alphas[layer - 1])
+            if layer > 0:
+                _delta_below(address, net, layer, d, a_in, D[layer - 1][:nb])
             if rule.adam:  # g = d^T a into a buffer, then the rule, for W and b
                 if train_w[layer]:
                     G = grads_W[layer]
@@ -187,4 +211,57 @@ def blas_epoch(address, data, net, rule, A, D, grads_W, grad_b, batch):
             if train_b[layer]:
                 column_sums(d, grad_b[layer])
                 sgd(bs[layer], grad_b[layer], lr, vbs[layer], momentum, False, zero)
+    return total
+
+
+@jit
+def blas_epoch_allreduce(address, data, net, rule, A, D, grads, sums, batch, shard, handles):
+    """blas_epoch's steps as one rank of a data-parallel run: each global batch of ``batch``
+    rows of X[order] is split into ``shard = (rank, ranks)`` contiguous parts; this rank takes
+    its part forward and back, every gradient (scaled for the whole batch) goes into one flat
+    buffer, one MPI allreduce (collective.allreduce_sum) sums the buffers of all ranks, and each
+    rank applies the rule to the sums, so all ranks stay equal. grads and sums: (flat buffer,
+    per-layer weight-gradient views of it, per-layer bias-gradient views). The sum of this
+    rank's rows' losses. The MPI error code of a failed allreduce stops the epoch (RuntimeError).
+    """
+    order = data.order
+    Ws, bs, train_w, train_b, vWs, vbs, sWs, sbs = (
+        net.Ws, net.bs, net.train_w, net.train_b, net.vWs, net.vbs, net.sWs, net.sbs
+    )  # fmt: skip
+    sent, gW, gb = grads
+    summed, sum_W, sum_b = sums
+    rank, ranks = shard
+    last = len(Ws) - 1
+    one = typed(A[0], 1.0)
+    total = 0.0
+    for start in range(0, order.shape[0], batch):
+        nb = min(batch, order.shape[0] - start)
+        lo, hi = start + nb * rank // ranks, start + nb * (rank + 1) // ranks
+        rows, m = order[lo:hi], hi - lo
+        now = rule_at(rule, rule.step + start // batch + 1, A[0])
+        total += _forward_and_loss(address, data, net, rule, A, D, rows, nb)
+        for layer in range(last, -1, -1):
+            d, a_in = D[layer][:m], A[layer][:m]
+            if layer > 0:
+                _delta_below(address, net, layer, d, a_in, D[layer - 1][:m])
+            if train_w[layer]:
+                gemm(address, True, False, one, d, a_in, one - one, gW[layer])
+            if train_b[layer]:
+                column_sums(d, gb[layer])
+        if allreduce_sum(handles, sent, summed) != 0:
+            raise RuntimeError("MPI_Allreduce failed in the distributed BLAS epoch")
+        for layer in range(last + 1):
+            if train_w[layer]:
+                W, G = Ws[layer].reshape(-1), sum_W[layer].reshape(-1)
+                if rule.adam:
+                    adam(W, G, vWs[layer].reshape(-1), sWs[layer].reshape(-1), now.constants)
+                else:
+                    v = vWs[layer].reshape(-1)
+                    sgd(W, G, now.lr, v, now.momentum, now.nesterov, now.constants[5])
+            if train_b[layer]:
+                if rule.adam:
+                    adam(bs[layer], sum_b[layer], vbs[layer], sbs[layer], now.constants)
+                else:
+                    sgd(bs[layer], sum_b[layer], now.lr, vbs[layer], now.momentum, now.nesterov,
+                        now.constants[5])  # fmt: skip
     return total
