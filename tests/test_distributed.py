@@ -147,3 +147,19 @@ def test_shards_cover_each_batch_once():
     assert shards == [(64, 85), (85, 106), (106, 128)]
     mpi.rank = 2
     assert mpi.shard(0, 2) == (1, 2)  # a last batch smaller than the ranks: rank 0 gets none
+
+
+def test_tinynet_train_under_mpiexec_reports_once(tmp_path, mnist_dir):
+    """``mpiexec -n 2 tinynet train``: both ranks train one model; rank 0 alone prints and
+    saves it."""
+    done = subprocess.run(
+        [MPIEXEC, "-n", "2", sys.executable, "-m", "tinynet.cli", "train", "--epochs", "1",
+         "--hidden", "32", "--batch-size", "128", "--data-dir", str(mnist_dir), "--quiet",
+         "--save", str(tmp_path / "model.npz")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ranks: 2" in done.stdout
+    (result,) = [line for line in done.stdout.splitlines() if line.startswith("test accuracy")]
+    assert float(re.search(r"([0-9.]+)%", result).group(1)) > 90
+    assert done.stdout.count("model saved") == 1 and (tmp_path / "model.npz").is_file()

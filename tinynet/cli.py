@@ -337,11 +337,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     t_train = tn.one_hot(y_train, 10, on=on, off=off, dtype=args.dtype)
     t_test = tn.one_hot(y_test, 10, on=on, off=off, dtype=args.dtype)
 
-    print(
-        f"tinynet {tn.__version__}  backend: {backend.name}  data: {source} "
+    # under mpiexec: data-parallel over the ranks; rank 0 alone prints, plots and saves
+    distributed = tn.distributed.MPI() if tn.distributed.launched_size() > 1 else None
+    root = distributed is None or distributed.is_root
+    say = print if root else _silent
+    ranks = f"  ranks: {distributed.size}" if distributed is not None else ""
+    say(
+        f"tinynet {tn.__version__}  backend: {backend.name}{ranks}  data: {source} "
         f"({len(x_train):,} train / {len(x_test):,} test)"
     )
-    print(
+    say(
         f"recipe {args.recipe}: {net.in_features}-{'-'.join(map(str, opt['hidden']))}-10 "
         f"{opt['activation']}, {loss!r}, {optimizer!r} ({opt['schedule']} schedule), "
         f"batch {opt['batch_size']}, {_count(opt['epochs'], 'epoch')}, {args.dtype}"
@@ -350,7 +355,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     scored = "val" if args.validation_split else "test"
 
     def end_of_epoch(epoch: int, r: dict[str, float]) -> None:
-        print(
+        say(
             f"epoch {epoch:2d}/{opt['epochs']}  loss {r['loss']:.4f}  "
             f"{scored} acc {100 * r['val_accuracy']:.2f}%  lr {r['lr']:.3g}  {r['time']:.2f} s  "
             f"{r['samples_per_s']:,.0f} samples/s",
@@ -375,6 +380,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         early_stopping=stopper,
         checkpoint=args.checkpoint,
         resume=args.resume,
+        distributed=distributed,
     )
     wall = time.perf_counter() - started
     accuracy = net.evaluate(x_test, t_test)["accuracy"]
@@ -382,19 +388,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_time = sum(history["time"]) or float("nan")
     trained = epochs_run * len(x_train) * (1 - args.validation_split)
     if stopper is not None and stopper.stopped_epoch is not None:
-        print(f"stopped after epoch {stopper.stopped_epoch}; kept epoch {stopper.best_epoch}")
-    print(
+        say(f"stopped after epoch {stopper.stopped_epoch}; kept epoch {stopper.best_epoch}")
+    say(
         f"test accuracy {100 * accuracy:.2f}% on {source}; training {train_time:.1f} s "
         f"({train_time / epochs_run:.2f} s/epoch, "
         f"{trained / train_time:,.0f} samples/s), wall {wall:.1f} s"
     )
-    if args.save:
+    if args.save and root:
         net.save(args.save)
-        print(f"model saved to {args.save}")
-    if args.plot:
+        say(f"model saved to {args.save}")
+    if args.plot and root:
         _plot(history, args.plot, f"{source}, recipe {args.recipe}, {backend.name}")
-        print(f"training curve saved to {args.plot}")
+        say(f"training curve saved to {args.plot}")
     return 0
+
+
+def _silent(*args: object, **kwargs: object) -> None:
+    """print's stand-in on the ranks other than 0."""
 
 
 def _count(n: int, noun: str) -> str:
