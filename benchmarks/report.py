@@ -279,6 +279,39 @@ def sklearn_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def scaling_table(rows: list[dict]) -> list[str]:
+    """Per backend and batch: seconds per epoch on 1 process x 2 threads and 2 processes x 1
+    thread (medians over repeats), the speed-up of 2 x 1, and one step's allreduce alone."""
+    runs: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r.get("kind") == "scaling":
+            epoch = r["seconds"] * 60000 / r["samples"]
+            runs[(r["backend"], r["batch"])][r["layout"]].append(epoch)
+            if "allreduce_s" in r:
+                runs[(r["backend"], r["batch"])]["allreduce"].append(r["allreduce_s"])
+                runs[(r["backend"], r["batch"])]["bytes"] = [r["allreduce_bytes"]]
+    if not runs:
+        return []
+    lines = [
+        "| backend | batch | 1 x 2 threads, s/epoch | 2 x 1 thread, s/epoch | speed-up | "
+        "allreduce per step | allreduces per epoch, s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (backend, batch), run in sorted(runs.items()):
+        one = statistics.median(run["1x2"]) if run["1x2"] else None
+        two = statistics.median(run["2x1"]) if run["2x1"] else None
+        reduce_s = statistics.median(run["allreduce"]) if run["allreduce"] else None
+        per_step = f"{reduce_s * 1e6:.0f} µs ({run['bytes'][0] / 1e6:.2f} MB)" if reduce_s else "-"
+        per_epoch = f"{reduce_s * -(-60000 // batch):.3f}" if reduce_s else "-"
+        lines.append(
+            f"| {backend} | {batch} | {one:.3f} | {two:.3f} | {_ratio(one, two)} | {per_step} | "
+            f"{per_epoch} |"
+            if one and two
+            else f"| {backend} | {batch} | - | - | - | {per_step} | {per_epoch} |"
+        )
+    return lines
+
+
 def chart(speeds: dict, path: Path, title: str) -> None:
     """Save ``chart_figure`` as a PNG."""
     import matplotlib.pyplot as plt
@@ -374,6 +407,14 @@ def render(json_path: Path, prefix: Path) -> str:
             "the same settings (one hidden layer of 100 ReLU units, Adam, batch 200, a fixed "
             "number of epochs, float32 data); medians over 2 alternating fits.",
             sklearn_table(rows),
+        ),
+        *_section(
+            "Scaling over MPI",
+            "The default recipe's network (SGD with momentum) on one process with 2 threads "
+            "and on 2 MPI processes with 1 thread each (the same global batch, split), fresh "
+            "processes, medians over 2 alternating repeats; speed-up above 1: the 2 processes "
+            "are faster. The allreduce: one step's gradients alone, between the 2 processes.",
+            scaling_table(rows),
         ),
         *_section(
             "Beside a busy core",

@@ -186,3 +186,19 @@ def test_against_scikit_learn_by_median_epoch_and_score(tmp_path):
     # medians: sklearn 2.5 s, numba 0.6 s an epoch: 2.5 / 0.6 = 4.17x; scores 0.9705, 0.9730
     assert "| MNIST (60,000 train) | tinynet-numba | 5 | 0.600 | 0.9730 accuracy | 4.17x |" in text
     assert "| MNIST (60,000 train) | sklearn | 5 | 2.500 | 0.9705 accuracy | 1.00x |" in text
+
+
+def test_scaling_by_layout_with_the_allreduce(tmp_path):
+    def run(layout, seconds, repeat, allreduce=None):
+        extra = dict(kind="scaling", layout=layout, repeat=repeat, backend="numba", batch=64,
+                     samples=16384, ranks=1 if layout == "1x2" else 2, seconds=seconds)  # fmt: skip
+        if allreduce is not None:
+            extra.update(allreduce_s=allreduce, allreduce_bytes=940_000)
+        return _bench(seconds, **extra)
+
+    runs = [run("1x2", 0.08, 0), run("2x1", 0.10, 0, 50e-6), run("1x2", 0.09, 1),
+            run("2x1", 0.12, 1, 70e-6)]  # fmt: skip
+    text = report.render(_write(tmp_path, runs), tmp_path / "out")
+    # s/epoch = median seconds * 60000 / 16384: 0.085 -> 0.311, 0.11 -> 0.403; 0.311 / 0.403
+    # = 0.77x; allreduce 60 us, 938 steps an epoch -> 0.056 s
+    assert "| numba | 64 | 0.311 | 0.403 | 0.77x | 60 µs (0.94 MB) | 0.056 |" in text
