@@ -44,9 +44,25 @@ class MPI:
 
     ``threads``: the threads each rank's kernels and BLAS may use. The default is the machine's
     cores divided by the ranks on this node, so the ranks do not oversubscribe the cores.
+
+    ``average_every=K``: local SGD instead. Each rank takes its shard of every global batch as
+    its own step (batch_size / ranks rows, the update from its gradient alone), and every K
+    steps the ranks average their weights and optimizer state: one allreduce per K steps
+    instead of one per step, and each stretch of K steps runs in the backend's fused epoch.
+    Not the same computation as one process (see README, "Beyond one machine", for its cost).
     """
 
-    def __init__(self, comm: Any = None, threads: int | None = None) -> None:
+    def __init__(
+        self, comm: Any = None, threads: int | None = None, average_every: int | None = None
+    ) -> None:
+        if average_every is not None and (
+            isinstance(average_every, bool) or not isinstance(average_every, int)
+            or average_every < 1
+        ):  # fmt: skip
+            raise InvalidInputError(
+                f"average_every must be a positive integer or None, got {average_every!r}"
+            )
+        self.average_every = average_every
         try:
             from mpi4py import MPI as mpi
         except ImportError as exc:
@@ -91,6 +107,11 @@ class MPI:
         """Check that every rank trains the same thing, make the weights rank 0's, and return
         the shuffling seed every rank uses (rank 0's). An InvalidInputError on every rank, before
         any training, when the ranks disagree."""
+        if self.average_every is not None and batch_size % self.size:
+            raise InvalidInputError(
+                f"local SGD (average_every) needs a batch_size the {self.size} ranks divide "
+                f"evenly, got {batch_size}"
+            )
         mine = self._fingerprint(model, optimizer, loss, batch_size, n)
         everyone = self.comm.allgather(mine)
         differ = [rank for rank, theirs in enumerate(everyone) if theirs != everyone[0]]
@@ -110,8 +131,7 @@ class MPI:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         return self.comm.bcast(seed, root=0)
 
-    @staticmethod
-    def _fingerprint(model: Any, optimizer: Any, loss: Any, batch_size: int, n: int) -> dict:
+    def _fingerprint(self, model: Any, optimizer: Any, loss: Any, batch_size: int, n: int) -> dict:
         layers = [layer.config() for layer in model.layers]
         return {
             "model": json.dumps(layers, sort_keys=True),
@@ -121,6 +141,7 @@ class MPI:
             "loss": repr(loss),
             "batch_size": batch_size,
             "samples": n,
+            "average_every": self.average_every,
         }
 
     # -- each step ------------------------------------------------------------------------------
@@ -147,6 +168,31 @@ class MPI:
         for p, size in zip(grads, sizes, strict=True):
             p.grad = backend.asarray(buffer[offset : offset + size].reshape(p.grad.shape))
             offset += size
+
+    def average_parameters(self, params: list[Any], optimizer: Any, backend: Any) -> None:
+        """Every parameter and optimizer buffer <- its mean over the ranks (local SGD), with
+        one allreduce of one buffer."""
+        arrays = [p.data for p in params]
+        arrays += [b for p in params if not p.frozen for b in optimizer.buffers(p, backend)]
+        sizes = [a.size for a in arrays]
+        buffer = np.empty(sum(sizes), np.dtype(arrays[0].dtype))
+        offset = 0
+        for a, size in zip(arrays, sizes, strict=True):
+            buffer[offset : offset + size] = backend.to_numpy(a).reshape(-1)
+            offset += size
+        self.comm.Allreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM)
+        buffer /= self.size
+        offset = 0
+        for a, size in zip(arrays, sizes, strict=True):
+            a[...] = backend.asarray(buffer[offset : offset + size].reshape(a.shape))
+            offset += size
+
+    def local_rows(self, order: Any, first: int, last: int, batch_size: int) -> Any:
+        """This rank's shard of each global batch of rows first..last of ``order``, in order
+        (local SGD's own rows for those steps)."""
+        shards = [order[slice(*self.shard(s, min(s + batch_size, last)))]
+                  for s in range(first, last, batch_size)]  # fmt: skip
+        return np.concatenate(shards) if shards else order[:0]
 
     def sum(self, value: float) -> float:
         """The sum of ``value`` over the ranks."""

@@ -169,12 +169,15 @@ def fit(
         # number of batches, the same batches as below) and the progress bar moves between them.
         # Built per epoch, so a learning rate changed in on_epoch_end takes effect.
         spec = model.epoch_spec(loss, optimizer)
-        if spec is not None and not (
-            B.can_train_batches_distributed(spec, distributed)
-            if distributed is not None
-            else B.can_train_batches(spec, batch_size)
-        ):
-            spec = None
+        local_sgd = distributed is not None and distributed.average_every is not None
+        if spec is not None:
+            if distributed is None:
+                fused = B.can_train_batches(spec, batch_size)
+            elif local_sgd:  # each rank's own steps, on its shards: the usual fused epochs
+                fused = B.can_train_batches(spec, batch_size // distributed.size)
+            else:
+                fused = B.can_train_batches_distributed(spec, distributed)
+            spec = spec if fused else None
         chunk = _chunk(n, batch_size)
         order = rng.permutation(n) if shuffle else None
         order_on_device = B.asarray(order) if order is not None else None  # one upload
@@ -193,7 +196,15 @@ def fit(
         with bar:
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
-                if spec is not None:
+                if local_sgd:
+                    try:
+                        total += _local_sgd_steps(
+                            model, X, T, order, start, stop, batch_size, loss, optimizer,
+                            distributed, spec,
+                        )  # fmt: skip
+                    except BaseException as exc:  # the other ranks wait in an allreduce
+                        distributed.abort(exc)
+                elif spec is not None:
                     idx = (
                         order_on_device[start:stop]
                         if order_on_device is not None
@@ -318,6 +329,46 @@ def _distributed_steps(
         weight = (hi - lo) / (last - first) if per_sample else 1.0
         distributed.average_gradients(model.parameters(), weight, B)
         optimizer.step(model.parameters(), B)
+    return total
+
+
+def _local_sgd_steps(
+    model: Trainable,
+    X: Any,
+    T: Any,
+    order: np.ndarray | None,
+    start: int,
+    stop: int,
+    batch_size: int,
+    loss: Loss,
+    optimizer: Optimizer,
+    distributed: MPI,
+    spec: EpochSpec | None,
+) -> float:
+    """Local SGD over rows start..stop: this rank's shard of each global batch is its own step
+    (batch_size / ranks rows), run by the backend's fused epoch where it has one, and every
+    ``average_every`` steps the ranks average their weights and optimizer state. The sum of
+    this rank's rows' losses."""
+    B = model.backend
+    per_sample = loss.reduction == "mean"
+    local_batch = batch_size // distributed.size
+    rows_per_average = distributed.average_every * batch_size
+    order = np.arange(X.shape[0]) if order is None else order
+    total = 0.0
+    for first in range(start, stop, rows_per_average):
+        rows = distributed.local_rows(order, first, min(first + rows_per_average, stop),
+                                      batch_size)  # fmt: skip
+        if spec is not None:
+            total += float(B.train_batches(spec, X, T, B.asarray(rows), local_batch))
+            updates = -(-len(rows) // local_batch)
+            spec.step += updates
+            optimizer.advance(model.parameters(), updates)
+        else:
+            for i in range(0, len(rows), local_batch):
+                idx = B.asarray(rows[i : i + local_batch])
+                value = float(model.step(X[idx], T[idx], loss, optimizer))
+                total += value * len(idx) if per_sample else value
+        distributed.average_parameters(model.parameters(), optimizer, B)
     return total
 
 
