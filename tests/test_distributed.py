@@ -196,3 +196,13 @@ def test_local_sgd_every_4_steps_trains_and_ends_with_equal_ranks(tmp_path, back
     np.testing.assert_array_equal(ranks[0], ranks[1])  # the last average made them one
     weights, _ = _one_process(backend, "adam")
     assert not np.allclose(got["arr_0"], weights[0], rtol=1e-6)  # not synchronous Adam
+
+
+def test_average_every_outside_mpiexec_is_a_clear_error():
+    done = subprocess.run(
+        [sys.executable, "-m", "tinynet.cli", "train", "--sample", "--average-every", "4"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--average-every is for runs under mpiexec" in done.stderr
+    assert "Traceback" not in done.stderr

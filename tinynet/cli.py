@@ -183,6 +183,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--save", metavar="NPZ", help="save the trained model (default: none)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--average-every",
+        type=int,
+        metavar="K",
+        help="under mpiexec: local SGD, the ranks average their weights every K steps "
+        "(default: none, the gradients averaged every step)",
+    )
 
     evaluate = sub.add_parser("evaluate", help="test accuracy of a saved model on MNIST")
     evaluate.add_argument("model", help="a file written by 'tinynet train --save'")
@@ -338,10 +345,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     t_test = tn.one_hot(y_test, 10, on=on, off=off, dtype=args.dtype)
 
     # under mpiexec: data-parallel over the ranks; rank 0 alone prints, plots and saves
-    distributed = tn.distributed.MPI() if tn.distributed.launched_size() > 1 else None
+    distributed = None
+    if tn.distributed.launched_size() > 1:
+        distributed = tn.distributed.MPI(average_every=args.average_every)
+    elif args.average_every is not None:
+        raise InvalidInputError("--average-every is for runs under mpiexec with 2 or more ranks")
     root = distributed is None or distributed.is_root
     say = print if root else _silent
     ranks = f"  ranks: {distributed.size}" if distributed is not None else ""
+    if distributed is not None and distributed.average_every is not None:
+        ranks += f" (local SGD, averaging every {distributed.average_every} steps)"
     say(
         f"tinynet {tn.__version__}  backend: {backend.name}{ranks}  data: {source} "
         f"({len(x_train):,} train / {len(x_test):,} test)"
