@@ -29,8 +29,9 @@ OPTIMIZERS = {"momentum": lambda: tn.SGD(0.1, 0.9), "adam": lambda: tn.Adam(0.01
 # Each rank builds its model from its own seed (rank 0's weights win: the run broadcasts them),
 # and trains 3 epochs of global batches of 64. Modes inject faults on rank 1.
 JOB = """
-import os, signal, sys, numpy as np, tinynet as tn
+import logging, os, signal, sys, numpy as np, tinynet as tn
 backend, name, out, mode = sys.argv[1:5]
+logging.basicConfig(level=logging.INFO, format="tinynet: %(message)s")
 tn.set_backend(backend)
 every = int(mode.removeprefix("local-every-")) if mode.startswith("local-every-") else None
 mpi = tn.distributed.MPI(average_every=every)
@@ -126,7 +127,10 @@ def test_a_killed_rank_stops_the_job(tmp_path):
     done, seconds = _mpiexec(tmp_path, "numpy", "momentum", str(tmp_path / "out.npz"), "kill")
     assert done.returncode != 0
     assert seconds < 30
-    assert "signal 9" in done.stdout + done.stderr  # the launcher's report of the killed rank
+    said = done.stdout + done.stderr
+    assert "signal 9" in said  # the launcher's report of the killed process, by its id
+    (pid,) = re.findall(r"PID (\d+) RUNNING", said)
+    assert f"rank 1 pid {pid} on " in said  # rank 0 logged which rank that process was
     assert not (tmp_path / "out.npz").exists()
 
 

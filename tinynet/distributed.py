@@ -15,13 +15,17 @@ import it.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
 import sys
 from typing import Any
 
 import numpy as np
 
 from tinynet.errors import InvalidInputError
+
+log = logging.getLogger("tinynet")
 
 # the variables an MPI launcher sets in each process it starts (MPICH's Hydra and PMIx, Open MPI)
 LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
@@ -79,6 +83,15 @@ class MPI:
         local.Free()
         self.threads = threads if threads is not None else self._fair_threads()
         self._limit_threads(self.threads)
+        # where each rank runs: a rank killed outright cannot say it failed, and the launcher
+        # names only its process id, so rank 0 logs which rank each process id is
+        places = self.comm.allgather((os.getpid(), socket.gethostname()))
+        if self.is_root:
+            log.info(
+                "MPI: %d ranks: %s",
+                self.size,
+                ", ".join(f"rank {r} pid {pid} on {host}" for r, (pid, host) in enumerate(places)),
+            )
 
     @property
     def is_root(self) -> bool:
