@@ -59,8 +59,10 @@ def counted(*args):
     return train_batches_distributed(*args)
 B.train_batches_distributed = counted
 try:
-    history = net.fit(X, labels, tn.CrossEntropy(), optimizer, epochs=3, batch_size=64, seed=5,
-                      distributed=mpi)
+    epochs, checkpoint, resume = (sys.argv[5:8] + ["3", "", ""][len(sys.argv[5:8]):])
+    history = net.fit(X, labels, tn.CrossEntropy(), optimizer, epochs=int(epochs), batch_size=64,
+                      seed=5, distributed=mpi, checkpoint=checkpoint or None,
+                      resume=resume or None)
 except tn.InvalidInputError as exc:
     print(f"rank {mpi.rank}: {exc}", flush=True)
     sys.exit(3)
@@ -89,14 +91,14 @@ def _mpiexec(
     return done, time.perf_counter() - start
 
 
-def _one_process(backend: str, name: str):
+def _one_process(backend: str, name: str, epochs: int = 3, **fit_settings):
     """The reference: one process, the same data, seed and global batch of 64."""
     rng = np.random.default_rng(0)
     X, labels = rng.normal(size=(600, 6)), rng.integers(0, 3, 600)
     with tn.use_backend(backend):
         net = tn.MLP.from_sizes([6, 16, 3], "tanh", "softmax", dtype="float64", seed=1)
-        history = net.fit(X, labels, tn.CrossEntropy(), OPTIMIZERS[name](), epochs=3,
-                          batch_size=64, seed=5)  # fmt: skip
+        history = net.fit(X, labels, tn.CrossEntropy(), OPTIMIZERS[name](), epochs=epochs,
+                          batch_size=64, seed=5, **fit_settings)  # fmt: skip
     return [a for pair in net.get_weights() for a in pair], history["loss"]
 
 
@@ -210,3 +212,22 @@ def test_average_every_outside_mpiexec_is_a_clear_error():
     assert done.returncode == 2
     assert "--average-every is for runs under mpiexec" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_checkpoint_resumes_on_another_number_of_ranks(tmp_path, backend):
+    """2 epochs on 2 ranks (rank 0 writes the checkpoint), 2 more in one process; and 2 in one
+    process, 2 more on 2 ranks: both equal 4 epochs in one process."""
+    straight, _ = _one_process(backend, "adam", epochs=4)
+    ckpt = tmp_path / "two.ckpt"
+    done, _ = _mpiexec(tmp_path, backend, "adam", str(tmp_path / "a.npz"), "ok", "2", str(ckpt))
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed_here, _ = _one_process(backend, "adam", epochs=4, resume=ckpt)
+    _one_process(backend, "adam", epochs=2, checkpoint=tmp_path / "one.ckpt")
+    done, _ = _mpiexec(tmp_path, backend, "adam", str(tmp_path / "b.npz"), "ok", "4", "",
+                       str(tmp_path / "one.ckpt"))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed_on_two = np.load(tmp_path / "b.npz")
+    for i, want in enumerate(straight):
+        np.testing.assert_allclose(resumed_here[i], want, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(resumed_on_two[f"arr_{i}"], want, rtol=1e-10, atol=1e-12)
