@@ -23,7 +23,7 @@ def main(backend: str, batch: int, samples: int) -> None:
     x, y = x[:samples], y[:samples]
     net = tn.MLP.from_sizes([784, 256, 128, 10], "relu", "softmax", rescale=(1 / 255, 0.0),
                             seed=0)  # fmt: skip
-    optimizer = tn.SGD(0.05 if batch > 1 else 0.002, 0.9)  # per sample: a smaller step
+    optimizer = tn.SGD(0.05 if batch > 1 else 0.002, 0.9)  # per sample (1 process): smaller
 
     def fit(n: int) -> float:
         start = time.perf_counter()

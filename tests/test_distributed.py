@@ -60,7 +60,8 @@ def counted(*args):
 B.train_batches_distributed = counted
 try:
     epochs, checkpoint, resume = (sys.argv[5:8] + ["3", "", ""][len(sys.argv[5:8]):])
-    history = net.fit(X, labels, tn.CrossEntropy(), optimizer, epochs=int(epochs), batch_size=64,
+    batch = 1 if mode == "batch-1" else 64
+    history = net.fit(X, labels, tn.CrossEntropy(), optimizer, epochs=int(epochs), batch_size=batch,
                       seed=5, distributed=mpi, checkpoint=checkpoint or None,
                       resume=resume or None)
 except tn.InvalidInputError as exc:
@@ -134,6 +135,12 @@ def test_a_killed_rank_stops_the_job(tmp_path):
     (pid,) = re.findall(r"PID (\d+) RUNNING", said)
     assert f"rank 1 pid {pid} on " in said  # rank 0 logged which rank that process was
     assert not (tmp_path / "out.npz").exists()
+
+
+def test_a_batch_smaller_than_the_ranks_is_a_clear_error(tmp_path):
+    done, _ = _mpiexec(tmp_path, "numpy", "momentum", str(tmp_path / "out.npz"), "batch-1")
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "batch_size 1 over 2 ranks: each step needs a row for every rank" in done.stdout
 
 
 @pytest.mark.parametrize(("mode", "differs"), [("other-model", "model"), ("other-dtype", "dtype")])

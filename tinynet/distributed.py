@@ -120,6 +120,11 @@ class MPI:
         """Check that every rank trains the same thing, make the weights rank 0's, and return
         the shuffling seed every rank uses (rank 0's). An InvalidInputError on every rank, before
         any training, when the ranks disagree."""
+        if batch_size < self.size:
+            raise InvalidInputError(
+                f"batch_size {batch_size} over {self.size} ranks: each step needs a row for "
+                f"every rank, so at least {self.size} (per-sample SGD has nothing to split)"
+            )
         if self.average_every is not None and batch_size % self.size:
             raise InvalidInputError(
                 f"local SGD (average_every) needs a batch_size the {self.size} ranks divide "
