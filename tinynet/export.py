@@ -7,15 +7,12 @@ it only when called; ``import tinynet`` imports neither.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from tinynet.errors import InvalidInputError
 from tinynet.layers import Dense, Rescaling
-
-if TYPE_CHECKING:
-    from tinynet.model import MLP
 
 DEFAULT_OPSET = 17
 OLDEST_OPSET = 13  # Softmax over one axis (opset 13's semantics), GreaterOrEqual (12)
@@ -31,13 +28,14 @@ def _require(module: str, extra: str) -> Any:
 
 
 def to_onnx(
-    net: MLP, path: str | os.PathLike, opset: int = DEFAULT_OPSET, input_type: str = "float32"
+    net: Any, path: str | os.PathLike, opset: int = DEFAULT_OPSET, input_type: str = "float32"
 ) -> None:
-    """Write ``net`` as an ONNX model: input "input" (batch, in_features), output "output"
-    (batch, out_features), the batch dimension dynamic. Dense layers are Gemm (MatMul without a
-    bias) with float32 weights, each activation its ONNX operator (step: GreaterOrEqual, then
-    Cast), a Rescaling layer Mul and Add. ``input_type="uint8"`` (models with a Rescaling layer
-    first) takes the raw bytes and casts them to float32 inside the graph."""
+    """Write ``net`` (an MLP) as an ONNX model: input "input" (batch, in_features), output
+    "output" (batch, out_features), the batch dimension dynamic. Dense layers are Gemm (MatMul
+    without a bias) with float32 weights, each activation its ONNX operator (step:
+    GreaterOrEqual, then Cast), a Rescaling layer Mul and Add. ``input_type="uint8"`` (models
+    with a Rescaling layer first) takes the raw bytes and casts them to float32 inside the
+    graph."""
     onnx = _require("onnx", "onnx")
     from onnx import TensorProto, helper, numpy_helper
 
@@ -120,12 +118,12 @@ TORCH_ACTIVATIONS = {
 }
 
 
-def from_torch(module: Any, dtype: Any = "float32") -> MLP:
-    """An MLP with the weights of a ``torch.nn.Sequential`` of Linear layers, each optionally
-    followed by one activation (Sigmoid, Tanh, ReLU, LeakyReLU, Softmax(dim=1 or -1),
-    Identity). Any other module is an InvalidInputError naming it."""
+def torch_layers(module: Any, dtype: Any = "float32") -> list[Dense]:
+    """Dense layers with the weights of a ``torch.nn.Sequential`` of Linear layers, each
+    optionally followed by one activation (Sigmoid, Tanh, ReLU, LeakyReLU, Softmax(dim=1 or
+    -1), Identity), for ``MLP.from_torch``. Any other module is an InvalidInputError naming
+    it."""
     torch = _require("torch", "torch")
-    from tinynet.model import MLP
 
     modules = list(module) if isinstance(module, torch.nn.Sequential) else [module]
     layers: list[Dense] = []
@@ -160,13 +158,13 @@ def from_torch(module: Any, dtype: Any = "float32") -> MLP:
         layers[-1] = replaced
     if not layers:
         raise InvalidInputError("the module has no Linear layer")
-    return MLP(layers)
+    return layers
 
 
-def to_torch(net: MLP) -> Any:
-    """``net`` as a ``torch.nn.Sequential``: Linear layers with its weights (its dtype), each
-    followed by its activation (none for identity); a Rescaling layer is an InvalidInputError
-    (PyTorch has no such layer: scale the inputs instead)."""
+def to_torch(net: Any) -> Any:
+    """``net`` (an MLP) as a ``torch.nn.Sequential``: Linear layers with its weights (its
+    dtype), each followed by its activation (none for identity); a Rescaling layer is an
+    InvalidInputError (PyTorch has no such layer: scale the inputs instead)."""
     torch = _require("torch", "torch")
     modules: list[Any] = []
     for layer in net.layers:

@@ -344,10 +344,10 @@ class MLP:
     @classmethod
     def from_torch(cls, module: Any, dtype: Any = "float32") -> MLP:
         """An MLP with the weights of a ``torch.nn.Sequential`` of Linear layers and
-        activations (export.from_torch), on the active backend."""
-        from tinynet.export import from_torch
+        activations (export.torch_layers), on the active backend."""
+        from tinynet.export import torch_layers
 
-        return from_torch(module, dtype)
+        return cls(torch_layers(module, dtype))
 
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
