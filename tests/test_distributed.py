@@ -238,3 +238,20 @@ def test_a_checkpoint_resumes_on_another_number_of_ranks(tmp_path, backend):
     for i, want in enumerate(straight):
         np.testing.assert_allclose(resumed_here[i], want, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(resumed_on_two[f"arr_{i}"], want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(
+    backend_module.backend_status()["cupy"] is not None,
+    reason=f"no usable CuPy GPU: {backend_module.backend_status()['cupy']}",
+)
+@pytest.mark.parametrize("name", ["momentum", "adam"])
+def test_two_ranks_on_a_gpu_sum_gradients_with_nccl(tmp_path, name):
+    """The cupy backend under mpiexec -n 2 (one GPU may hold both ranks): NCCL sums the
+    gradients on the device; equal to one process with the global batch."""
+    done, _ = _mpiexec(tmp_path, "cupy", name, str(tmp_path / "out.npz"), "ok")
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    weights, losses = _one_process("cupy", name)
+    for i, want in enumerate(weights):
+        np.testing.assert_allclose(got[f"arr_{i}"], want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got["loss"], losses, rtol=1e-10)

@@ -46,6 +46,10 @@ class MPI:
     default). ``rank`` and ``size`` say where this process stands; ``is_root`` is rank 0, the
     one that prints, plots and writes files.
 
+    Made before the model, it puts each rank of a node on the node's GPUs in turn when the CuPy
+    backend is active (two ranks may share one GPU); their gradients are then summed on the
+    device by NCCL.
+
     ``threads``: the threads each rank's kernels and BLAS may use. The default is the machine's
     cores divided by the ranks on this node, so the ranks do not oversubscribe the cores.
 
@@ -80,7 +84,14 @@ class MPI:
         self.size: int = self.comm.Get_size()
         local = self.comm.Split_type(mpi.COMM_TYPE_SHARED)
         self.local_size: int = local.Get_size()
+        self.local_rank: int = local.Get_rank()
         local.Free()
+        if "cupy" in sys.modules:  # the CuPy backend is in use: the node's GPUs in turn
+            import cupy
+
+            devices = cupy.cuda.runtime.getDeviceCount()
+            if devices:
+                cupy.cuda.Device(self.local_rank % devices).use()
         self.threads = threads if threads is not None else self._fair_threads()
         self._limit_threads(self.threads)
         # where each rank runs: a rank killed outright cannot say it failed, and the launcher
@@ -171,21 +182,41 @@ class MPI:
     def average_gradients(self, params: list[Any], weight: float, backend: Any) -> None:
         """grad <- sum over ranks of weight_r grad_r for every trainable parameter, with one
         allreduce of one buffer. ``weight``: this rank's share of the batch (its rows / the
-        batch's, for a mean loss), so the result is the whole batch's gradient."""
+        batch's, for a mean loss), so the result is the whole batch's gradient. On the GPU the
+        buffer stays on the device and NCCL sums it (``nccl_allreduce``); on the CPU, MPI."""
         grads = [p for p in params if not p.frozen and p.grad is not None]
-        sizes = [p.grad.size for p in grads]
-        dtype = np.dtype(grads[0].grad.dtype) if grads else np.float64
-        buffer = np.empty(sum(sizes), dtype)
+        if not grads:
+            return
+        xp = backend.xp
+        on_device = xp is not np
+        buffer = xp.concatenate([p.grad.reshape(-1) for p in grads]) if on_device else None
+        if buffer is None:
+            buffer = np.concatenate([backend.to_numpy(p.grad).reshape(-1) for p in grads])
+        buffer *= buffer.dtype.type(weight)
+        if on_device:
+            self.nccl_allreduce(buffer)
+        else:
+            self.comm.Allreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM)
         offset = 0
-        for p, size in zip(grads, sizes, strict=True):
-            buffer[offset : offset + size] = backend.to_numpy(p.grad).reshape(-1)
-            offset += size
-        buffer *= dtype.type(weight)
-        self.comm.Allreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM)
-        offset = 0
-        for p, size in zip(grads, sizes, strict=True):
+        for p in grads:
+            size = p.grad.size
             p.grad = backend.asarray(buffer[offset : offset + size].reshape(p.grad.shape))
             offset += size
+
+    def nccl_allreduce(self, buffer: Any) -> None:
+        """buffer <- its sum over the ranks, in place on the device, by NCCL
+        (cupy.cuda.nccl), on the current stream. The communicator is made on first use: rank 0
+        draws NCCL's unique id and MPI broadcasts it."""
+        from cupy import cuda
+        from cupy.cuda import nccl
+
+        if getattr(self, "_nccl", None) is None:
+            uid = nccl.get_unique_id() if self.is_root else None
+            self._nccl = nccl.NcclCommunicator(self.size, self.comm.bcast(uid, root=0), self.rank)
+        kind = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64}[str(buffer.dtype)]
+        stream = cuda.get_current_stream().ptr
+        self._nccl.allReduce(buffer.data.ptr, buffer.data.ptr, buffer.size, kind, nccl.NCCL_SUM,
+                             stream)  # fmt: skip
 
     def average_parameters(self, params: list[Any], optimizer: Any, backend: Any) -> None:
         """Every parameter and optimizer buffer <- its mean over the ranks (local SGD), with
