@@ -255,7 +255,8 @@ class NumbaBackend(Backend):
         A, D, _ = self._work_arrays(dtype, spec.layers, batch_size)
         grads_W, grad_b = self._gradients(spec)
         address = gemm_address(dtype)
-        return blas_epoch(address, data, net, rule, A, D, grads_W, grad_b, batch_size)
+        other = _other_rules(spec)
+        return blas_epoch(address, data, net, rule, A, D, grads_W, grad_b, batch_size, other)
 
     @staticmethod
     def _epoch_arguments(spec: EpochSpec, X: Any, T: Any, order: Any) -> tuple:
@@ -314,11 +315,11 @@ class NumbaBackend(Backend):
         data, net, rule = self._epoch_arguments(spec, X, T, order)
         progress = np.zeros(size * FLAG_STRIDE, np.int64)  # see team.meet
         if batch_size == 1:
-            return self._per_sample_epoch(layers, size, progress, data, net, rule)
+            return self._per_sample_epoch(layers, size, progress, data, net, rule, spec)
         bounds = np.array([split_rows(layer.W.shape[0], size) for layer in layers], np.int64)
         A, D, _ = self._work_arrays(dtype, layers, batch_size)
         per_rank = [
-            (Thread(rank, progress, bounds), data, net, rule, A, D, batch_size)
+            (Thread(rank, progress, bounds), data, net, rule, A, D, batch_size, _other_rules(spec))
             for rank in range(size)
         ]
         return sum(run_team(self._compiled, epoch_small_batch, per_rank))
@@ -339,7 +340,7 @@ class NumbaBackend(Backend):
             return 1
         return max(1, min(threads, first.W.shape[0] // 32))
 
-    def _per_sample_epoch(self, layers, size, progress, data, net, rule) -> float:
+    def _per_sample_epoch(self, layers, size, progress, data, net, rule, spec) -> float:
         dtype = layers[0].W.dtype
         bounds = np.array([split_rows(layers[0].W.shape[0], size)], np.int64)
         H = np.zeros((2, layers[0].W.shape[0]), dtype)
@@ -363,7 +364,10 @@ class NumbaBackend(Backend):
                 )
             )
             rows = (tuple([a[0] for a in A]), tuple([d[0] for d in D]))
-            per_rank.append((Thread(rank, progress, bounds), data, mine, rule, *rows, spare, H))
+            per_rank.append(
+                (Thread(rank, progress, bounds), data, mine, rule, *rows, spare, H,
+                 _other_rules(spec))
+            )  # fmt: skip
         # every thread scores every sample: rank 0's sum
         return run_team(self._compiled, epoch_per_sample, per_rank)[0]
 
@@ -397,3 +401,11 @@ class NumbaBackend(Backend):
                 tuple([np.zeros(shape[0], dtype) for shape in shapes]),
             )
         return buffers[key]
+
+
+def _other_rules(spec: EpochSpec) -> np.bool_ | None:
+    """The compiled epochs' ``other_rules``: None for plain or momentum SGD, whose code is then
+    all that compiles (the others' out-of-line passes doubled the first compile of the
+    per-sample epoch); True for Adam and SGD with Nesterov or weight decay."""
+    plain = spec.adam is None and not spec.nesterov and not spec.weight_decay
+    return None if plain else np.True_

@@ -150,7 +150,7 @@ def _delta_below(address, net, layer, d, a_in, below):
 
 
 @jit
-def blas_epoch(address, data, net, rule, A, D, grads_W, grad_b, batch):
+def blas_epoch(address, data, net, rule, A, D, grads_W, grad_b, batch, other_rules):
     """Mini-batch SGD over X[order] in steps of ``batch``; the sum of the per-sample losses.
 
     The products run on BLAS (gemm at ``address``, see gemm_address), everything else in
@@ -160,7 +160,8 @@ def blas_epoch(address, data, net, rule, A, D, grads_W, grad_b, batch):
     straight into W; momentum's GEMM forms v <- m v + d^T a in place, then a pass
     w <- w - lr v. Adam's: the GEMM writes d^T a into grads_W[l], then a pass of
     elementwise.adam_step. Nothing is allocated per batch (grad_b: the bias gradients), and no
-    Python runs between batches.
+    Python runs between batches. other_rules: None for plain or momentum SGD, so that only
+    their code compiles; True for Adam and SGD with Nesterov or weight decay.
     """
     order = data.order
     Ws, bs, train_w, train_b, vWs, vbs, sWs, sbs = (
@@ -181,7 +182,7 @@ def blas_epoch(address, data, net, rule, A, D, grads_W, grad_b, batch):
             W, d, a_in = Ws[layer], D[layer][:nb], A[layer][:nb]
             if layer > 0:
                 _delta_below(address, net, layer, d, a_in, D[layer - 1][:nb])
-            if rule.adam:  # g = d^T a into a buffer, then the rule, for W and b
+            if other_rules is not None and rule.adam:  # g = d^T a into a buffer, then the rule
                 if train_w[layer]:
                     G = grads_W[layer]
                     gemm(address, True, False, one, d, a_in, zero, G)
@@ -191,7 +192,7 @@ def blas_epoch(address, data, net, rule, A, D, grads_W, grad_b, batch):
                     column_sums(d, grad_b[layer])
                     adam(bs[layer], grad_b[layer], vbs[layer], sbs[layer], constants)
                 continue
-            if rule.nesterov or rule.weight_decay != zero:  # g = d^T a apart, then the rule
+            if other_rules is not None and (rule.nesterov or rule.weight_decay != zero):
                 nesterov, decay = rule.nesterov, rule.weight_decay
                 if train_w[layer]:
                     G = grads_W[layer]

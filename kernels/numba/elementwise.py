@@ -338,7 +338,7 @@ def load_input(X, idx, in_scale, in_offset, x):
 
 
 @inner_jit
-def _out_of_line_bias(b, i, di, rule_now, vb, sb):
+def out_of_line_bias(b, i, di, rule_now, vb, sb):
     """b[i] by adam_step or by sgd_step with Nesterov or weight decay, out of line: inlined
     into the tile loops' SGD paths, Adam's code made plain-SGD small batches 10% slower."""
     if rule_now.adam:
@@ -357,7 +357,7 @@ def sgd_step_with(w, g, v, rule_now):
 
 
 @inner_jit
-def _out_of_line_biases(b, d, r0, r1, rule_now, vb, sb):
+def out_of_line_biases(b, d, r0, r1, rule_now, vb, sb):
     """b[r0:r1] by adam_step or by sgd_step with Nesterov or weight decay, gradients
     d[r0:r1]: one pass, the rule's branch outside the loop (a call per bias cost the
     per-sample Adam epoch a fifth of its time)."""
@@ -373,24 +373,13 @@ def _out_of_line_biases(b, d, r0, r1, rule_now, vb, sb):
 
 
 @inlined_jit
-def update_biases(b, d, r0, r1, rule_now, vb, sb):
-    """b[r0:r1] by the rule with gradients d[r0:r1] (update_bias for a run of biases)."""
-    if rule_now.out_of_line:
-        _out_of_line_biases(b, d, r0, r1, rule_now, vb, sb)
-    else:
-        for i in range(r0, r1):
-            update_bias(b, i, d[i], rule_now, vb, sb)
-
-
-@inlined_jit
-def update_bias(b, i, di, rule_now, vb, sb):
-    """b[i] by the rule (rule_at's rule_now) with gradient di: adam_step, vb and sb its moments,
-    or sgd_step, vb its velocities (or empty: no momentum)."""
+def update_bias(b, i, di, rule_now, vb):
+    """b[i] by plain or momentum SGD (sgd_step; vb its velocities, or empty: no momentum)
+    with gradient di. The other rules' biases: _out_of_line_biases, _out_of_line_bias, which
+    the callers gate behind their ``other_rules`` argument."""
     zero = typed(b, 0.0)
     lr, momentum = rule_now.lr, rule_now.momentum
-    if rule_now.out_of_line:
-        _out_of_line_bias(b, i, di, rule_now, vb, sb)
-    elif vb.shape[0]:
+    if vb.shape[0]:
         b[i], vb[i] = sgd_step(b[i], di, vb[i], lr, momentum, False, zero)
     else:
         b[i], _ = sgd_step(b[i], di, zero, lr, zero, False, zero)

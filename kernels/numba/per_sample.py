@@ -11,11 +11,11 @@ from tinynet.kernels.numba.elementwise import (
     bias_act_row,
     load_input,
     loss_delta_row,
+    out_of_line_biases,
     rule_at,
     sgd_step,
     sgd_step_with,
     update_bias,
-    update_biases,
 )
 from tinynet.kernels.numba.team import publish, wait_for_team
 
@@ -70,9 +70,10 @@ def _out_of_line_row(W, i, di, x, x_next, m, v, rule_now, g):
 
 
 @inner_jit
-def _backward_update(W, b, d, a_in, g, train_w, train_b, rule_now, vW, vb, sW, sb):
+def _backward_update(W, b, d, a_in, g, train_w, train_b, rule_now, vW, vb, sW, sb, other_rules):
     """Update a layer from its delta d, and g = W^T d (old W) for the layer below; one pass.
-    rule_now: elementwise.rule_at's; vW, vb, sW, sb: the optimizer's state (or empty)."""
+    rule_now: elementwise.rule_at's; vW, vb, sW, sb: the optimizer's state (or empty);
+    other_rules: see epoch_per_sample."""
     one = typed(W, 1.0)
     zero = one - one
     lr, momentum = rule_now.lr, rule_now.momentum
@@ -80,7 +81,7 @@ def _backward_update(W, b, d, a_in, g, train_w, train_b, rule_now, vW, vb, sW, s
         g[j] = zero
     for i in range(W.shape[0]):
         di = d[i]
-        if train_w and rule_now.out_of_line:  # see _out_of_line_row
+        if other_rules is not None and train_w and rule_now.out_of_line:  # _out_of_line_row
             _out_of_line_row(W, i, di, a_in, None, vW, sW, rule_now, g)
         elif train_w and momentum != zero:
             for j in range(W.shape[1]):
@@ -97,12 +98,40 @@ def _backward_update(W, b, d, a_in, g, train_w, train_b, rule_now, vW, vb, sW, s
             for j in range(W.shape[1]):
                 g[j] += di * W[i, j]
     if train_b:
-        update_biases(b, d, 0, W.shape[0], rule_now, vb, sb)
+        _update_biases(b, d, 0, W.shape[0], rule_now, vb, sb, other_rules)
+
+
+@inner_jit
+def _update_biases(b, d, r0, r1, rule_now, vb, sb, other_rules):
+    """b[r0:r1] by the rule with gradients d[r0:r1]: plain or momentum SGD inline, the other
+    rules in one out-of-line pass (elementwise.out_of_line_biases)."""
+    if other_rules is not None and rule_now.out_of_line:
+        out_of_line_biases(b, d, r0, r1, rule_now, vb, sb)
+        return
+    for i in range(r0, r1):
+        update_bias(b, i, d[i], rule_now, vb)
 
 
 @inner_jit
 def _first_layer_update_and_next_forward(
-    W, b, act, alpha, d, x, x_next, h_next, r0, r1, train_w, train_b, rule_now, vW, vb, sW, sb
+    W,
+    b,
+    act,
+    alpha,
+    d,
+    x,
+    x_next,
+    h_next,
+    r0,
+    r1,
+    train_w,
+    train_b,
+    rule_now,
+    vW,
+    vb,
+    sW,
+    sb,
+    other_rules,
 ):
     """Rows r0..r1 of the first layer: update them with (d, x) and, in the same pass over W,
     h_next[r0:r1] = f(W_new x_next + b_new) for the next sample.
@@ -140,14 +169,14 @@ def _first_layer_update_and_next_forward(
             h_next[i], h_next[i + 1], h_next[i + 2], h_next[i + 3] = acc0, acc1, acc2, acc3
             if train_b:
                 for r in range(i, i + 4):
-                    update_bias(b, r, d[r], rule_now, vb, sb)
+                    update_bias(b, r, d[r], rule_now, vb)
             i += 4
     rest = i
     for row in range(rest, r1):  # the rest, and every row with momentum, another rule or frozen
         i = row  # weights
         di = d[i]
         acc = zero
-        if train_w and rule_now.out_of_line:  # see _out_of_line_row
+        if other_rules is not None and train_w and rule_now.out_of_line:  # _out_of_line_row
             acc = _out_of_line_row(W, i, di, x, x_next, vW, sW, rule_now, None)
         elif train_w and momentum != zero:
             for j in range(W.shape[1]):
@@ -165,12 +194,12 @@ def _first_layer_update_and_next_forward(
                 acc += W[i, j] * x_next[j]
         h_next[i] = acc
     if train_b:
-        update_biases(b, d, rest, r1, rule_now, vb, sb)
+        _update_biases(b, d, rest, r1, rule_now, vb, sb, other_rules)
     bias_act_row(h_next[r0:r1], b[r0:r1], act, alpha)
 
 
 @jit
-def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H):
+def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H, other_rules):
     """Per-sample SGD over X[order] as thread ``rank`` of a team; the sum of the per-sample losses.
 
     The thread owns rows r0..r1 = bounds[0, rank]..bounds[0, rank + 1] of the first layer (W, b,
@@ -181,6 +210,8 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H):
     delta of layer l. Frozen weights/biases have train_w/train_b False; bias-free layers carry a
     zero bias that is never trained. vWs/vbs hold momentum's velocities or Adam's first moments,
     sWs/sbs Adam's second moments (else empty); sample s is update rule.step + s + 1.
+    other_rules: None for plain or momentum SGD, so that only their code compiles (Adam's and
+    the other SGD rules' out-of-line passes doubled the first compile); True for any other rule.
     """
     rank, progress, bounds = thread
     X, order, T, in_scale, in_offset = data
@@ -218,6 +249,7 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H):
         vbs[0],
         sWs[0],
         sbs[0],
+        other_rules,
     )
     publish(progress, rank, first)
     for s in range(n):
@@ -247,6 +279,7 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H):
                 vbs[layer],
                 sWs[layer],
                 sbs[layer],
+                other_rules,
             )
             act_grad_row(A[layer], g, acts[layer - 1], alphas[layer - 1])
         # the last sample's "next" input is its own: a harmless extra forward
@@ -269,6 +302,7 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H):
             vbs[0],
             sWs[0],
             sbs[0],
+            other_rules,
         )
         publish(progress, rank, s + 2)
         x, x_next = x_next, x

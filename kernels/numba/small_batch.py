@@ -13,6 +13,7 @@ from tinynet.kernels.numba.elementwise import (
     bias_act_row,
     gather_inputs,
     loss_delta_gathered,
+    out_of_line_bias,
     rule_at,
     sgd_step,
     sgd_step_with,
@@ -141,11 +142,11 @@ def _out_of_line_rows(W, G, m, v, i0, i1, rule_now):
 
 
 @inner_jit
-def _update_block(W, b, D, A, blk, train_w, train_b, rule_now, vW, vb, sW, sb, G):
+def _update_block(W, b, D, A, blk, train_w, train_b, rule_now, vW, vb, sW, sb, G, other_rules):
     """Rows 4 blk .. 4 blk + 3 of W and b by the rule (rule_now: elementwise.rule_at's) with
     gradients D^T A and sum_r D[r]. With momentum or an out-of-line rule the weight gradient is
     summed in G (4, in) first; plain SGD adds -lr D^T A straight into the weights
-    (elementwise.sgd_step says why)."""
+    (elementwise.sgd_step says why). other_rules: see epoch_small_batch."""
     one = typed(W, 1.0)
     zero = one - one
     lr, momentum = rule_now.lr, rule_now.momentum
@@ -157,7 +158,7 @@ def _update_block(W, b, D, A, blk, train_w, train_b, rule_now, vW, vb, sW, sb, G
             for j in range(n_in):
                 G[k, j] = zero
         _add_outer_rows(G, np.int64(0), D, A, i0, i1, one)
-        if rule_now.out_of_line:
+        if other_rules is not None and rule_now.out_of_line:
             _out_of_line_rows(W, G, vW, sW, i0, i1, rule_now)
         else:
             for i in range(i0, i1):
@@ -171,7 +172,10 @@ def _update_block(W, b, D, A, blk, train_w, train_b, rule_now, vW, vb, sW, sb, G
             g = zero
             for r in range(D.shape[0]):
                 g += D[r, i]
-            update_bias(b, i, g, rule_now, vb, sb)
+            if other_rules is not None and rule_now.out_of_line:
+                out_of_line_bias(b, i, g, rule_now, vb, sb)
+            else:
+                update_bias(b, i, g, rule_now, vb)
 
 
 @inner_jit
@@ -191,7 +195,7 @@ def _delta_below(D, W, Y, act, alpha, G, c0, c1):
 
 
 @jit
-def epoch_small_batch(thread, data, net, rule, A, D, batch):
+def epoch_small_batch(thread, data, net, rule, A, D, batch, other_rules):
     """Mini-batch SGD over X[order] in steps of ``batch``, as thread ``rank`` of a team; the sum
     of the per-sample losses of the samples this thread scored.
 
@@ -200,7 +204,7 @@ def epoch_small_batch(thread, data, net, rule, A, D, batch):
     rows of W, b and the optimizer's state (momentum's velocities or Adam's moments). The delta
     for the layer below, D[l-1] = D[l] W (old W), is formed before any thread changes W.
     Inputs, losses and softmax rows are split by sample. The team meets between the steps that
-    read what another thread wrote.
+    read what another thread wrote. other_rules: as in per_sample.epoch_per_sample.
     """
     rank, progress, bounds = thread
     X, order, T, in_scale, in_offset = data
@@ -262,6 +266,7 @@ def epoch_small_batch(thread, data, net, rule, A, D, batch):
                     sWs[layer],
                     sbs[layer],
                     G,
+                    other_rules,
                 )
         step = meet(progress, rank, step)  # A[0] is read by the updates until here
     return total
