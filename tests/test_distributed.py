@@ -32,7 +32,8 @@ JOB = """
 import logging, os, signal, sys, numpy as np, tinynet as tn
 backend, name, out, mode = sys.argv[1:5]
 logging.basicConfig(level=logging.INFO, format="tinynet: %(message)s")
-tn.set_backend(backend)
+rank = tn.distributed.MPI().rank if mode == "other-backend" else 0
+tn.set_backend("numba" if mode == "other-backend" and rank == 1 else backend)
 every = int(mode.removeprefix("local-every-")) if mode.startswith("local-every-") else None
 mpi = tn.distributed.MPI(average_every=every)
 rng = np.random.default_rng(0)
@@ -143,7 +144,10 @@ def test_a_batch_smaller_than_the_ranks_is_a_clear_error(tmp_path):
     assert "batch_size 1 over 2 ranks: each step needs a row for every rank" in done.stdout
 
 
-@pytest.mark.parametrize(("mode", "differs"), [("other-model", "model"), ("other-dtype", "dtype")])
+@pytest.mark.parametrize(
+    ("mode", "differs"),
+    [("other-model", "model"), ("other-dtype", "dtype"), ("other-backend", "backend")],
+)
 def test_ranks_that_disagree_fail_before_training(tmp_path, mode, differs):
     done, _ = _mpiexec(tmp_path, "numpy", "momentum", str(tmp_path / "out.npz"), mode)
     assert done.returncode == 3, done.stderr[-3000:]  # the job's InvalidInputError, not a crash
