@@ -35,6 +35,7 @@ logging.basicConfig(level=logging.INFO, format="tinynet: %(message)s")
 rank = tn.distributed.MPI().rank if mode == "other-backend" else 0
 tn.set_backend("numba" if mode == "other-backend" and rank == 1 else backend)
 every = int(mode.removeprefix("local-every-")) if mode.startswith("local-every-") else None
+every = 4 if mode == "odd-batch" else every
 mpi = tn.distributed.MPI(average_every=every)
 rng = np.random.default_rng(0)
 X, labels = rng.normal(size=(600, 6)), rng.integers(0, 3, 600)
@@ -61,7 +62,7 @@ def counted(*args):
 B.train_batches_distributed = counted
 try:
     epochs, checkpoint, resume = (sys.argv[5:8] + ["3", "", ""][len(sys.argv[5:8]):])
-    batch = 1 if mode == "batch-1" else 64
+    batch = {"batch-1": 1, "odd-batch": 63}.get(mode, 64)
     history = net.fit(X, labels, tn.CrossEntropy(), optimizer, epochs=int(epochs), batch_size=batch,
                       seed=5, distributed=mpi, checkpoint=checkpoint or None,
                       resume=resume or None)
@@ -259,3 +260,17 @@ def test_two_ranks_on_a_gpu_sum_gradients_with_nccl(tmp_path, name):
     for i, want in enumerate(weights):
         np.testing.assert_allclose(got[f"arr_{i}"], want, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(got["loss"], losses, rtol=1e-10)
+
+
+def test_local_sgd_needs_a_batch_the_ranks_divide(tmp_path):
+    done, _ = _mpiexec(tmp_path, "numpy", "momentum", str(tmp_path / "out.npz"), "odd-batch")
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "local SGD (average_every) needs a batch_size the 2 ranks divide evenly, got 63" in (
+        done.stdout
+    )
+
+
+@pytest.mark.parametrize("every", [0, -1, 2.5, True, "4"])
+def test_average_every_must_be_a_positive_integer(every):
+    with pytest.raises(tn.InvalidInputError, match="average_every must be a positive integer"):
+        tn.distributed.MPI(average_every=every)

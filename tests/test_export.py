@@ -137,6 +137,7 @@ def test_torch_weights_round_trip_exactly_and_predictions_agree(dtype):
         (lambda t: t.nn.Sequential(t.nn.Linear(3, 2), t.nn.ReLU(), t.nn.Tanh()), "follow"),
         (lambda t: t.nn.Sequential(t.nn.Conv1d(1, 1, 1)), "Conv1d"),
         (lambda t: t.nn.Sequential(t.nn.Linear(3, 2), t.nn.Softmax(dim=0)), "dim 0"),
+        (lambda t: t.nn.Sequential(), "no Linear layer"),
     ],
 )
 def test_unsupported_torch_modules_are_clear_errors(build, message):

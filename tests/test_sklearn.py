@@ -299,3 +299,47 @@ def test_training_stops_after_as_many_epochs_as_scikit_learns(early_stopping):
     theirs = SkMLPClassifier((8,), random_state=0, **settings).fit(X_train, y_train)
     ours = MLPClassifier((8,), random_state=0, backend="numpy", **settings).fit(X_train, y_train)
     assert ours.n_iter_ == theirs.n_iter_ < 50
+
+
+def test_a_batch_larger_than_the_data_is_clipped_with_a_warning():
+    X_train, _, y_train, _ = _digits()
+    model = MLPClassifier((8,), batch_size=5000, max_iter=1, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with pytest.warns(UserWarning, match="batch_size=5000 larger than the 1257 samples"):
+            model.fit(X_train, y_train)
+    assert model.t_ == len(X_train)
+
+
+def test_labels_in_columns_are_refused_and_regressor_outputs_checked():
+    X_train, _, y_train, _ = _digits()
+    with pytest.raises(ValueError, match="one label per sample"):
+        MLPClassifier(max_iter=1, backend="numpy").fit(X_train, np.c_[y_train, y_train])
+    model = MLPRegressor(max_iter=1, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.partial_fit(X_train, np.c_[y_train, y_train].astype(float))
+    with pytest.raises(ValueError, match="y has 1 outputs, the model 2"):
+        model.partial_fit(X_train, y_train.astype(float))
+
+
+def test_alpha_is_weight_decay_alpha_over_the_batch():
+    """One full-batch plain-SGD step with and without alpha, from the same initial weights
+    (rebuilt here from the seed the estimator draws from random_state): the difference is
+    -lr (alpha / batch) W_init, scikit-learn's L2 gradient for a batch."""
+    from sklearn.utils import check_random_state
+
+    X_train, _, y_train, _ = _digits()
+    X, y = X_train[:100], y_train[:100]
+    settings = dict(hidden_layer_sizes=(8,), solver="sgd", momentum=0.0, max_iter=1,
+                    shuffle=False, learning_rate_init=0.1, random_state=0, backend="numpy",
+                    batch_size=100)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        plain = MLPClassifier(alpha=0.0, **settings).fit(X, y)
+        decayed = MLPClassifier(alpha=3.0, **settings).fit(X, y)
+    seed = int(check_random_state(0).randint(2**31 - 1))
+    initial = tn.MLP.from_sizes([64, 8, 10], "relu", "softmax", dtype="float64", seed=seed)
+    for (W0, _), got, want in zip(initial.get_weights(), decayed.coefs_, plain.coefs_,
+                                   strict=True):  # fmt: skip
+        np.testing.assert_allclose(got - want, -0.1 * (3.0 / 100) * W0.T, rtol=1e-9, atol=1e-12)

@@ -71,12 +71,14 @@ class MPI:
                 f"average_every must be a positive integer or None, got {average_every!r}"
             )
         self.average_every = average_every
+        self._buffers: dict = {}  # the gradient allreduce's buffer, per size and dtype
         try:
             from mpi4py import MPI as mpi
         except ImportError as exc:
+            from tinynet.system import install_hint
+
             raise ImportError(
-                "distributed training needs mpi4py and an MPI library: "
-                "pip install 'tinynet-mlp[mpi]'"
+                f"distributed training needs mpi4py and an MPI library: {install_hint('mpi')}"
             ) from exc
         self._mpi = mpi
         self.comm = mpi.COMM_WORLD if comm is None else comm
@@ -189,9 +191,16 @@ class MPI:
             return
         xp = backend.xp
         on_device = xp is not np
-        buffer = xp.concatenate([p.grad.reshape(-1) for p in grads]) if on_device else None
-        if buffer is None:
-            buffer = np.concatenate([backend.to_numpy(p.grad).reshape(-1) for p in grads])
+        size, dtype = sum(p.grad.size for p in grads), grads[0].grad.dtype
+        key = (on_device, size, str(dtype))
+        buffer = self._buffers.get(key)
+        if buffer is None:  # one buffer a run, not one a step
+            buffer = self._buffers[key] = xp.empty(size, dtype)
+        offset = 0
+        for p in grads:
+            part = p.grad.reshape(-1)
+            buffer[offset : offset + part.size] = part if on_device else backend.to_numpy(part)
+            offset += part.size
         buffer *= buffer.dtype.type(weight)
         if on_device:
             self.nccl_allreduce(buffer)

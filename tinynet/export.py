@@ -13,6 +13,7 @@ import numpy as np
 
 from tinynet.errors import InvalidInputError
 from tinynet.layers import Dense, Rescaling
+from tinynet.system import install_hint
 
 DEFAULT_OPSET = 17
 OLDEST_OPSET = 13  # Softmax over one axis (opset 13's semantics), GreaterOrEqual (12)
@@ -22,9 +23,7 @@ def _require(module: str, extra: str) -> Any:
     try:
         return __import__(module)
     except ImportError as exc:
-        raise ImportError(
-            f"this needs the {module!r} package: pip install 'tinynet-mlp[{extra}]'"
-        ) from exc
+        raise ImportError(f"this needs the {module!r} package: {install_hint(extra)}") from exc
 
 
 def to_onnx(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 import tinynet as tn
+from tinynet.errors import checked_number
 
 # scikit-learn's activation names, and tinynet's own
 ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
@@ -119,24 +120,15 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(
                 f"solver must be 'adam' or 'sgd' (tinynet has no 'lbfgs'), got {self.solver!r}"
             )
-        # name: (value, its range as scikit-learn's: "[0, 1)" is 0 <= value < 1)
-        numbers = {
-            "alpha": (self.alpha, "[0, inf)"),
-            "learning_rate_init": (self.learning_rate_init, "(0, inf)"),
-            "tol": (self.tol, "[0, inf)"),
-            "momentum": (self.momentum, "[0, 1]"),
-            "validation_fraction": (self.validation_fraction, "(0, 1)"),
-            "beta_1": (self.beta_1, "[0, 1)"),
-            "beta_2": (self.beta_2, "[0, 1)"),
-            "epsilon": (self.epsilon, "(0, inf)"),
-        }
-        for name, (value, span) in numbers.items():
-            low, high = (float(end) for end in span[1:-1].split(","))
-            ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-            above = ok and (value > low or (value == low and span[0] == "["))
-            below = ok and (value < high or (value == high and span[-1] == "]"))
-            if not (above and below):
-                raise ValueError(f"{name} must be a number in {span}, got {value!r}")
+        # each number within scikit-learn's range for it (InvalidInputError is a ValueError)
+        checked_number("alpha", self.alpha, 0.0)
+        checked_number("learning_rate_init", self.learning_rate_init, 0.0, low_open=True)
+        checked_number("tol", self.tol, 0.0)
+        checked_number("momentum", self.momentum, 0.0, 1.0, high_open=False)
+        checked_number("validation_fraction", self.validation_fraction, 0.0, 1.0, low_open=True)
+        checked_number("beta_1", self.beta_1, 0.0, 1.0)
+        checked_number("beta_2", self.beta_2, 0.0, 1.0)
+        checked_number("epsilon", self.epsilon, 0.0, low_open=True)
         for name in ("max_iter", "n_iter_no_change"):
             value = getattr(self, name)
             if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
