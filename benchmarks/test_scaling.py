@@ -11,6 +11,7 @@ split and the allreduce.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,13 +27,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # per timed round. Per sample is not here: a batch smaller than the ranks is an error now
 # (the 2-rank per-sample run in results/scaling.md, 7 times slower, is why)
 SAMPLES = {64: 16384, 512: 16384}
-REPEATS = 2
+REPEATS = 4  # the machine has spells of half speed: more alternations
 
 
 def _run(layout: str, backend: str, batch: int) -> dict:
     job = [sys.executable, "-m", "benchmarks.scaling_job", backend, str(batch), str(SAMPLES[batch])]
     command = [MPIEXEC, "-n", "2", *job] if layout == "2x1" else job
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    # threads fixed at the layout's (1 x 2 or 2 x 1): adaptive sizing, reading the machine's
+    # load, dropped the 1-process runs to one BLAS thread in spells here
+    env = {**os.environ, "TINYNET_ADAPTIVE_THREADS": "0"}
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
