@@ -29,62 +29,105 @@ def test_every_elementwise_activation_has_cuda_and_the_shared_code():
     assert f"#define SOFTMAX {ACTIVATION_CODE['softmax']}" in sources.ROW_KERNELS
 
 
-def _elementwise_harness(ctype: str) -> str:
-    """The elementwise bodies inside kernels shaped as CuPy generates them: the preamble first,
-    then one thread per element with the parameters as local names (outputs as references)."""
+# What CuPy puts around an elementwise body, for the host (g++) and for PTX (nvcc): one thread
+# per element on the GPU, a loop on the host; T the float type, X an input's own type (uint8
+# pixels in training).
+PRELUDE = """
+#ifdef __CUDACC__
+#define EACH_ELEMENT if (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n)
+#else
+#include <cmath>
+#include <cstdio>
+#include <initializer_list>
+using std::exp; using std::log; using std::pow; using std::sqrt; using std::tanh;
+#define __device__
+#define __global__
+#define EACH_ELEMENT for (long long i = 0; i < n; ++i)
+struct Dim { unsigned x; };
+static Dim blockDim = {1}, blockIdx = {0}, threadIdx = {0};  // the row kernels' one thread
+static double atomicAdd(double* p, double v) { double old = *p; *p += v; return old; }
+#endif
+typedef unsigned char X;
+"""
+C_TYPES = {"T": "T", "X": "X", "int32": "int", "int64": "long long", "bool": "bool"}
+
+
+def _parameters(text: str) -> list[tuple[bool, str, str]]:
+    """(raw, C type, name) of each parameter of an ElementwiseKernel's list."""
+    out = []
+    for part in text.split(","):
+        *raw, kind, name = part.split()
+        out.append((raw == ["raw"], C_TYPES[kind], name))
+    return out
+
+
+def elementwise_function(spec: sources.Elementwise, scalars: frozenset = frozenset()) -> str:
+    """``spec``'s kernel as CuPy shapes it (without its preamble): for element i, each input
+    a const local (``scalars``: passed by value; raw ones: pointers the body indexes), each
+    output a reference to its element, and the body closed by a ";" (as CuPy closes it); the
+    arguments in the kernel's order, then n."""
+    arguments, locals_ = [], []
+    for raw, ctype, name in _parameters(spec.in_params):
+        if raw:
+            arguments.append(f"const {ctype}* {name}")
+        elif name in scalars:
+            arguments.append(f"const {ctype} {name}")
+        else:
+            arguments.append(f"const {ctype}* {name}_")
+            locals_.append(f"const {ctype} {name} = {name}_[i];")
+    for _, ctype, name in _parameters(spec.out_params):
+        arguments.append(f"{ctype}* {name}_")
+        locals_.append(f"{ctype}& {name} = {name}_[i];")
     return (
-        sources.ACTIVATION_FUNCTIONS
-        + f"typedef {ctype} T;\n"
-        + 'extern "C" __global__ void bias_act(const T* zp, const T* bp, int act, T alpha,\n'
-        + "                                    T* yp, int n) {\n"
-        + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
-        + f"  const T z = zp[i]; const T b = bp[i]; T y;\n  {sources.BIAS_ACT}\n  yp[i] = y;\n}}\n"
-        + 'extern "C" __global__ void grad(const T* yp, const T* dyp, int act, T alpha, T* dzp,\n'
-        + "                                int n) {\n"
-        + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
-        + f"  const T y = yp[i]; const T dy = dyp[i]; T dz;\n  {sources.ACT_GRAD}\n"
-        + "  dzp[i] = dz;\n}\n"
-        + sources.SGD_STEP
-        + 'extern "C" __global__ void sgd(const T* gp, T lr, T wd, T* wp, int n) {\n'
-        + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
-        + f"  const T g = gp[i]; T& w = wp[i];\n  {sources.SGD}\n}}\n"
-        + 'extern "C" __global__ void momentum(const T* gp, T lr, T m, bool nesterov, T wd,\n'
-        + "                                    T* wp, T* vp, int n) {\n"
-        + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
-        + f"  const T g = gp[i]; T& w = wp[i]; T& v = vp[i];\n  {sources.MOMENTUM}\n}}\n"
-        + 'extern "C" __global__ void plan_sgd(const T* gp, const T* lr_m, bool nesterov, T wd,\n'
-        + "                                    T* wp, T* vp, int n) {\n"
-        + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
-        + "  const T g = gp[i]; T& w = wp[i]; T& v = vp[i];\n"
-        + f"  {sources.SGD_FROM_DEVICE}\n}}\n"
-        + 'extern "C" __global__ void plan_sgd_decay(const T* gp, const T* lr_m, T wd, T* wp,\n'
-        + "                                          int n) {\n"
-        + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
-        + "  const T g = gp[i]; T& w = wp[i];\n"
-        + f"  {sources.SGD_DECAY_FROM_DEVICE}\n}}\n"
-        + sources.ADAM_STEP
-        + 'extern "C" __global__ void adam(const T* gp, T b1, T b2, T step_size, T bias_root,\n'
-        + "                                T eps, T wd, T shrink, T* wp, T* mp, T* vp, int n) {\n"
-        + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
-        + "  const T g = gp[i]; T& w = wp[i]; T& m = mp[i]; T& v = vp[i];\n"
-        + f"  {sources.ADAM}\n}}\n"
-        + 'extern "C" __global__ void plan_adam(const T* gp, const T* h, T* wp, T* mp, T* vp,\n'
-        + "                                     int n) {\n"
-        + "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
-        + "  const T g = gp[i]; T& w = wp[i]; T& m = mp[i]; T& v = vp[i];\n"
-        + f"  {sources.ADAM_FROM_DEVICE}\n}}\n"
+        f'extern "C" __global__ void {spec.name}({", ".join(arguments)}, long long n) {{\n'
+        f"  EACH_ELEMENT {{\n    {' '.join(locals_)}\n    {spec.operation};\n  }}\n}}\n"
     )
+
+
+def program(ctype: str, specs: list[sources.Elementwise], scalars=frozenset(), rows=False) -> str:
+    """The prelude, each preamble once, the ``specs``' kernels, and ROW_KERNELS if ``rows``."""
+    preambles = "".join(dict.fromkeys(spec.preamble for spec in specs))
+    kernels = "".join(elementwise_function(spec, scalars) for spec in specs)
+    return (
+        PRELUDE
+        + f"typedef {ctype} T;\n"
+        + preambles
+        + kernels
+        + (sources.ROW_KERNELS if rows else "")
+    )
+
+
+def test_every_kernel_the_backend_builds_is_in_the_table():
+    """backend.py and plan.py build their elementwise kernels from sources.ELEMENTWISE only: a
+    kernel written out in place would escape the compile and rule tests below."""
+    from pathlib import Path
+
+    import tinynet.kernels.cupy as package
+
+    for path in Path(package.__file__).parent.glob("*.py"):
+        assert "ElementwiseKernel(" not in path.read_text().replace(
+            "cp.ElementwiseKernel(\n            self.in_params", ""
+        ), path
+
+
+def test_every_table_entry_is_a_well_formed_kernel():
+    for key, spec in sources.ELEMENTWISE.items():
+        assert spec.name.isidentifier() and spec.name.startswith("tinynet_"), key
+        names = [name for _, _, name in _parameters(spec.in_params + "," + spec.out_params)]
+        assert len(set(names)) == len(names), key  # no parameter twice
+    assert len({spec.name for spec in sources.ELEMENTWISE.values()}) == len(sources.ELEMENTWISE)
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
 @pytest.mark.parametrize("ctype", ["float", "double"])
 @pytest.mark.parametrize("which", ["row_kernels", "elementwise"])
 def test_the_cuda_sources_compile(tmp_path, ctype, which):
-    code = (
-        f"typedef {ctype} T;\n" + sources.ROW_KERNELS
-        if which == "row_kernels"
-        else _elementwise_harness(ctype)
-    )
+    """nvcc compiles the per-row kernels, and every elementwise kernel of the table as CuPy
+    frames it, to PTX for the H100/H200 architecture."""
+    if which == "row_kernels":
+        code = f"typedef {ctype} T;\n" + sources.ROW_KERNELS
+    else:
+        code = program(ctype, list(sources.ELEMENTWISE.values()))
     source = tmp_path / "kernels.cu"
     source.write_text(code)
     done = subprocess.run(
@@ -152,19 +195,26 @@ SGD_CASES = {  # name: (momentum, nesterov, weight_decay)
     "momentum": (0.9, False, 0.0),
     "nesterov-decay": (0.9, True, 0.01),
 }
+# each SGD kernel, called as backend.py and plan.py call it (the arguments in their order)
+SGD_CALLS = {
+    "sgd": "tinynet_sgd(gs[s], lr, wd, ws, 8)",
+    "momentum": "tinynet_momentum(gs[s], lr, m, nesterov, wd, ws, vs, 8)",
+    "plan_sgd": "tinynet_plan_sgd(gs[s], lr_m, nesterov, wd, ws, vs, 8)",
+    "plan_sgd_decay": "tinynet_plan_sgd_decay(gs[s], lr_m, wd, ws, 8)",
+}
 
 
 @pytest.mark.skipif(GXX is None, reason="g++ not installed")
 @pytest.mark.parametrize(
-    ("case", "from_device"),
-    [(case, False) for case in SGD_CASES]
-    + [(case, True) for case in SGD_CASES if case != "sgd"],  # the plan's plain SGD: a GEMM
-    ids=lambda value: {False: "kernel", True: "plan"}.get(value, value),
+    ("case", "kernel"),
+    [(case, "momentum" if SGD_CASES[case][0] else "sgd") for case in SGD_CASES]
+    + [(case, "plan_sgd" if SGD_CASES[case][0] else "plan_sgd_decay") for case in SGD_CASES],
 )
-def test_the_cuda_update_rule_matches_the_reference(tmp_path, case, from_device):
-    """The SGD bodies the CUDA kernels run (the per-call kernels', and the fused plan's with lr
-    and momentum in device memory), built for the host with g++, three steps on random
-    parameters, against the NumPy reference's sgd_update in float64."""
+def test_the_cuda_sgd_kernels_match_the_reference(tmp_path, case, kernel):
+    """Each SGD kernel of the table (the per-call kernels', and the fused plan's with lr and
+    momentum in device memory), built for the host with g++ as CuPy frames it, three steps on
+    random parameters, against the NumPy reference's sgd_update in float64. The plan runs
+    plain SGD through its decay kernel in a data-parallel run (weight decay 0)."""
     from tinynet.kernels.numpy_backend import NumpyBackend
 
     momentum, nesterov, wd = SGD_CASES[case]
@@ -175,29 +225,21 @@ def test_the_cuda_update_rule_matches_the_reference(tmp_path, case, from_device)
     w, v = w0.copy(), v0.copy()
     for g in grads:
         NumpyBackend().sgd_update(w, g, lr, v if momentum else None, momentum, nesterov, wd)
-    if from_device:
-        body = sources.SGD_FROM_DEVICE if momentum else sources.SGD_DECAY_FROM_DEVICE
-    else:
-        body = sources.MOMENTUM if momentum else sources.SGD
-    program = (
-        "#include <cstdio>\n#define __device__\ntypedef double T;\n"
-        + sources.SGD_STEP
-        + f"int main() {{\n  double ws[] = {{{_c_array(w0)}}};\n"
+    code = program(
+        "double", [sources.ELEMENTWISE[kernel]], frozenset({"lr", "m", "nesterov", "wd"})
+    )
+    code += (
+        f"int main() {{\n  double ws[] = {{{_c_array(w0)}}};\n"
         + f"  double vs[] = {{{_c_array(v0)}}};\n"
         + f"  const double gs[3][8] = {{{', '.join('{' + _c_array(g) + '}' for g in grads)}}};\n"
         + f"  const T lr = {lr!r}, m = {momentum!r}, wd = {wd!r};\n"
         + f"  const bool nesterov = {str(nesterov).lower()};\n"
         + "  const T lr_m[2] = {lr, m};\n"
-        + "  for (int s = 0; s < 3; ++s)\n"
-        + "    for (int i = 0; i < 8; ++i) {\n"
-        + "      const T g = gs[s][i]; T& w = ws[i];"
-        + (" T& v = vs[i];\n" if momentum else "\n")
-        + f"      {body}\n"
-        + "    }\n"
+        + f"  for (int s = 0; s < 3; ++s) {SGD_CALLS[kernel]};\n"
         + '  for (int i = 0; i < 8; ++i) printf("%.17g %.17g\\n", ws[i], vs[i]);\n'
         + "}\n"
     )
-    w_cuda, v_cuda = _host_columns(tmp_path, "rule", program)
+    w_cuda, v_cuda = _host_columns(tmp_path, "rule", code)
     np.testing.assert_allclose(w_cuda, w, rtol=1e-15)
     if momentum:
         np.testing.assert_allclose(v_cuda, v, rtol=1e-15)
@@ -205,11 +247,13 @@ def test_the_cuda_update_rule_matches_the_reference(tmp_path, case, from_device)
 
 @pytest.mark.skipif(GXX is None, reason="g++ not installed")
 @pytest.mark.parametrize("decoupled", [False, True], ids=["adam", "adamw"])
-def test_the_cuda_plan_adam_matches_the_reference(tmp_path, decoupled):
-    """The fused plan's Adam, built for the host with g++: tinynet_adam_scalars writes each
-    update's step_size and bias_root from the step counter and the updates before the call
-    (base), then ADAM_FROM_DEVICE applies the rule; two calls, of 2 and 3 updates, against five
-    updates of the NumPy reference's adam_update in float64."""
+@pytest.mark.parametrize("kernel", ["adam", "plan_adam"])
+def test_the_cuda_adam_kernels_match_the_reference(tmp_path, kernel, decoupled):
+    """Each Adam kernel, built for the host with g++ as CuPy frames it, five updates in two
+    calls of 2 and 3, against the NumPy reference's adam_update in float64. The per-call
+    kernel takes each update's step_size and bias_root from the host; the fused plan's from
+    tinynet_adam_scalars, which writes them from the step counter and the updates before the
+    call (base)."""
     from tinynet.backend import adam_scalars
     from tinynet.kernels.numpy_backend import NumpyBackend
 
@@ -217,77 +261,132 @@ def test_the_cuda_plan_adam_matches_the_reference(tmp_path, decoupled):
     w0, grads = rng.normal(size=8), rng.normal(size=(5, 8))
     lr, (b1, b2), eps, wd = 0.01, (0.8, 0.99), 1e-6, 0.05
     w, m, v = w0.copy(), np.zeros(8), np.zeros(8)
+    sizes, roots = [], []
     for step, g in enumerate(grads, start=1):
         NumpyBackend().adam_update(w, g, m, v, lr, (b1, b2), eps, step, wd, decoupled)
+        sizes.append(lr / (1 - b1**step))  # by hand: Adam's bias corrections
+        roots.append((1 - b2**step) ** 0.5)
     _, _, _, _, _, l2, shrink = adam_scalars(lr, (b1, b2), eps, 1, wd, decoupled)
-    program = (
-        "#include <cmath>\n#include <cstdio>\n#include <initializer_list>\n"
-        "using std::sqrt; using std::pow;\n"
-        "#define __device__\n#define __global__\ntypedef double T;\n"
-        + sources.ADAM_STEP
-        + sources.ADAM_SCALARS
-        + f"int main() {{\n  double ws[] = {{{_c_array(w0)}}};\n"
+    update = {
+        "adam": "tinynet_adam(gs[done], h[1], h[2], sizes[done], roots[done], h[3], h[4], h[5], "
+        "ws, ms, vs, 8);",
+        "plan_adam": "tinynet_adam_scalars(&step, &base, h); tinynet_plan_adam(gs[done], h, ws, "
+        "ms, vs, 8);",
+    }[kernel]
+    scalars = frozenset({"b1", "b2", "step_size", "bias_root", "eps", "wd", "shrink"})
+    code = program("double", [sources.ELEMENTWISE[kernel]], scalars, rows=True)
+    code += (
+        f"int main() {{\n  double ws[] = {{{_c_array(w0)}}};\n"
         + "  double ms[8] = {0}, vs[8] = {0};\n"
         + f"  const double gs[5][8] = {{{', '.join('{' + _c_array(g) + '}' for g in grads)}}};\n"
+        + f"  const double sizes[5] = {{{_c_array(sizes)}}}, roots[5] = {{{_c_array(roots)}}};\n"
         + f"  T h[8] = {{{lr!r}, {b1!r}, {b2!r}, {eps!r}, {l2!r}, {shrink!r}, 0, 0}};\n"
         + "  long long done = 0;\n"
         + "  for (long long calls : {2, 3}) {\n"
         + "    const long long base = done;\n"
-        + "    for (long long step = 0; step < calls; ++step) {\n"
-        + "      tinynet_adam_scalars(&step, &base, h);\n"
-        + "      for (int i = 0; i < 8; ++i) {\n"
-        + "        const T g = gs[done][i]; T& w = ws[i]; T& m = ms[i]; T& v = vs[i];\n"
-        + f"        {sources.ADAM_FROM_DEVICE}\n"
-        + "      }\n"
-        + "      ++done;\n"
-        + "    }\n"
+        + f"    for (long long step = 0; step < calls; ++step, ++done) {{ {update} }}\n"
         + "  }\n"
         + '  for (int i = 0; i < 8; ++i) printf("%.17g %.17g %.17g\\n", ws[i], ms[i], vs[i]);\n'
         + "}\n"
     )
-    w_cuda, m_cuda, v_cuda = _host_columns(tmp_path, "plan_adam", program)
+    w_cuda, m_cuda, v_cuda = _host_columns(tmp_path, kernel, code)
     np.testing.assert_allclose(w_cuda, w, rtol=1e-14)
     np.testing.assert_allclose(m_cuda, m, rtol=1e-14)
     np.testing.assert_allclose(v_cuda, v, rtol=1e-14)
+
+
+# One step of the fused epoch as one rank sees it: the global batch of 5 rows at step 1 of a
+# permutation of 12 samples, and this rank's shard, rows 2..4 of the batch (first = 2).
+STEP, BATCH, FIRST, ROWS = 1, 5, 2, 3
+
+
+def _shard_rows(order: np.ndarray) -> np.ndarray:
+    start = FIRST + STEP * BATCH
+    return order[start : start + ROWS]
+
+
+def _longs(values) -> str:
+    return ", ".join(str(int(v)) for v in values)
 
 
 @pytest.mark.skipif(GXX is None, reason="g++ not installed")
-@pytest.mark.parametrize("decoupled", [False, True], ids=["adam", "adamw"])
-def test_the_cuda_adam_rule_matches_the_reference(tmp_path, decoupled):
-    """The Adam body the CUDA kernels run, built for the host with g++, three updates on random
-    parameters, against the NumPy reference's adam_update in float64."""
-    from tinynet.kernels.numpy_backend import NumpyBackend
-
-    rng = np.random.default_rng(1)
-    w0 = rng.normal(size=8)
-    grads = rng.normal(size=(3, 8))
-    lr, (b1, b2), eps, wd = 0.01, (0.8, 0.99), 1e-6, 0.05
-    w, m, v = w0.copy(), np.zeros(8), np.zeros(8)
-    constants = []
-    for step, g in enumerate(grads, start=1):
-        NumpyBackend().adam_update(w, g, m, v, lr, (b1, b2), eps, step, wd, decoupled)
-        constants.append((lr / (1 - b1**step), (1 - b2**step) ** 0.5))
-    shrink, l2 = (1 - lr * wd, 0.0) if decoupled else (1.0, wd)
-    program = (
-        "#include <cmath>\n#include <cstdio>\nusing std::sqrt;\n#define __device__\n"
-        "typedef double T;\n"
-        + sources.ADAM_STEP
-        + f"int main() {{\n  double ws[] = {{{_c_array(w0)}}};\n"
-        + "  double ms[8] = {0}, vs[8] = {0};\n"
-        + f"  const double gs[3][8] = {{{', '.join('{' + _c_array(g) + '}' for g in grads)}}};\n"
-        + f"  const double sizes[3] = {{{_c_array([c[0] for c in constants])}}};\n"
-        + f"  const double roots[3] = {{{_c_array([c[1] for c in constants])}}};\n"
-        + f"  const T b1 = {b1!r}, b2 = {b2!r}, eps = {eps!r}, wd = {l2!r}, shrink = {shrink!r};\n"
-        + "  for (int s = 0; s < 3; ++s)\n"
-        + "    for (int i = 0; i < 8; ++i) {\n"
-        + "      const T g = gs[s][i]; T& w = ws[i]; T& m = ms[i]; T& v = vs[i];\n"
-        + "      const T step_size = sizes[s], bias_root = roots[s];\n"
-        + f"      {sources.ADAM}\n"
-        + "    }\n"
-        + '  for (int i = 0; i < 8; ++i) printf("%.17g %.17g %.17g\\n", ws[i], ms[i], vs[i]);\n'
-        + "}\n"
+def test_the_cuda_gather_takes_the_shards_rows(tmp_path):
+    """plan_gather, built for the host as CuPy frames it: the shard's rows of uint8 pixels,
+    scaled, against NumPy's fancy indexing."""
+    rng = np.random.default_rng(3)
+    X, order = rng.integers(0, 256, size=(12, 4)), rng.permutation(12)
+    scale, offset = 1 / 255, -0.5
+    want = X[_shard_rows(order)] * scale + offset
+    scalars = frozenset({"first", "batch", "width", "scale", "offset"})
+    code = program("double", [sources.ELEMENTWISE["plan_gather"]], scalars)
+    code += (
+        f"int main() {{\n  const X x[] = {{{_longs(X.ravel())}}};\n"
+        + f"  const long long order[] = {{{_longs(order)}}}, step[] = {{{STEP}}};\n"
+        + f"  T y[{ROWS * 4}];\n"
+        + f"  tinynet_gather(x, order, step, {FIRST}, {BATCH}, 4, {scale!r}, {offset!r}, y, "
+        + f"{ROWS * 4});\n"
+        + f'  for (int i = 0; i < {ROWS}; ++i) printf("%.17g %.17g %.17g %.17g\\n", y[4 * i],'
+        + " y[4 * i + 1], y[4 * i + 2], y[4 * i + 3]);\n}\n"
     )
-    w_cuda, m_cuda, v_cuda = _host_columns(tmp_path, "adam", program)
-    np.testing.assert_allclose(w_cuda, w, rtol=1e-14)
-    np.testing.assert_allclose(m_cuda, m, rtol=1e-14)
-    np.testing.assert_allclose(v_cuda, v, rtol=1e-14)
+    np.testing.assert_allclose(_host_columns(tmp_path, "gather", code).T, want, rtol=1e-15)
+
+
+def _row_kernel_program(call: str, z: np.ndarray, T: np.ndarray, order: np.ndarray) -> str:
+    """ROW_KERNELS for the host (one thread: blockIdx.x is the row) and a main that runs
+    ``call`` for each row of the shard, then prints the outputs z, delta and the loss sum."""
+    rows, classes = z.shape
+    return program("double", [], rows=True) + (
+        f"int main() {{\n  T z[] = {{{_c_array(z.ravel())}}}, delta[{z.size}];\n"
+        + f"  const T bias[] = {{{_c_array(np.linspace(-0.3, 0.4, classes))}}};\n"
+        + f"  const T targets[] = {{{_c_array(T.ravel())}}};\n"
+        + f"  const long long order[] = {{{_longs(order)}}}, step[] = {{{STEP}}};\n"
+        + "  double loss = 0;\n"
+        + f"  for (unsigned r = 0; r < {rows}; ++r) {{ blockIdx.x = r; {call}; }}\n"
+        + f"  for (int i = 0; i < {z.size}; ++i)\n"
+        + '    printf("%.17g %.17g %.17g\\n", z[i], delta[i], loss);\n}\n'
+    )
+
+
+@pytest.mark.skipif(GXX is None, reason="g++ not installed")
+def test_the_cuda_softmax_cross_entropy_kernel_on_a_shard(tmp_path):
+    """tinynet_softmax_ce for the shard's rows: the softmax of z + b, the rows' cross-entropy
+    summed, and the deltas (p - t) / 5 for the mean over the global batch of 5, computed
+    here in float64 from the formulas."""
+    rng = np.random.default_rng(4)
+    z, order = rng.normal(size=(ROWS, 4)), rng.permutation(12)
+    T = np.eye(4)[rng.integers(0, 4, 12)]
+    v = z + np.linspace(-0.3, 0.4, 4)
+    p = np.exp(v - v.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    t = T[_shard_rows(order)]
+    call = (
+        f"tinynet_softmax_ce(z, bias, targets, order, step, {FIRST}, {BATCH}, {ROWS}, 4, "
+        f"{1 / BATCH!r}, 1e-300, delta, &loss)"
+    )
+    got_p, got_delta, got_loss = _host_columns(
+        tmp_path, "softmax_ce", _row_kernel_program(call, z, T, order)
+    )
+    np.testing.assert_allclose(got_p, p.ravel(), rtol=1e-14)
+    np.testing.assert_allclose(got_delta, ((p - t) / BATCH).ravel(), rtol=1e-13, atol=1e-17)
+    np.testing.assert_allclose(got_loss[0], -(t * np.log(p)).sum(), rtol=1e-14)
+
+
+@pytest.mark.skipif(GXX is None, reason="g++ not installed")
+def test_the_cuda_squared_error_kernel_on_a_shard(tmp_path):
+    """tinynet_squared_error for the shard's sigmoid outputs: scale * (y - t)^2 summed, and the
+    deltas coef (y - t) y (1 - y) with coef = 2 scale / 5 (the mean over the global batch),
+    computed here in float64 from the formulas."""
+    rng = np.random.default_rng(5)
+    y, order = rng.uniform(0.05, 0.95, size=(ROWS, 4)), rng.permutation(12)
+    T = rng.uniform(size=(12, 4))
+    t, scale = T[_shard_rows(order)], 0.5
+    coef = 2 * scale / BATCH
+    call = (
+        f"tinynet_squared_error(z, targets, order, step, {FIRST}, {BATCH}, {ROWS}, 4, "
+        f"{ACTIVATION_CODE['sigmoid']}, 0.0, {scale!r}, {coef!r}, delta, &loss)"
+    )
+    _, got_delta, got_loss = _host_columns(
+        tmp_path, "squared_error", _row_kernel_program(call, y, T, order)
+    )
+    np.testing.assert_allclose(got_delta, (coef * (y - t) * y * (1 - y)).ravel(), rtol=1e-14)
+    np.testing.assert_allclose(got_loss[0], scale * ((y - t) ** 2).sum(), rtol=1e-14)

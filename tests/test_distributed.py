@@ -71,7 +71,7 @@ except tn.InvalidInputError as exc:
     sys.exit(3)
 if mpi.is_root:
     np.savez(out, *[a for pair in net.get_weights() for a in pair], loss=history["loss"],
-             fused=fused[0])
+             fused=fused[0], collective=str(mpi.device_collective))
 # every rank's final weights, to check they agree
 flat = np.concatenate([a.ravel() for pair in net.get_weights() for a in pair])
 np.save(f"{out}.rank{mpi.rank}.npy", flat)
@@ -79,17 +79,17 @@ np.save(f"{out}.rank{mpi.rank}.npy", flat)
 
 
 def _mpiexec(
-    tmp_path: Path, *args: str, ranks: int = 2
+    tmp_path: Path, *args: str, ranks: int = 2, env: dict | None = None
 ) -> tuple[subprocess.CompletedProcess, float]:
     job = tmp_path / "job.py"
     job.write_text(JOB)
     start = time.perf_counter()
     done = subprocess.run(
-        [MPIEXEC, "-n", "2", sys.executable, str(job), *args],
+        [MPIEXEC, "-n", str(ranks), sys.executable, str(job), *args],
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "TINYNET_ADAPTIVE_THREADS": "0"},
+        env={**os.environ, "TINYNET_ADAPTIVE_THREADS": "0", **(env or {})},
     )
     return done, time.perf_counter() - start
 
@@ -249,17 +249,42 @@ def test_a_checkpoint_resumes_on_another_number_of_ranks(tmp_path, backend):
     backend_module.backend_status()["cupy"] is not None,
     reason=f"no usable CuPy GPU: {backend_module.backend_status()['cupy']}",
 )
-@pytest.mark.parametrize("name", ["momentum", "adam"])
-def test_two_ranks_on_a_gpu_sum_gradients_with_nccl(tmp_path, name):
-    """The cupy backend under mpiexec -n 2 (one GPU may hold both ranks): NCCL sums the
-    gradients on the device; equal to one process with the global batch."""
-    done, _ = _mpiexec(tmp_path, "cupy", name, str(tmp_path / "out.npz"), "ok")
+@pytest.mark.parametrize("ranks", [1, 2])
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+def test_ranks_on_gpus_equal_one_process_with_the_global_batch(tmp_path, name, ranks):
+    """The cupy backend's fused epoch under mpiexec with CUDA graphs on: one rank sums with
+    NCCL inside the captured graphs; two ranks do too where each has a GPU of its own, and sum
+    through host memory by MPI, without graphs, where they share one. Equal to one process
+    with the global batch either way."""
+    import cupy
+
+    out = tmp_path / "out.npz"
+    done, _ = _mpiexec(tmp_path, "cupy", name, str(out), "ok", ranks=ranks,
+                       env={"TINYNET_CUDA_GRAPHS": "1"})  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    got = np.load(tmp_path / "out.npz")
+    assert "could not capture" not in done.stderr
+    got = np.load(out)
+    assert int(got["fused"]) > 0  # the fused epoch, not the kernel-by-kernel loop
+    own_gpus = ranks <= cupy.cuda.runtime.getDeviceCount()
+    assert str(got["collective"]) == ("nccl" if own_gpus else "mpi")
     weights, losses = _one_process("cupy", name)
     for i, want in enumerate(weights):
         np.testing.assert_allclose(got[f"arr_{i}"], want, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(got["loss"], losses, rtol=1e-10)
+
+
+def test_nccl_is_chosen_only_where_every_rank_has_a_gpu_and_nccl():
+    """nccl_unusable: None for distinct GPUs (the same bus id on two hosts is two GPUs); the
+    ranks sharing a GPU, or lacking NCCL, named otherwise."""
+    from tinynet.distributed import nccl_unusable
+
+    apart = [("a", "0000:01:00.0"), ("a", "0000:02:00.0"), ("b", "0000:01:00.0")]
+    assert nccl_unusable(apart, [True] * 3) is None
+    shared = [*apart, ("a", "0000:02:00.0")]
+    assert nccl_unusable(shared, [True] * 4) == "ranks 1 and 3 share the GPU at 0000:02:00.0 on a"
+    assert nccl_unusable(apart, [True, False, True]).startswith(
+        "CuPy finds no NCCL library on rank(s) [1]; "
+    )
 
 
 def test_local_sgd_needs_a_batch_the_ranks_divide(tmp_path):

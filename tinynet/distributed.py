@@ -41,14 +41,34 @@ def launched_size() -> int:
     return 1
 
 
+def nccl_unusable(places: list[tuple[str, str]], loaded: list[bool]) -> str | None:
+    """Why NCCL cannot sum these ranks' arrays, or None where it can. ``places``: each rank's
+    (host, PCI bus id of its GPU); ``loaded``: whether NCCL's library loads on each rank. NCCL
+    refuses two ranks on one GPU ("Duplicate GPU detected")."""
+    missing = [rank for rank, ok in enumerate(loaded) if not ok]
+    if missing:
+        return (
+            f"CuPy finds no NCCL library on rank(s) {missing}; "
+            "python -m cupyx.tools.install_library --library nccl --cuda 12.x installs one"
+        )
+    first_on: dict[tuple[str, str], int] = {}
+    for rank, place in enumerate(places):
+        if place in first_on:
+            host, bus = place
+            return f"ranks {first_on[place]} and {rank} share the GPU at {bus} on {host}"
+        first_on[place] = rank
+    return None
+
+
 class MPI:
     """Synchronous data parallelism over an MPI communicator (mpi4py's ``COMM_WORLD`` by
     default). ``rank`` and ``size`` say where this process stands; ``is_root`` is rank 0, the
     one that prints, plots and writes files.
 
     Made before the model, it puts each rank of a node on the node's GPUs in turn when the CuPy
-    backend is active (two ranks may share one GPU); their gradients are then summed on the
-    device by NCCL.
+    backend is active. Where every rank has a GPU of its own, NCCL sums the gradients on the
+    devices; ranks that share a GPU (NCCL refuses them) sum them through host memory by MPI
+    (``device_collective`` says which, once training starts).
 
     ``threads``: the threads each rank's kernels and BLAS may use. The default is the machine's
     cores divided by the ranks on this node, so the ranks do not oversubscribe the cores.
@@ -72,6 +92,10 @@ class MPI:
             )
         self.average_every = average_every
         self._buffers: dict = {}  # the gradient allreduce's buffer, per size and dtype
+        # how device arrays are summed: "nccl" or "mpi" (through host memory), chosen by all
+        # ranks together when the first CuPy model starts training
+        self.device_collective: str | None = None
+        self._nccl: Any = None  # the NCCL communicator
         try:
             from mpi4py import MPI as mpi
         except ImportError as exc:
@@ -154,6 +178,8 @@ class MPI:
                 f"{everyone[0][keys[0]]!r}); ranks differing: {differ}"
             )
         B = model.backend
+        if B.xp is not np and self.device_collective is None:
+            self._choose_device_collective()
         for p in model.parameters():
             data = np.ascontiguousarray(B.to_numpy(p.data))
             self.comm.Bcast(data, root=0)
@@ -185,7 +211,7 @@ class MPI:
         """grad <- sum over ranks of weight_r grad_r for every trainable parameter, with one
         allreduce of one buffer. ``weight``: this rank's share of the batch (its rows / the
         batch's, for a mean loss), so the result is the whole batch's gradient. On the GPU the
-        buffer stays on the device and NCCL sums it (``nccl_allreduce``); on the CPU, MPI."""
+        buffer stays on the device (``allreduce_on_device``); on the CPU, MPI sums it."""
         grads = [p for p in params if not p.frozen and p.grad is not None]
         if not grads:
             return
@@ -203,7 +229,7 @@ class MPI:
             offset += part.size
         buffer *= buffer.dtype.type(weight)
         if on_device:
-            self.nccl_allreduce(buffer)
+            self.allreduce_on_device(buffer)
         else:
             self.comm.Allreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM)
         offset = 0
@@ -212,20 +238,51 @@ class MPI:
             p.grad = backend.asarray(buffer[offset : offset + size].reshape(p.grad.shape))
             offset += size
 
-    def nccl_allreduce(self, buffer: Any) -> None:
-        """buffer <- its sum over the ranks, in place on the device, by NCCL
-        (cupy.cuda.nccl), on the current stream. The communicator is made on first use: rank 0
-        draws NCCL's unique id and MPI broadcasts it."""
-        from cupy import cuda
-        from cupy.cuda import nccl
+    def allreduce_on_device(self, buffer: Any) -> None:
+        """buffer (a CuPy array) <- its sum over the ranks, in place. NCCL on the current stream
+        (so a CUDA graph captures it), or MPI on a host copy where ranks share a GPU."""
+        if self.device_collective == "nccl":
+            from cupy import cuda
+            from cupy.cuda import nccl
 
-        if getattr(self, "_nccl", None) is None:
+            kind = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64}[str(buffer.dtype)]
+            stream = cuda.get_current_stream().ptr
+            self._nccl.allReduce(buffer.data.ptr, buffer.data.ptr, buffer.size, kind,
+                                 nccl.NCCL_SUM, stream)  # fmt: skip
+        else:
+            host = buffer.get()  # waits for the kernels that wrote it
+            self.comm.Allreduce(self._mpi.IN_PLACE, host, op=self._mpi.SUM)
+            buffer.set(host)
+
+    def _choose_device_collective(self) -> None:
+        """NCCL when it loads on every rank and no two ranks share a GPU, else MPI through host
+        memory; decided by all ranks together, the NCCL communicator made here (rank 0 draws
+        its unique id, MPI broadcasts it), before any CUDA graph is captured."""
+        import cupy
+
+        try:
+            from cupy.cuda import nccl
+
+            loaded = bool(getattr(nccl, "available", True))
+        except ImportError:
+            loaded = False
+        bus = cupy.cuda.runtime.deviceGetPCIBusId(cupy.cuda.Device().id)
+        everyone = self.comm.allgather(((socket.gethostname(), bus), loaded))
+        why = nccl_unusable([place for place, _ in everyone], [ok for _, ok in everyone])
+        if why is None:
             uid = nccl.get_unique_id() if self.is_root else None
             self._nccl = nccl.NcclCommunicator(self.size, self.comm.bcast(uid, root=0), self.rank)
-        kind = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64}[str(buffer.dtype)]
-        stream = cuda.get_current_stream().ptr
-        self._nccl.allReduce(buffer.data.ptr, buffer.data.ptr, buffer.size, kind, nccl.NCCL_SUM,
-                             stream)  # fmt: skip
+            self.device_collective = "nccl"
+        else:
+            self.device_collective = "mpi"
+            if self.is_root:
+                log.warning(
+                    "MPI: the gradients are summed through host memory by MPI, not by NCCL (%s); "
+                    "CUDA graphs are off for the training steps",
+                    why,
+                )
+        if self.is_root:
+            log.info("MPI: device arrays summed by %s", self.device_collective.upper())
 
     def average_parameters(self, params: list[Any], optimizer: Any, backend: Any) -> None:
         """Every parameter and optimizer buffer <- its mean over the ranks (local SGD), with
@@ -273,4 +330,4 @@ class MPI:
         os._exit(1)
 
 
-__all__ = ["MPI", "launched_size"]
+__all__ = ["MPI", "launched_size", "nccl_unusable"]

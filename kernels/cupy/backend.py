@@ -15,17 +15,7 @@ from tinynet.backend import Backend, EpochSpec, adam_scalars
 from tinynet.errors import BackendError
 from tinynet.kernels.cupy.cublas import Cublas
 from tinynet.kernels.cupy.plan import EpochPlan
-from tinynet.kernels.cupy.sources import (
-    ACT,
-    ACT_GRAD,
-    ACTIVATION_FUNCTIONS,
-    ADAM,
-    ADAM_STEP,
-    BIAS_ACT,
-    MOMENTUM,
-    SGD,
-    SGD_STEP,
-)
+from tinynet.kernels.cupy.sources import ACT, ELEMENTWISE
 from tinynet.kernels.numpy_backend import NumpyBackend
 from tinynet.system import install_hint
 
@@ -71,43 +61,10 @@ class CupyBackend(Backend):
 
     def __init__(self) -> None:
         cp = self.xp = import_cupy()
-        self._bias_act = cp.ElementwiseKernel(
-            "T z, T b, int32 act, T alpha",
-            "T y",
-            BIAS_ACT,
-            "tinynet_bias_act",
-            preamble=ACTIVATION_FUNCTIONS,
-        )
-        self._act_grad = cp.ElementwiseKernel(
-            "T y, T dy, int32 act, T alpha",
-            "T dz",
-            ACT_GRAD,
-            "tinynet_act_grad",
-            preamble=ACTIVATION_FUNCTIONS,
-        )
-        self._sgd = cp.ElementwiseKernel(
-            "T g, T lr, T wd", "T w", SGD, "tinynet_sgd", preamble=SGD_STEP
-        )
-        self._momentum = cp.ElementwiseKernel(
-            "T g, T lr, T m, bool nesterov, T wd",
-            "T w, T v",
-            MOMENTUM,
-            "tinynet_momentum",
-            preamble=SGD_STEP,
-        )
-        self._adam = cp.ElementwiseKernel(
-            "T g, T b1, T b2, T step_size, T bias_root, T eps, T wd, T shrink",
-            "T w, T m, T v",
-            ADAM,
-            "tinynet_adam",
-            preamble=ADAM_STEP,
-        )
-        self._rescale = cp.ElementwiseKernel(
-            "X x, T scale, T offset", "T y", "y = (T)x * scale + offset", "tinynet_rescale"
-        )
-        self._se_grad = cp.ElementwiseKernel(
-            "T y, T t, T c", "T dy", "dy = c * (y - t)", "tinynet_se_grad"
-        )
+        # the fused elementwise kernels (sources.ELEMENTWISE), compiled by CuPy on first launch
+        names = ("bias_act", "act_grad", "sgd", "momentum", "adam", "rescale", "se_grad")
+        (self._bias_act, self._act_grad, self._sgd, self._momentum, self._adam, self._rescale,
+         self._se_grad) = (ELEMENTWISE[name].build(cp) for name in names)  # fmt: skip
         # train_batches: CUDA-graph mode, the cuBLAS handle, kernels per dtype, and the
         # preallocated state of the last model trained (see EpochPlan)
         self.graphs = graphs_from_env()
@@ -242,13 +199,30 @@ class CupyBackend(Backend):
     def train_batches(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int) -> Any:
         """SGD on X[order] in steps of batch_size; the sum of the per-sample losses as a 0-d
         device array (read by the trainer once per epoch)."""
+        return self._run_plan(spec, X, T, order, batch_size, None)
+
+    def can_train_batches_distributed(self, spec: EpochSpec, distributed: Any) -> bool:
+        return self.can_train_batches(spec, 0)
+
+    def train_batches_distributed(
+        self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int, distributed: Any
+    ) -> Any:
+        """train_batches as one rank of ``distributed``: the gradients summed over the ranks
+        in every step, by NCCL on the device (captured into the CUDA graphs with the kernels
+        around it), or by MPI through host memory where ranks share a GPU (no graphs then:
+        the host copy waits for the step)."""
+        return self._run_plan(spec, X, T, order, batch_size, distributed)
+
+    def _run_plan(self, spec: EpochSpec, X: Any, T: Any, order: Any, batch: int, distributed):
         blas = self._cublas()  # takes the lock itself: before the block below, not inside it
         if blas is None:
             raise BackendError(f"backend 'cupy': no fused epochs here ({self._blas_error})")
-        key = (self.xp.cuda.Device().id, *EpochPlan.key(spec, X, T, batch_size))
+        ranks = None if distributed is None else (id(distributed), distributed.rank)
+        key = (self.xp.cuda.Device().id, *EpochPlan.key(spec, X, T, batch), ranks)
+        graphs = self.graphs and (distributed is None or distributed.device_collective == "nccl")
         with self._epoch_lock:
             epoch = self._epochs.get(key)
             if epoch is None:
                 self._epochs.clear()  # buffers of other models and batch sizes: freed
-                epoch = self._epochs[key] = EpochPlan(self, blas, spec, X, T, batch_size)
-            return epoch.run(spec, order, self.graphs)
+                epoch = self._epochs[key] = EpochPlan(self, blas, spec, X, T, batch, distributed)
+            return epoch.run(spec, order, graphs)

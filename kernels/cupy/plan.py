@@ -10,15 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tinynet.backend import EpochSpec, adam_scalars
-from tinynet.kernels.cupy.sources import (
-    ACT,
-    ADAM_FROM_DEVICE,
-    ADAM_STEP,
-    ROW_KERNELS,
-    SGD_DECAY_FROM_DEVICE,
-    SGD_FROM_DEVICE,
-    SGD_STEP,
-)
+from tinynet.kernels.cupy.sources import ACT, ELEMENTWISE, ROW_KERNELS
 
 if TYPE_CHECKING:
     from tinynet.kernels.cupy.backend import CupyBackend
@@ -36,35 +28,11 @@ class PlanKernels:
         self.softmax_rows = module.get_function("tinynet_softmax_rows")
         self.next_step = module.get_function("tinynet_next_step")
         self.adam_scalars = module.get_function("tinynet_adam_scalars")
-        self.gather = cp.ElementwiseKernel(
-            "raw X x, raw int64 order, raw int64 step, int64 batch, int64 width, T scale, T offset",
-            "T y",
-            "long long r = i / width;"
-            "y = (T)x[order[step[0] * batch + r] * width + (i - r * width)] * scale + offset",
-            "tinynet_gather",
-        )
-        # every rule but plain SGD: the gradient by a GEMM, then the rule
-        self.sgd = cp.ElementwiseKernel(
-            "T g, raw T lr_m, bool nesterov, T wd",
-            "T w, T v",
-            SGD_DECAY_FROM_DEVICE,
-            SGD_FROM_DEVICE,
-            "tinynet_plan_sgd",
-            preamble=SGD_STEP,
-        )
-        self.sgd_decay = cp.ElementwiseKernel(
-            "T g, raw T lr_m, T wd",
-            "T w",
-            SGD_DECAY_FROM_DEVICE,
-            "tinynet_plan_sgd_decay",
-            preamble=SGD_STEP,
-        )
-        self.adam = cp.ElementwiseKernel(
-            "T g, raw T h",
-            "T w, T m, T v",
-            ADAM_FROM_DEVICE,
-            "tinynet_plan_adam",
-            preamble=ADAM_STEP,
+        # the elementwise kernels of the plan: gather the batch's rows, and the rules other than
+        # plain SGD (the gradient by a GEMM, then the rule)
+        self.gather, self.sgd, self.sgd_decay, self.adam = (
+            ELEMENTWISE[name].build(cp)
+            for name in ("plan_gather", "plan_sgd", "plan_sgd_decay", "plan_adam")
         )
 
 
@@ -90,8 +58,18 @@ class EpochPlan:
                 spec.weight_decay, spec.adam)  # fmt: skip
 
     def __init__(
-        self, backend: CupyBackend, blas: Cublas, spec: EpochSpec, X: Any, T: Any, batch: int
+        self,
+        backend: CupyBackend,
+        blas: Cublas,
+        spec: EpochSpec,
+        X: Any,
+        T: Any,
+        batch: int,
+        distributed: Any = None,
     ) -> None:
+        """``distributed``: a tinynet.distributed.MPI when this process is one rank of a
+        data-parallel run. A step then takes this rank's shard of the batch, and one allreduce
+        of one flat buffer sums the gradients of all ranks before any update."""
         cp = self.cp = backend.xp
         self.blas = blas  # the current device's handle
         self.layers = spec.layers
@@ -102,14 +80,18 @@ class EpochPlan:
         self.k = backend._epoch_kernels[dtype]
         self.bias_act, self.act_grad = backend._bias_act, backend._act_grad
         self.X, self.T, self.batch = X, cp.ascontiguousarray(T, dtype), batch
+        self.distributed = distributed
+        # the rows of a step: the batch, or this rank's largest shard of it
+        rows = batch if distributed is None else -(-batch // distributed.size)
         widths = [spec.layers[0].W.shape[1]] + [layer.W.shape[0] for layer in spec.layers]
-        self.A = [cp.zeros((batch, w), dtype) for w in widths]  # activations, A[0] the input
-        self.D = [cp.zeros((batch, w), dtype) for w in widths[1:]]  # deltas dE/dz
+        self.A = [cp.zeros((rows, w), dtype) for w in widths]  # activations, A[0] the input
+        self.D = [cp.zeros((rows, w), dtype) for w in widths[1:]]  # deltas dE/dz
         self.zero_bias = [cp.zeros(layer.W.shape[0], dtype) for layer in spec.layers]
         # what each layer's step updates: (parameter, velocity or Adam's first moments, Adam's
         # second moments, is_bias, gradient buffer); the gradient is d^T a for W and d^T 1 for
-        # a bias, taken as a column (out, 1). Plain SGD has no buffer: its GEMM adds -lr d^T a
-        # into the parameter (sources.SGD_STEP).
+        # a bias, taken as a column (out, 1). Plain SGD in one process has no buffer: its GEMM
+        # adds -lr d^T a into the parameter (sources.SGD_STEP). In a data-parallel run the
+        # buffers are views of one flat buffer, which one allreduce a step sums over the ranks.
         self.adam, self.nesterov = spec.adam is not None, spec.nesterov
         self.weight_decay = dt(spec.weight_decay)
         plain = not self.adam and spec.momentum == 0 and spec.weight_decay == 0
@@ -117,15 +99,26 @@ class EpochPlan:
         def column(a: Any) -> Any:
             return None if a is None else a.reshape(-1, 1)
 
-        self.updates = []
+        params_of = []
         for layer in spec.layers:
             params = [(layer.W, layer.vW, layer.sW, False)] if layer.train_W else []
             if layer.train_b:
                 params.append((column(layer.b), column(layer.vb), column(layer.sb), True))
-            self.updates.append(
-                [(*param, None if plain else cp.empty_like(param[0])) for param in params]
-            )
-        self.ones = cp.ones((batch, 1), dtype)
+            params_of.append(params)
+        sizes = [param[0].size for params in params_of for param in params]
+        self.flat_grads = cp.zeros(sum(sizes), dtype) if distributed is not None else None
+        self.updates, offset = [], 0
+        for params in params_of:
+            with_grads = []
+            for param in params:
+                if self.flat_grads is not None:
+                    grad = self.flat_grads[offset : offset + param[0].size].reshape(param[0].shape)
+                    offset += param[0].size
+                else:
+                    grad = None if plain else cp.empty_like(param[0])
+                with_grads.append((*param, grad))
+            self.updates.append(with_grads)
+        self.ones = cp.ones((rows, 1), dtype)
         self.order = cp.zeros(X.shape[0], np.int64)
         self.step = cp.zeros(1, np.int64)
         self.loss = cp.zeros((), np.float64)
@@ -217,60 +210,104 @@ class EpochPlan:
         return graph
 
     def _step(self, nb: int) -> None:
-        """Forward, loss and delta, backward and update for the next ``nb`` samples of order."""
-        k, blas, layers, A, D = self.k, self.blas, self.layers, self.A, self.D
+        """Forward, loss and delta, backward and update for the next ``nb`` samples of order
+        (in a data-parallel run: this rank's shard of them, then the allreduce)."""
+        first, rows = 0, nb
+        if self.distributed is not None:
+            first, last = self.distributed.shard(0, nb)
+            rows = last - first
+        if rows:  # a rank's shard of the last, short batch may be empty
+            self._forward_and_loss(nb, first, rows)
+        if self.adam:  # this update's step_size and bias_root
+            self.k.adam_scalars((1,), (1,), (self.step, self.base, self.hyper))
+        if self.distributed is None:
+            self._backward_and_update(rows)
+        else:
+            if rows:
+                self._backward(rows)
+            else:
+                self.flat_grads.fill(0)
+            # on the current stream: NCCL's allreduce is captured into the CUDA graph with the
+            # kernels around it
+            self.distributed.allreduce_on_device(self.flat_grads)
+            for updates in self.updates:
+                for param, moment, second, _, grad in updates:
+                    self._rule(param, moment, second, grad)
+        self.k.next_step((1,), (1,), (self.step,))
+
+    def _forward_and_loss(self, nb: int, first: int, rows: int) -> None:
+        """Rows first..first + rows of the step's ``nb``-sample batch forward; their losses
+        added to ``loss`` and the deltas of the output layer (for the mean over all ``nb``)."""
+        k, blas, layers, A = self.k, self.blas, self.layers, self.A
         last = len(layers) - 1
         dt = self.dtype.type
         inv_n = dt(1 / nb) if self.mean else dt(1)
-        x0 = A[0][:nb]
-        k.gather(self.X, self.order, self.step, self.batch, x0.shape[1], self.in_scale,
+        x0 = A[0][:rows]
+        k.gather(self.X, self.order, self.step, first, self.batch, x0.shape[1], self.in_scale,
                  self.in_offset, x0)  # fmt: skip
         for i, layer in enumerate(layers):
-            z = A[i + 1][:nb]
-            blas.gemm(z, A[i][:nb], layer.W, self.one, self.zero, trans_b=True)  # z = a W^T
+            z = A[i + 1][:rows]
+            blas.gemm(z, A[i][:rows], layer.W, self.one, self.zero, trans_b=True)  # z = a W^T
             b = layer.b if layer.b is not None else self.zero_bias[i]
             if i == last and self.ce:  # bias and softmax in the loss kernel below
                 continue
             if layer.activation == "softmax":  # the last layer, before a squared error
-                grid = ((nb + 127) // 128,)
-                k.softmax_rows(grid, (128,), (z, b, np.int32(nb), np.int32(z.shape[1])))
+                grid = ((rows + 127) // 128,)
+                k.softmax_rows(grid, (128,), (z, b, np.int32(rows), np.int32(z.shape[1])))
             else:
                 self.bias_act(z, b, ACT[layer.activation], dt(layer.alpha), z)
-        y, d = A[-1][:nb], D[-1][:nb]
+        y, d = A[-1][:rows], self.D[-1][:rows]
         classes = y.shape[1]
-        grid, block = ((nb + 127) // 128,), (128,)
+        grid, block = ((rows + 127) // 128,), (128,)
+        where = (self.order, self.step, np.int64(first), np.int64(self.batch), np.int32(rows),
+                 np.int32(classes))  # fmt: skip
         if self.ce:
             b = layers[-1].b if layers[-1].b is not None else self.zero_bias[-1]
-            k.softmax_ce(grid, block, (y, b, self.T, self.order, self.step, np.int64(self.batch),
-                                       np.int32(nb), np.int32(classes), inv_n, self.tiny, d,
-                                       self.loss))  # fmt: skip
+            k.softmax_ce(grid, block, (y, b, self.T, *where, inv_n, self.tiny, d, self.loss))
         else:
             act, alpha = np.int32(ACT[layers[-1].activation]), dt(layers[-1].alpha)
             coef = dt(2) * self.loss_scale * inv_n
-            k.squared_error(grid, block, (y, self.T, self.order, self.step,
-                                          np.int64(self.batch), np.int32(nb), np.int32(classes),
-                                          act, alpha, self.loss_scale, coef, d,
+            k.squared_error(grid, block, (y, self.T, *where, act, alpha, self.loss_scale, coef, d,
                                           self.loss))  # fmt: skip
-        if self.adam:  # this update's step_size and bias_root
-            k.adam_scalars((1,), (1,), (self.step, self.base, self.hyper))
-        for i in range(last, -1, -1):
-            layer, d, a_in = layers[i], D[i][:nb], A[i][:nb]
-            if i > 0:  # the delta below, from W before its update
-                below = D[i - 1][:nb]
-                blas.gemm(below, d, layer.W, self.one, self.zero)
-                below_layer = layers[i - 1]
-                act, alpha = ACT[below_layer.activation], dt(below_layer.alpha)
-                self.act_grad(a_in, below, act, alpha, below)
-            for param, first, second, is_bias, grad in self.updates[i]:
-                x = self.ones[:nb] if is_bias else a_in
+
+    def _delta_below(self, i: int, rows: int) -> None:
+        """The delta of layer i - 1 from layer i's, through W_i before its update."""
+        d, a_in, below = self.D[i][:rows], self.A[i][:rows], self.D[i - 1][:rows]
+        self.blas.gemm(below, d, self.layers[i].W, self.one, self.zero)
+        below_layer = self.layers[i - 1]
+        act, alpha = ACT[below_layer.activation], self.dtype.type(below_layer.alpha)
+        self.act_grad(a_in, below, act, alpha, below)
+
+    def _backward_and_update(self, rows: int) -> None:
+        """Layer by layer from the top: the delta below, then this layer's update."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            d, a_in = self.D[i][:rows], self.A[i][:rows]
+            if i > 0:
+                self._delta_below(i, rows)
+            for param, moment, second, is_bias, grad in self.updates[i]:
+                x = self.ones[:rows] if is_bias else a_in
                 if grad is None:  # plain SGD: p <- p - lr d^T x, one GEMM (sources.SGD_STEP)
-                    blas.gemm(param, d, x, self.alpha_lr, self.one, trans_a=True)
+                    self.blas.gemm(param, d, x, self.alpha_lr, self.one, trans_a=True)
                     continue
-                blas.gemm(grad, d, x, self.one, self.zero, trans_a=True)  # g = d^T x
-                if self.adam:
-                    k.adam(grad, self.hyper, param, first, second)
-                elif first is None:  # weight decay without momentum
-                    k.sgd_decay(grad, self.lr_m, self.weight_decay, param)
-                else:
-                    k.sgd(grad, self.lr_m, self.nesterov, self.weight_decay, param, first)
-        k.next_step((1,), (1,), (self.step,))
+                self.blas.gemm(grad, d, x, self.one, self.zero, trans_a=True)  # g = d^T x
+                self._rule(param, moment, second, grad)
+
+    def _backward(self, rows: int) -> None:
+        """Every gradient into its view of the flat buffer, no update yet."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            d, a_in = self.D[i][:rows], self.A[i][:rows]
+            if i > 0:
+                self._delta_below(i, rows)
+            for _, _, _, is_bias, grad in self.updates[i]:
+                x = self.ones[:rows] if is_bias else a_in
+                self.blas.gemm(grad, d, x, self.one, self.zero, trans_a=True)  # g = d^T x
+
+    def _rule(self, param: Any, moment: Any, second: Any, grad: Any) -> None:
+        """The optimizer's update of one parameter from its gradient."""
+        k = self.k
+        if self.adam:
+            k.adam(grad, self.hyper, param, moment, second)
+        elif moment is None:  # no momentum: weight decay, or plain SGD in a data-parallel run
+            k.sgd_decay(grad, self.lr_m, self.weight_decay, param)
+        else:
+            k.sgd(grad, self.lr_m, self.nesterov, self.weight_decay, param, moment)

@@ -3,6 +3,8 @@ fused epoch. ``T`` is the float type each is compiled for."""
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from tinynet.backend import ACTIVATION_CODE
 
 ACT = ACTIVATION_CODE  # activation name -> the ``act`` argument of the kernels below
@@ -94,7 +96,9 @@ extern "C" __global__ void tinynet_adam_scalars(const long long* step, const lon
 """
 
 
-# Per-row kernels (one thread per sample) for the output layer. T is the float type.
+# Per-row kernels (one thread per sample) for the output layer. T is the float type. A step's
+# rows are order[first + step * batch + r]: first is the row of the batch where this rank's
+# shard starts (0 in one process).
 ROW_KERNELS = (
     f"#define SOFTMAX {ACT['softmax']}\n"
     + ACTIVATION_FUNCTIONS
@@ -118,14 +122,15 @@ __device__ void softmax_row(T* zr, const T* bias, int classes) {
 
 extern "C" __global__ void tinynet_softmax_ce(
     T* z, const T* bias, const T* targets, const long long* order, const long long* step,
-    long long batch, int rows, int classes, T inv_n, T tiny, T* delta, double* loss_sum) {
+    long long first, long long batch, int rows, int classes, T inv_n, T tiny, T* delta,
+    double* loss_sum) {
   // z <- softmax(z + bias) in place; loss_sum += -sum_k t_k log max(p_k, tiny);
   // delta = (p - t) * inv_n, the gradient of the loss with respect to z + bias.
   int r = blockDim.x * blockIdx.x + threadIdx.x;
   if (r >= rows) return;
   T* zr = z + (long long)r * classes;
   T* dr = delta + (long long)r * classes;
-  const T* tr = targets + order[step[0] * batch + r] * classes;
+  const T* tr = targets + order[first + step[0] * batch + r] * classes;
   softmax_row(zr, bias, classes);
   double loss = 0;
   for (int k = 0; k < classes; ++k) {
@@ -138,15 +143,15 @@ extern "C" __global__ void tinynet_softmax_ce(
 
 extern "C" __global__ void tinynet_squared_error(
     const T* y, const T* targets, const long long* order, const long long* step,
-    long long batch, int rows, int classes, int act, T alpha, T scale, T coef, T* delta,
-    double* loss_sum) {
+    long long first, long long batch, int rows, int classes, int act, T alpha, T scale, T coef,
+    T* delta, double* loss_sum) {
   // loss_sum += scale * sum_k (y_k - t_k)^2; delta = coef (y - t) * f'(z), coef = 2 scale / n,
   // with f' from the saved output y (act_grad), or softmax's Jacobian, which couples the row.
   int r = blockDim.x * blockIdx.x + threadIdx.x;
   if (r >= rows) return;
   const T* yr = y + (long long)r * classes;
   T* dr = delta + (long long)r * classes;
-  const T* tr = targets + order[step[0] * batch + r] * classes;
+  const T* tr = targets + order[first + step[0] * batch + r] * classes;
   double loss = 0;
   T dot = 0;
   for (int k = 0; k < classes; ++k) {
@@ -172,3 +177,79 @@ extern "C" __global__ void tinynet_next_step(long long* step) { step[0] += 1; }
 """
     + ADAM_SCALARS
 )
+
+
+class Elementwise(NamedTuple):
+    """The arguments of one ``cupy.ElementwiseKernel``, kept as data: the backend builds its
+    kernels from these, and tests/test_cuda_sources.py builds the same parameters and bodies
+    for the host (g++) and for PTX (nvcc) without a GPU."""
+
+    in_params: str
+    out_params: str
+    operation: str
+    name: str
+    preamble: str = ""
+
+    def build(self, cp: Any) -> Any:
+        return cp.ElementwiseKernel(
+            self.in_params, self.out_params, self.operation, self.name, preamble=self.preamble
+        )
+
+
+# Every elementwise kernel of the backend (backend.py) and of the fused epoch (plan.py, the
+# "plan_" ones), by name; the order of the parameters is the order of the call's arguments.
+ELEMENTWISE = {
+    "bias_act": Elementwise(
+        "T z, T b, int32 act, T alpha",
+        "T y",
+        BIAS_ACT,
+        "tinynet_bias_act",
+        ACTIVATION_FUNCTIONS,
+    ),
+    "act_grad": Elementwise(
+        "T y, T dy, int32 act, T alpha",
+        "T dz",
+        ACT_GRAD,
+        "tinynet_act_grad",
+        ACTIVATION_FUNCTIONS,
+    ),
+    "sgd": Elementwise("T g, T lr, T wd", "T w", SGD, "tinynet_sgd", SGD_STEP),
+    "momentum": Elementwise(
+        "T g, T lr, T m, bool nesterov, T wd", "T w, T v", MOMENTUM, "tinynet_momentum", SGD_STEP
+    ),
+    "adam": Elementwise(
+        "T g, T b1, T b2, T step_size, T bias_root, T eps, T wd, T shrink",
+        "T w, T m, T v",
+        ADAM,
+        "tinynet_adam",
+        ADAM_STEP,
+    ),
+    "rescale": Elementwise(
+        "X x, T scale, T offset", "T y", "y = (T)x * scale + offset", "tinynet_rescale"
+    ),
+    "se_grad": Elementwise("T y, T t, T c", "T dy", "dy = c * (y - t)", "tinynet_se_grad"),
+    # the fused epoch's input rows, scaled: y[r, c] = x[order[first + step * batch + r], c];
+    # first: the row of the batch this rank's shard starts at (0 in one process)
+    "plan_gather": Elementwise(
+        "raw X x, raw int64 order, raw int64 step, int64 first, int64 batch, int64 width, "
+        "T scale, T offset",
+        "T y",
+        "long long r = i / width;"
+        "y = (T)x[order[first + step[0] * batch + r] * width + (i - r * width)] * scale + offset",
+        "tinynet_gather",
+    ),
+    # every rule of the fused epoch but plain SGD's GEMM: the gradient by a GEMM, then the rule
+    "plan_sgd": Elementwise(
+        "T g, raw T lr_m, bool nesterov, T wd",
+        "T w, T v",
+        SGD_FROM_DEVICE,
+        "tinynet_plan_sgd",
+        SGD_STEP,
+    ),
+    "plan_sgd_decay": Elementwise(
+        "T g, raw T lr_m, T wd", "T w", SGD_DECAY_FROM_DEVICE, "tinynet_plan_sgd_decay", SGD_STEP
+    ),
+    "plan_adam": Elementwise(
+        "T g, raw T h", "T w, T m, T v", ADAM_FROM_DEVICE, "tinynet_plan_adam", ADAM_STEP
+    ),
+}
