@@ -48,8 +48,8 @@ def nccl_unusable(places: list[tuple[str, str]], loaded: list[bool]) -> str | No
     missing = [rank for rank, ok in enumerate(loaded) if not ok]
     if missing:
         return (
-            f"CuPy finds no NCCL library on rank(s) {missing}; "
-            "python -m cupyx.tools.install_library --library nccl --cuda 12.x installs one"
+            f"CuPy finds no NCCL library on rank(s) {missing}; pip install nvidia-nccl-cu12 "
+            "(or nvidia-nccl-cu13, as CuPy's CUDA) installs one"
         )
     first_on: dict[tuple[str, str], int] = {}
     for rank, place in enumerate(places):
