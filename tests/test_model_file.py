@@ -356,6 +356,20 @@ def test_after_divergence_the_weights_are_those_before_the_diverging_epoch(
     net.save(tmp_path / "m.npz")  # a finite model saves
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid:RuntimeWarning")
+def test_an_update_that_overflows_with_a_finite_loss_is_divergence_too(backend_name):
+    """One sample, one step: the loss (of the weights before the step) is finite, 6.5, but
+    lr = 1e38 times the gradient overflows float32 in the update. The run must fail as
+    diverged and leave the weights it started with, not keep inf weights."""
+    x, t = np.array([[1.0, -2.0]]), np.array([3.0])
+    net = tn.MLP.from_sizes([2, 4, 1], "relu", None, seed=0)
+    before = _flat(net)
+    with pytest.raises(tn.InvalidInputError, match="epoch 1: a weight overflowed to inf or NaN"):
+        net.fit(x, t, tn.SquaredError(), tn.SGD(1e38), epochs=1, seed=0)
+    for a, b in zip(_flat(net), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_model_with_nan_weights_is_never_saved_over_a_good_file(tmp_path):
     path = tmp_path / "m.npz"
     _net(0).save(path)

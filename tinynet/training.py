@@ -256,12 +256,17 @@ def fit(
             total = distributed.sum(float(total))  # each rank summed its own shards' losses
         mean_loss = float(total) / n
         elapsed = time.perf_counter() - start_time
-        if not math.isfinite(mean_loss):
+        # the loss is that of the weights before each step: the last steps' updates can
+        # overflow with a finite loss, so the weights are checked too
+        diverged = None if math.isfinite(mean_loss) else f"the loss is {mean_loss}"
+        weights = model.parameters()
+        if diverged is None and not all(bool(B.xp.isfinite(p.data).all()) for p in weights):
+            diverged = "a weight overflowed to inf or NaN"
+        if diverged is not None:
             _restore(saved, optimizer)
             raise InvalidInputError(
-                f"training diverged in epoch {epoch}: the loss is {mean_loss}; the weights are "
-                f"back to what they were before it; try a smaller learning rate "
-                f"(now {optimizer.lr:g})"
+                f"training diverged in epoch {epoch}: {diverged}; the weights are back to what "
+                f"they were before it; try a smaller learning rate (now {optimizer.lr:g})"
             )
         record = {
             "loss": mean_loss,
