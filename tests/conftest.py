@@ -11,6 +11,13 @@ os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
 import pytest
 
+# TINYNET_HOST_CUPY=1: the cupy backend on the host stand-in (tests/host_cuda.py), for the
+# cupy-parametrized tests on a machine without a GPU (tests/test_cupy_on_host.py runs them)
+if os.environ.get("TINYNET_HOST_CUPY") == "1":
+    from tests.host_cuda import install_host_cupy
+
+    install_host_cupy()
+
 import tinynet as tn
 from tests.backends import backend_params
 from tinynet import backend as backend_module

@@ -10,6 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from tests.host_cuda import GXX, parameters, program
 from tinynet.backend import ACTIVATION_CODE, ACTIVATIONS
 from tinynet.kernels.cupy import sources
 
@@ -29,74 +30,6 @@ def test_every_elementwise_activation_has_cuda_and_the_shared_code():
     assert f"#define SOFTMAX {ACTIVATION_CODE['softmax']}" in sources.ROW_KERNELS
 
 
-# What CuPy puts around an elementwise body, for the host (g++) and for PTX (nvcc): one thread
-# per element on the GPU, a loop on the host; T the float type, X an input's own type (uint8
-# pixels in training).
-PRELUDE = """
-#ifdef __CUDACC__
-#define EACH_ELEMENT if (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n)
-#else
-#include <cmath>
-#include <cstdio>
-#include <initializer_list>
-using std::exp; using std::log; using std::pow; using std::sqrt; using std::tanh;
-#define __device__
-#define __global__
-#define EACH_ELEMENT for (long long i = 0; i < n; ++i)
-struct Dim { unsigned x; };
-static Dim blockDim = {1}, blockIdx = {0}, threadIdx = {0};  // the row kernels' one thread
-static double atomicAdd(double* p, double v) { double old = *p; *p += v; return old; }
-#endif
-typedef unsigned char X;
-"""
-C_TYPES = {"T": "T", "X": "X", "int32": "int", "int64": "long long", "bool": "bool"}
-
-
-def _parameters(text: str) -> list[tuple[bool, str, str]]:
-    """(raw, C type, name) of each parameter of an ElementwiseKernel's list."""
-    out = []
-    for part in text.split(","):
-        *raw, kind, name = part.split()
-        out.append((raw == ["raw"], C_TYPES[kind], name))
-    return out
-
-
-def elementwise_function(spec: sources.Elementwise, scalars: frozenset = frozenset()) -> str:
-    """``spec``'s kernel as CuPy shapes it (without its preamble): for element i, each input
-    a const local (``scalars``: passed by value; raw ones: pointers the body indexes), each
-    output a reference to its element, and the body closed by a ";" (as CuPy closes it); the
-    arguments in the kernel's order, then n."""
-    arguments, locals_ = [], []
-    for raw, ctype, name in _parameters(spec.in_params):
-        if raw:
-            arguments.append(f"const {ctype}* {name}")
-        elif name in scalars:
-            arguments.append(f"const {ctype} {name}")
-        else:
-            arguments.append(f"const {ctype}* {name}_")
-            locals_.append(f"const {ctype} {name} = {name}_[i];")
-    for _, ctype, name in _parameters(spec.out_params):
-        arguments.append(f"{ctype}* {name}_")
-        locals_.append(f"{ctype}& {name} = {name}_[i];")
-    return (
-        f'extern "C" __global__ void {spec.name}({", ".join(arguments)}, long long n) {{\n'
-        f"  EACH_ELEMENT {{\n    {' '.join(locals_)}\n    {spec.operation};\n  }}\n}}\n"
-    )
-
-
-def program(ctype: str, specs: list[sources.Elementwise], scalars=frozenset(), rows=False) -> str:
-    """The prelude, each preamble once, the ``specs``' kernels, and ROW_KERNELS if ``rows``."""
-    preambles = "".join(dict.fromkeys(spec.preamble for spec in specs))
-    kernels = "".join(elementwise_function(spec, scalars) for spec in specs)
-    return (
-        PRELUDE
-        + f"typedef {ctype} T;\n"
-        + preambles
-        + kernels
-        + (sources.ROW_KERNELS if rows else "")
-    )
-
-
 def test_every_kernel_the_backend_builds_is_in_the_table():
     """backend.py and plan.py build their elementwise kernels from sources.ELEMENTWISE only: a
     kernel written out in place would escape the compile and rule tests below."""
@@ -113,7 +46,7 @@ def test_every_kernel_the_backend_builds_is_in_the_table():
 def test_every_table_entry_is_a_well_formed_kernel():
     for key, spec in sources.ELEMENTWISE.items():
         assert spec.name.isidentifier() and spec.name.startswith("tinynet_"), key
-        names = [name for _, _, name in _parameters(spec.in_params + "," + spec.out_params)]
+        names = [name for _, _, name in parameters(spec.in_params + "," + spec.out_params)]
         assert len(set(names)) == len(names), key  # no parameter twice
     assert len({spec.name for spec in sources.ELEMENTWISE.values()}) == len(sources.ELEMENTWISE)
 
@@ -137,9 +70,6 @@ def test_the_cuda_sources_compile(tmp_path, ctype, which):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-
-
-GXX = shutil.which("g++")
 
 
 def _c_array(values: np.ndarray) -> str:

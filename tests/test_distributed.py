@@ -29,7 +29,12 @@ OPTIMIZERS = {"momentum": lambda: tn.SGD(0.1, 0.9), "adam": lambda: tn.Adam(0.01
 # Each rank builds its model from its own seed (rank 0's weights win: the run broadcasts them),
 # and trains 3 epochs of global batches of 64. Modes inject faults on rank 1.
 JOB = """
-import logging, os, signal, sys, numpy as np, tinynet as tn
+import logging, os, signal, sys, numpy as np
+if os.environ.get("TINYNET_HOST_CUPY") == "1":  # the cupy backend on the host stand-in
+    sys.path.insert(0, os.environ["TINYNET_REPO"])
+    from tests.host_cuda import install_host_cupy
+    install_host_cupy()
+import tinynet as tn
 backend, name, out, mode = sys.argv[1:5]
 logging.basicConfig(level=logging.INFO, format="tinynet: %(message)s")
 rank = tn.distributed.MPI().rank if mode == "other-backend" else 0
@@ -62,7 +67,7 @@ def counted(*args):
 B.train_batches_distributed = counted
 try:
     epochs, checkpoint, resume = (sys.argv[5:8] + ["3", "", ""][len(sys.argv[5:8]):])
-    batch = {"batch-1": 1, "odd-batch": 63}.get(mode, 64)
+    batch = {"batch-1": 1, "odd-batch": 63, "last-row": 599}.get(mode, 64)
     history = net.fit(X, labels, tn.CrossEntropy(), optimizer, epochs=int(epochs), batch_size=batch,
                       seed=5, distributed=mpi, checkpoint=checkpoint or None,
                       resume=resume or None)
@@ -94,14 +99,14 @@ def _mpiexec(
     return done, time.perf_counter() - start
 
 
-def _one_process(backend: str, name: str, epochs: int = 3, **fit_settings):
-    """The reference: one process, the same data, seed and global batch of 64."""
+def _one_process(backend: str, name: str, epochs: int = 3, batch: int = 64, **fit_settings):
+    """The reference: one process, the same data, seed and global batch (64)."""
     rng = np.random.default_rng(0)
     X, labels = rng.normal(size=(600, 6)), rng.integers(0, 3, 600)
     with tn.use_backend(backend):
         net = tn.MLP.from_sizes([6, 16, 3], "tanh", "softmax", dtype="float64", seed=1)
         history = net.fit(X, labels, tn.CrossEntropy(), OPTIMIZERS[name](), epochs=epochs,
-                          batch_size=64, seed=5, **fit_settings)  # fmt: skip
+                          batch_size=batch, seed=5, **fit_settings)  # fmt: skip
     return [a for pair in net.get_weights() for a in pair], history["loss"]
 
 
@@ -245,29 +250,46 @@ def test_a_checkpoint_resumes_on_another_number_of_ranks(tmp_path, backend):
         np.testing.assert_allclose(resumed_on_two[f"arr_{i}"], want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.skipif(
-    backend_module.backend_status()["cupy"] is not None,
-    reason=f"no usable CuPy GPU: {backend_module.backend_status()['cupy']}",
-)
-@pytest.mark.parametrize("ranks", [1, 2])
-@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
-def test_ranks_on_gpus_equal_one_process_with_the_global_batch(tmp_path, name, ranks):
-    """The cupy backend's fused epoch under mpiexec with CUDA graphs on: one rank sums with
-    NCCL inside the captured graphs; two ranks do too where each has a GPU of its own, and sum
-    through host memory by MPI, without graphs, where they share one. Equal to one process
-    with the global batch either way."""
-    import cupy
+GPU_WHY_NOT = backend_module.backend_status()["cupy"]
 
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        pytest.param("gpu", marks=pytest.mark.skipif(
+            GPU_WHY_NOT is not None, reason=f"no usable CuPy GPU: {GPU_WHY_NOT}")),
+        pytest.param("host", marks=pytest.mark.skipif(
+            shutil.which("g++") is None, reason="the host stand-in needs g++")),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize(("ranks", "mode"), [(1, "ok"), (2, "ok"), (2, "last-row")])
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+def test_ranks_of_the_fused_gpu_epoch_equal_one_process(tmp_path, name, ranks, mode, device):
+    """The cupy backend's fused epoch under mpiexec, CUDA graphs on. On GPUs: one rank sums
+    with NCCL inside the captured graphs; two ranks do too where each has a GPU of its own,
+    and sum through host memory by MPI, without graphs, where they share one. On the host
+    stand-in (tests/host_cuda.py: the CUDA sources run by g++, no NCCL, no graphs) the plan's
+    shards and its MPI sum run for real. Equal to one process with the global batch: of 64,
+    or of 599 ("last-row": shards of 299 and 300 rows, then a last batch of one row, which
+    leaves rank 0 an empty shard)."""
+    env = {"TINYNET_CUDA_GRAPHS": "1"}
+    if device == "host":
+        env.update(TINYNET_HOST_CUPY="1", TINYNET_REPO=str(Path(__file__).parents[1]))
     out = tmp_path / "out.npz"
-    done, _ = _mpiexec(tmp_path, "cupy", name, str(out), "ok", ranks=ranks,
-                       env={"TINYNET_CUDA_GRAPHS": "1"})  # fmt: skip
+    done, _ = _mpiexec(tmp_path, "cupy", name, str(out), mode, ranks=ranks, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "could not capture" not in done.stderr
+    assert "could not capture" not in done.stderr  # the stand-in refuses any capture
     got = np.load(out)
     assert int(got["fused"]) > 0  # the fused epoch, not the kernel-by-kernel loop
-    own_gpus = ranks <= cupy.cuda.runtime.getDeviceCount()
-    assert str(got["collective"]) == ("nccl" if own_gpus else "mpi")
-    weights, losses = _one_process("cupy", name)
+    if device == "gpu":
+        import cupy
+
+        own_gpus = ranks <= cupy.cuda.runtime.getDeviceCount()
+        assert str(got["collective"]) == ("nccl" if own_gpus else "mpi")
+    else:
+        assert str(got["collective"]) == "mpi"
+    batch = 599 if mode == "last-row" else 64
+    weights, losses = _one_process("cupy" if device == "gpu" else "numpy", name, batch=batch)
     for i, want in enumerate(weights):
         np.testing.assert_allclose(got[f"arr_{i}"], want, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(got["loss"], losses, rtol=1e-10)

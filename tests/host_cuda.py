@@ -1,0 +1,402 @@
+"""The CUDA sources of the cupy backend run on the host, for machines without a GPU.
+
+* ``elementwise_function`` / ``program``: an elementwise kernel of ``sources.ELEMENTWISE``
+  framed as CuPy frames it (inputs as const locals, outputs as references, raw parameters as
+  pointers, the body closed by ``;``), one thread per element under nvcc, a loop under g++.
+* ``install_host_cupy()``: a ``cupy`` module for this process whose arrays are NumPy arrays
+  and whose ``ElementwiseKernel`` and ``RawModule`` compile tinynet's CUDA sources with g++
+  and run them. cuBLAS is NumPy's matmul, reading alpha and beta from memory as cuBLAS's
+  device pointer mode does. Enough of CuPy for the backend, its fused epoch and the trainer,
+  so their Python runs end to end here. A stream capture records the launches (their scalar
+  arguments fixed, their arrays read when run) and the graph replays them, as CUDA graphs do.
+  What it cannot show: the GPU itself (concurrency, timing, NCCL, the rounding of the
+  device's math library), and whether an operation would be refused during a capture.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.machinery
+import shutil
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinynet.kernels.cupy import sources
+
+GXX = shutil.which("g++")
+
+# One thread per element on the GPU, a loop on the host; the per-row kernels' thread indices as
+# globals the host sets before each call (tinynet_host_thread).
+PRELUDE = """
+#ifdef __CUDACC__
+#define EACH_ELEMENT if (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n)
+#else
+#include <cmath>
+#include <cstdio>
+#include <initializer_list>
+using std::exp; using std::log; using std::pow; using std::sqrt; using std::tanh;
+#define __device__
+#define __global__
+#define EACH_ELEMENT for (long long i = 0; i < n; ++i)
+struct Dim { unsigned x; };
+static Dim blockDim = {1}, blockIdx = {0}, threadIdx = {0};
+static double atomicAdd(double* p, double v) { double old = *p; *p += v; return old; }
+extern "C" void tinynet_host_thread(unsigned block, unsigned thread, unsigned threads) {
+  blockIdx.x = block; threadIdx.x = thread; blockDim.x = threads;
+}
+#endif
+"""
+C_TYPES = {"T": "T", "X": "X", "int32": "int", "int64": "long long", "bool": "bool"}
+NUMPY_C_TYPES = {"float32": "float", "float64": "double", "uint8": "unsigned char",
+                 "int64": "long long", "int32": "int"}  # fmt: skip
+
+
+def parameters(text: str) -> list[tuple[bool, str, str]]:
+    """(raw, kind, name) of each parameter of an ElementwiseKernel's list; kind as written."""
+    out = []
+    for part in text.split(","):
+        *raw, kind, name = part.split()
+        out.append((raw == ["raw"], kind, name))
+    return out
+
+
+def elementwise_function(spec: sources.Elementwise, scalars: frozenset = frozenset()) -> str:
+    """``spec``'s kernel as CuPy shapes it (without its preamble): for element i, each input
+    a const local (``scalars``: passed by value; raw ones: pointers the body indexes), each
+    output a reference to its element, and the body closed by a ";" (as CuPy closes it); the
+    arguments in the kernel's order, then n."""
+    arguments, locals_ = [], []
+    for raw, kind, name in parameters(spec.in_params):
+        ctype = C_TYPES[kind]
+        if raw:
+            arguments.append(f"const {ctype}* {name}")
+        elif name in scalars:
+            arguments.append(f"const {ctype} {name}")
+        else:
+            arguments.append(f"const {ctype}* {name}_")
+            locals_.append(f"const {ctype} {name} = {name}_[i];")
+    for _, kind, name in parameters(spec.out_params):
+        ctype = C_TYPES[kind]
+        arguments.append(f"{ctype}* {name}_")
+        locals_.append(f"{ctype}& {name} = {name}_[i];")
+    return (
+        f'extern "C" __global__ void {spec.name}({", ".join(arguments)}, long long n) {{\n'
+        f"  EACH_ELEMENT {{\n    {' '.join(locals_)}\n    {spec.operation};\n  }}\n}}\n"
+    )
+
+
+def program(
+    ctype: str,
+    specs: list[sources.Elementwise],
+    scalars: frozenset = frozenset(),
+    rows: bool = False,
+    xtype: str = "unsigned char",
+) -> str:
+    """The prelude, T and X, each preamble once, the ``specs``' kernels, and ROW_KERNELS if
+    ``rows``."""
+    preambles = "".join(dict.fromkeys(spec.preamble for spec in specs))
+    kernels = "".join(elementwise_function(spec, scalars) for spec in specs)
+    rows_code = sources.ROW_KERNELS if rows else ""
+    return PRELUDE + f"typedef {ctype} T;\ntypedef {xtype} X;\n" + preambles + kernels + rows_code
+
+
+def shared_library(code: str, directory: Path) -> ctypes.CDLL:
+    """``code`` built by g++ into a shared library (once per source text) and loaded."""
+    digest = hashlib.sha256(code.encode()).hexdigest()[:16]
+    library = directory / f"k{digest}.so"
+    if not library.exists():
+        source = directory / f"k{digest}.cpp"
+        source.write_text(code)
+        build = subprocess.run(
+            [GXX, "-O1", "-shared", "-fPIC", str(source), "-o", str(library)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if build.returncode != 0:
+            raise RuntimeError(f"g++ failed on {source}:\n{build.stderr}")
+    return ctypes.CDLL(str(library))
+
+
+# -- a cupy module on the host --------------------------------------------------------------------
+class HostArray(np.ndarray):
+    """A NumPy array with the bits of cupy.ndarray's API the backend uses: ``data.ptr``, and
+    ``get`` / ``set`` for host copies."""
+
+    @property
+    def data(self) -> Any:  # type: ignore[override]
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        """NumPy's ufuncs on the plain arrays, without floating-point warnings: a GPU raises
+        none (CupyBackend relies on that), and a result stays a HostArray."""
+        inputs = tuple(_plain(x) for x in inputs)
+        if "out" in kwargs:
+            kwargs["out"] = tuple(_plain(x) for x in kwargs["out"])
+        with np.errstate(all="ignore"):
+            result = getattr(ufunc, method)(*inputs, **kwargs)
+        if isinstance(result, tuple):
+            return tuple(_host(r) if isinstance(r, np.ndarray) else r for r in result)
+        return _host(result) if isinstance(result, np.ndarray) else result
+
+    def get(self, stream: Any = None) -> np.ndarray:
+        return np.array(self.view(np.ndarray))
+
+    def set(self, array: np.ndarray, stream: Any = None) -> None:
+        self[...] = array
+
+
+def _plain(a: Any) -> Any:
+    return a.view(np.ndarray) if isinstance(a, HostArray) else a
+
+
+def _host(a: Any) -> HostArray:
+    return np.asarray(a).view(HostArray)
+
+
+def _c_value(value: Any) -> Any:
+    """An argument of a kernel call as ctypes passes it: arrays by address, scalars typed."""
+    if isinstance(value, np.ndarray):
+        if not value.flags.c_contiguous:
+            raise TypeError("host kernel: a raw or per-row argument must be C-contiguous")
+        return ctypes.c_void_p(value.ctypes.data)
+    kind = {np.float32: ctypes.c_float, np.float64: ctypes.c_double, np.int32: ctypes.c_int,
+            np.int64: ctypes.c_longlong, np.bool_: ctypes.c_bool}  # fmt: skip
+    for numpy_type, c_type in kind.items():
+        if isinstance(value, numpy_type):
+            return c_type(value)
+    raise TypeError(f"host kernel: pass numpy scalars to raw kernels, got {type(value)}")
+
+
+class HostElementwiseKernel:
+    """cupy.ElementwiseKernel run on the host: T and X bound by the array arguments (arrays
+    that bind T must agree, as CuPy requires), scalars cast, inputs broadcast to the output
+    shape, outputs written in place or made."""
+
+    def __init__(
+        self,
+        in_params,
+        out_params,
+        operation,
+        name="kernel",
+        reduce_dims=True,
+        preamble="",
+        **_: Any,
+    ) -> None:  # CuPy's order of parameters
+        self.spec = sources.Elementwise(in_params, out_params, operation, name, preamble)
+        self.ins, self.outs = parameters(in_params), parameters(out_params)
+        self.nin, self.nout = len(self.ins), len(self.outs)
+
+    def __call__(self, *args: Any) -> Any:
+        if len(args) not in (self.nin, self.nin + self.nout):
+            raise TypeError(f"{self.spec.name}: {len(args)} arguments for {self.nin} inputs")
+        bound: dict[str, np.dtype] = {}
+        for (_, kind, name), value in zip(self.ins + self.outs, args, strict=False):
+            if kind in ("T", "X") and isinstance(value, np.ndarray):
+                if kind in bound and bound[kind] != value.dtype:
+                    raise TypeError(f"{self.spec.name}: {name} is {value.dtype}, {kind} is "
+                                    f"{bound[kind]}")  # fmt: skip
+                bound.setdefault(kind, value.dtype)
+        if "T" not in bound:
+            raise TypeError(f"{self.spec.name}: no array argument binds T")
+        bound.setdefault("X", bound["T"])
+        dtype_of = {"T": bound["T"], "X": bound["X"], "int32": np.dtype(np.int32),
+                    "int64": np.dtype(np.int64), "bool": np.dtype(np.bool_)}  # fmt: skip
+        arrays = [np.asarray(v) for (raw, _, _), v in zip(self.ins, args, strict=False)
+                  if not raw and isinstance(v, np.ndarray)]  # fmt: skip
+        outputs = list(args[self.nin :])
+        shape = np.broadcast_shapes(*(a.shape for a in arrays + outputs))
+        if not outputs:
+            outputs = [_host(np.empty(shape, dtype_of[kind])) for _, kind, _ in self.outs]
+        for out in outputs:
+            if out.shape != shape:
+                raise ValueError(f"{self.spec.name}: output {out.shape}, elements {shape}")
+        function = _library(self.spec, dtype_of["T"], dtype_of["X"])
+        # scalars are fixed at the call (a captured launch keeps its arguments); arrays are read
+        # when the kernel runs
+        ins = [(raw, value if isinstance(value, np.ndarray) else np.asarray(value, dtype_of[kind]))
+               for (raw, kind, _), value in zip(self.ins, args, strict=False)]  # fmt: skip
+        kinds = [dtype_of[kind] for _, kind, _ in self.ins]
+
+        def run() -> None:
+            c_args, alive = [], []
+            for (raw, value), dtype in zip(ins, kinds, strict=True):
+                if raw:
+                    c_args.append(_c_value(value))
+                else:  # each element its own input: broadcast, cast, contiguous
+                    full = np.ascontiguousarray(np.broadcast_to(value.astype(dtype), shape))
+                    alive.append(full)
+                    c_args.append(ctypes.c_void_p(full.ctypes.data))
+            targets = [out if out.flags.c_contiguous else np.ascontiguousarray(out)
+                       for out in outputs]  # fmt: skip
+            c_args += [ctypes.c_void_p(target.ctypes.data) for target in targets]
+            c_args.append(ctypes.c_longlong(int(np.prod(shape))))
+            function(*c_args)
+            for out, target in zip(outputs, targets, strict=True):
+                if target is not out:
+                    out[...] = target
+
+        _launch(run)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+# -- streams and CUDA graphs: a capture records the launches, a graph replays them -------------
+_capture: list | None = None  # the launches recorded by the capture under way
+_streams: list = []  # the streams of the `with stream:` blocks entered, innermost last
+
+
+def _launch(run: Any) -> None:
+    """Run a kernel now, or record it into the capture under way."""
+    if _capture is not None:
+        _capture.append(run)
+    else:
+        run()
+
+
+class _Graph:
+    def __init__(self, launches: list) -> None:
+        self.launches = launches
+
+    def launch(self, stream: Any = None) -> None:
+        for run in self.launches:
+            run()
+
+
+_BUILD_DIR = Path(tempfile.mkdtemp(prefix="tinynet-host-cuda-"))
+
+
+def _library(spec: sources.Elementwise, T: np.dtype, X: np.dtype) -> Any:
+    code = program(NUMPY_C_TYPES[T.name], [spec], xtype=NUMPY_C_TYPES[X.name])
+    return getattr(shared_library(code, _BUILD_DIR), spec.name)
+
+
+class HostRawModule:
+    """cupy.RawModule run on the host: each kernel called once per (block, thread) of its
+    launch, with the thread indices set first."""
+
+    def __init__(self, code: str, **_: Any) -> None:
+        self.library = shared_library(PRELUDE + code, _BUILD_DIR)
+
+    def get_function(self, name: str) -> Any:
+        kernel, place = getattr(self.library, name), self.library.tinynet_host_thread
+
+        def launch(grid: tuple, block: tuple, args: tuple) -> None:
+            c_args = [_c_value(a) for a in args]  # scalars fixed now, arrays read when run
+
+            def run() -> None:
+                for b in range(grid[0]):
+                    for t in range(block[0]):
+                        place(b, t, block[0])
+                        kernel(*c_args)
+
+            _launch(run)
+
+        return launch
+
+
+class HostCublas:
+    """cuBLAS's GEMM as tinynet's Cublas calls it, by NumPy: alpha and beta read from the
+    addresses given (device pointer mode)."""
+
+    def __init__(self, cp: Any) -> None:
+        pass
+
+    def bind(self, stream_ptr: int) -> None:
+        pass
+
+    def gemm(self, c, a, b, alpha, beta, trans_a=False, trans_b=False) -> None:
+        if not (c.flags.c_contiguous and a.flags.c_contiguous and b.flags.c_contiguous):
+            raise ValueError("host gemm: C-contiguous arrays only, as tinynet's Cublas")
+        scalar = np.ctypeslib.as_ctypes_type(c.dtype)
+
+        def run() -> None:  # alpha and beta read when the GEMM runs
+            a_, b_ = (scalar.from_address(p).value for p in (alpha, beta))
+            product = (a.T if trans_a else a) @ (b.T if trans_b else b)
+            c[...] = a_ * product if b_ == 0 else a_ * product + b_ * c
+
+        _launch(run)
+
+
+class _Stream:
+    """A stream: ``with stream:`` makes it current; a capture on it records the launches."""
+
+    ptr = 0
+    done = True  # every launch ran when it was made
+
+    def __init__(self, non_blocking: bool = False) -> None:
+        self.capturing = False
+
+    def synchronize(self) -> None:
+        pass
+
+    def __enter__(self) -> _Stream:
+        _streams.append(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _streams.pop()
+
+    def begin_capture(self, mode: Any = None) -> None:
+        global _capture
+        if _capture is not None:
+            raise RuntimeError("a capture is already under way")
+        _capture, self.capturing = [], True
+
+    def end_capture(self) -> _Graph:
+        global _capture
+        if not self.capturing:
+            raise RuntimeError("no capture under way on this stream")
+        launches, _capture, self.capturing = _capture, None, False
+        return _Graph(launches)
+
+    def is_capturing(self) -> bool:
+        return self.capturing
+
+
+_NULL_STREAM = _Stream()
+
+
+class _Device:
+    def __init__(self, device: int | None = None) -> None:
+        self.id = 0
+
+    def use(self) -> None:
+        pass
+
+
+def install_host_cupy() -> types.ModuleType:
+    """Make ``import cupy`` in this process give the host stand-in, and tinynet's cupy backend
+    use HostCublas; before the backend is first made."""
+    cp = types.ModuleType("cupy")
+    cuda = types.ModuleType("cupy.cuda")
+    cp.__spec__ = importlib.machinery.ModuleSpec("cupy", None)  # importlib.util.find_spec
+    runtime = types.SimpleNamespace(
+        getDeviceCount=lambda: 1,
+        runtimeGetVersion=lambda: 13000,
+        getDeviceProperties=lambda device: {"name": b"host stand-in"},
+        deviceGetPCIBusId=lambda device: "0000:00:00.0",
+    )
+    cuda.runtime, cuda.Device, cuda.Stream = runtime, _Device, _Stream
+    cuda.get_current_stream = lambda: _streams[-1] if _streams else _NULL_STREAM
+    cp.cuda, cp.__version__, cp.ndarray = cuda, "host", HostArray
+    cp.ElementwiseKernel, cp.RawModule = HostElementwiseKernel, HostRawModule
+    cp.asnumpy = lambda a: np.array(np.asarray(a).view(np.ndarray))
+
+    def wrap(function: Any) -> Any:
+        return lambda *args, **kwargs: _host(function(*args, **kwargs))
+
+    for name in ("asarray", "ascontiguousarray", "zeros", "ones", "empty", "empty_like",
+                 "zeros_like", "arange", "array", "dot"):  # fmt: skip
+        setattr(cp, name, wrap(getattr(np, name)))
+    cp.__getattr__ = lambda name: getattr(np, name)  # ufuncs, finfo, dtypes: NumPy's
+    sys.modules["cupy"], sys.modules["cupy.cuda"] = cp, cuda
+
+    import tinynet.kernels.cupy.backend as cupy_backend
+
+    cupy_backend.Cublas = HostCublas
+    return cp

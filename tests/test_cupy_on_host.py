@@ -1,0 +1,42 @@
+"""The cupy backend's tests where no GPU is lent: every cupy-parametrized test (parity of each
+kernel and whole training runs with the reference, every update path of the fused epoch, the
+seeds' worked examples, faults) and tests/test_gpu.py (the fused epoch in CUDA-graph mode, a
+failed capture) run again on the host stand-in of tests/host_cuda.py. The backend's Python,
+its fused epoch, its graphs' replays and the CUDA sources run for real; the GPU does not. Where
+a GPU is usable, the same tests run on it in the main pass instead."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.host_cuda import GXX
+from tinynet import backend as backend_module
+
+REPO = Path(__file__).parents[1]
+
+
+@pytest.mark.skipif(GXX is None, reason="the host stand-in needs g++")
+@pytest.mark.skipif(
+    backend_module.backend_status()["cupy"] is None, reason="a GPU is usable: the tests run on it"
+)
+def test_the_cupy_backends_tests_pass_on_the_host_stand_in():
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
+         "cupy or test_gpu", "tests", "--ignore=tests/test_distributed.py",
+         f"--ignore={Path(__file__).relative_to(REPO)}"],
+        cwd=REPO, env={**os.environ, "TINYNET_HOST_CUPY": "1"}, capture_output=True, text=True,
+        timeout=1500,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
+    summary = done.stdout.strip().splitlines()[-1]
+    assert "failed" not in summary and "error" not in summary, summary
+    assert int(re.search(r"(\d+) passed", summary).group(1)) >= 200, summary
+    # only the tests that need CuPy itself on a GPU (cupyx, memory hooks) stay skipped
+    skipped = re.search(r"(\d+) skipped", summary)
+    assert skipped is None or int(skipped.group(1)) <= 8, summary
