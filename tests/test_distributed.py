@@ -23,6 +23,12 @@ if MPIEXEC is None:
     pytest.skip("mpiexec not found (pip install 'tinynet-mlp[mpi]')", allow_module_level=True)
 
 BACKENDS = [name for name in ("numpy", "numba") if backend_module.backend_status()[name] is None]
+# "cupy-host": the cupy backend on the host stand-in of tests/host_cuda.py in the mpiexec jobs,
+# its CUDA sources built by g++ (its one-process reference: numpy, in float64 as well)
+REPO = Path(__file__).parents[1]
+HOST_CUPY = {"TINYNET_HOST_CUPY": "1", "TINYNET_REPO": str(REPO)}
+if shutil.which("g++"):
+    BACKENDS.append("cupy-host")
 OPTIMIZERS = {"momentum": lambda: tn.SGD(0.1, 0.9), "adam": lambda: tn.Adam(0.01),
               "sgd": lambda: tn.SGD(0.2)}  # fmt: skip
 
@@ -36,6 +42,7 @@ if os.environ.get("TINYNET_HOST_CUPY") == "1":  # the cupy backend on the host s
     install_host_cupy()
 import tinynet as tn
 backend, name, out, mode = sys.argv[1:5]
+backend = "cupy" if backend == "cupy-host" else backend
 logging.basicConfig(level=logging.INFO, format="tinynet: %(message)s")
 rank = tn.distributed.MPI().rank if mode == "other-backend" else 0
 tn.set_backend("numba" if mode == "other-backend" and rank == 1 else backend)
@@ -94,13 +101,19 @@ def _mpiexec(
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "TINYNET_ADAPTIVE_THREADS": "0", **(env or {})},
+        env={
+            **os.environ,
+            "TINYNET_ADAPTIVE_THREADS": "0",
+            **(HOST_CUPY if args[0] == "cupy-host" else {}),
+            **(env or {}),
+        },
     )
     return done, time.perf_counter() - start
 
 
 def _one_process(backend: str, name: str, epochs: int = 3, batch: int = 64, **fit_settings):
     """The reference: one process, the same data, seed and global batch (64)."""
+    backend = "numpy" if backend == "cupy-host" else backend
     rng = np.random.default_rng(0)
     X, labels = rng.normal(size=(600, 6)), rng.integers(0, 3, 600)
     with tn.use_backend(backend):
@@ -120,8 +133,9 @@ def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path, backend, na
     for i, want in enumerate(weights):
         np.testing.assert_allclose(got[f"arr_{i}"], want, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(got["loss"], losses, rtol=1e-10)
-    # numba: the compiled BLAS epoch with MPI_Allreduce inside, once per stretch of the epoch
-    assert (int(got["fused"]) > 0) == (backend == "numba")
+    # numba: the compiled BLAS epoch with MPI_Allreduce inside, once per stretch of the epoch;
+    # cupy: the fused GPU epoch with the allreduce between its steps
+    assert (int(got["fused"]) > 0) == (backend != "numpy")
 
 
 def test_an_exception_on_one_rank_stops_the_job_naming_it(tmp_path):
@@ -231,6 +245,8 @@ def test_average_every_outside_mpiexec_is_a_clear_error():
     assert "Traceback" not in done.stderr
 
 
+# cupy-host's one-process reference is numpy: resuming its checkpoint there says so
+@pytest.mark.filterwarnings("ignore:.*written on backend 'cupy':RuntimeWarning")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_checkpoint_resumes_on_another_number_of_ranks(tmp_path, backend):
     """2 epochs on 2 ranks (rank 0 writes the checkpoint), 2 more in one process; and 2 in one
@@ -254,42 +270,39 @@ GPU_WHY_NOT = backend_module.backend_status()["cupy"]
 
 
 @pytest.mark.parametrize(
-    "device",
+    "backend",
     [
-        pytest.param("gpu", marks=pytest.mark.skipif(
+        pytest.param("cupy", marks=pytest.mark.skipif(
             GPU_WHY_NOT is not None, reason=f"no usable CuPy GPU: {GPU_WHY_NOT}")),
-        pytest.param("host", marks=pytest.mark.skipif(
-            shutil.which("g++") is None, reason="the host stand-in needs g++")),
+        pytest.param("cupy-host", marks=pytest.mark.skipif(
+            "cupy-host" not in BACKENDS, reason="the host stand-in needs g++")),
     ],
 )  # fmt: skip
 @pytest.mark.parametrize(("ranks", "mode"), [(1, "ok"), (2, "ok"), (2, "last-row")])
 @pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
-def test_ranks_of_the_fused_gpu_epoch_equal_one_process(tmp_path, name, ranks, mode, device):
+def test_ranks_of_the_fused_gpu_epoch_equal_one_process(tmp_path, name, ranks, mode, backend):
     """The cupy backend's fused epoch under mpiexec, CUDA graphs on. On GPUs: one rank sums
     with NCCL inside the captured graphs; two ranks do too where each has a GPU of its own,
     and sum through host memory by MPI, without graphs, where they share one. On the host
-    stand-in (tests/host_cuda.py: the CUDA sources run by g++, no NCCL, no graphs) the plan's
-    shards and its MPI sum run for real. Equal to one process with the global batch: of 64,
-    or of 599 ("last-row": shards of 299 and 300 rows, then a last batch of one row, which
+    stand-in (no NCCL; it refuses no capture, so graphs off shows as no capture at all) the
+    plan's shards and its MPI sum run for real. Equal to one process with the global batch: of
+    64, or of 599 ("last-row": shards of 299 and 300 rows, then a last batch of one row, which
     leaves rank 0 an empty shard)."""
-    env = {"TINYNET_CUDA_GRAPHS": "1"}
-    if device == "host":
-        env.update(TINYNET_HOST_CUPY="1", TINYNET_REPO=str(Path(__file__).parents[1]))
     out = tmp_path / "out.npz"
-    done, _ = _mpiexec(tmp_path, "cupy", name, str(out), mode, ranks=ranks, env=env)
+    done, _ = _mpiexec(tmp_path, backend, name, str(out), mode, ranks=ranks,
+                       env={"TINYNET_CUDA_GRAPHS": "1"})  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "could not capture" not in done.stderr  # the stand-in refuses any capture
+    assert "could not capture" not in done.stderr
     got = np.load(out)
     assert int(got["fused"]) > 0  # the fused epoch, not the kernel-by-kernel loop
-    if device == "gpu":
+    if backend == "cupy":
         import cupy
 
         own_gpus = ranks <= cupy.cuda.runtime.getDeviceCount()
         assert str(got["collective"]) == ("nccl" if own_gpus else "mpi")
     else:
         assert str(got["collective"]) == "mpi"
-    batch = 599 if mode == "last-row" else 64
-    weights, losses = _one_process("cupy" if device == "gpu" else "numpy", name, batch=batch)
+    weights, losses = _one_process(backend, name, batch=599 if mode == "last-row" else 64)
     for i, want in enumerate(weights):
         np.testing.assert_allclose(got[f"arr_{i}"], want, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(got["loss"], losses, rtol=1e-10)
