@@ -51,6 +51,8 @@ every = 4 if mode == "odd-batch" else every
 mpi = tn.distributed.MPI(average_every=every)
 rng = np.random.default_rng(0)
 X, labels = rng.normal(size=(600, 6)), rng.integers(0, 3, 600)
+if mode == "other-data" and mpi.rank == 1:  # one label changed
+    labels[123] = (labels[123] + 1) % 3
 hidden = 17 if mode == "other-model" and mpi.rank == 1 else 16
 dtype = "float32" if mode == "other-dtype" and mpi.rank == 1 else "float64"
 net = tn.MLP.from_sizes([6, hidden, 3], "tanh", "softmax", dtype=dtype, seed=1 + mpi.rank)
@@ -166,14 +168,22 @@ def test_a_batch_smaller_than_the_ranks_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize(
     ("mode", "differs"),
-    [("other-model", "model"), ("other-dtype", "dtype"), ("other-backend", "backend")],
+    [
+        ("other-model", "model"),
+        ("other-dtype", "dtype"),
+        ("other-backend", "backend"),
+        ("other-data", "data"),
+    ],
 )
 def test_ranks_that_disagree_fail_before_training(tmp_path, mode, differs):
     done, _ = _mpiexec(tmp_path, "numpy", "momentum", str(tmp_path / "out.npz"), mode)
     assert done.returncode == 3, done.stderr[-3000:]  # the job's InvalidInputError, not a crash
     # each rank raises it (the launcher may stop one before it prints)
     said = (
-        r"rank [01]: the MPI ranks do not train the same model: "
+        r"rank [01]: the MPI ranks train on different data: rank 1's \(X, T\) differ from "
+        r"rank 0's; every rank passes the whole training set"
+        if differs == "data"
+        else r"rank [01]: the MPI ranks do not train the same model: "
         rf"rank 1 differs from rank 0 in {differs}[ ,]"
     )
     assert re.search(said, done.stdout), done.stdout

@@ -104,8 +104,8 @@ def fit(
     targets, or n integer labels (one-hot encoded). ``batch_size=1`` is the seeds' per-sample
     SGD. ``seed`` fixes the shuffling order. History keys: loss, time, samples_per_s, lr, and
     val_loss, val_accuracy with validation data; ``on_epoch_end(epoch, record)`` sees
-    each epoch's record. Raises InvalidInputError if the loss turns NaN or inf, after putting
-    back the weights (and optimizer state) the model had before that epoch.
+    each epoch's record. Raises InvalidInputError if the loss or a weight turns NaN or inf,
+    after putting back the weights (and optimizer state) the model had before that epoch.
 
     ``validation_split``: that fraction of (X, T), drawn by a generator seeded from ``seed``,
     is held out as validation data. ``schedule`` (tinynet.schedules) sets the learning rate
@@ -114,10 +114,10 @@ def fit(
     ``resume``: such a file to continue from (``epochs`` counts all epochs, done and to do), on
     the same backend and thread count bit for bit.
 
-    ``distributed``: a ``tinynet.distributed.MPI`` on every rank of an ``mpiexec`` job: each
-    global batch of ``batch_size`` rows is split over the ranks and their gradients averaged
-    (one allreduce a step); rank 0 alone shows progress and writes the checkpoint. An error on
-    one rank stops them all (MPI_Abort) with a line naming it.
+    ``distributed``: a ``tinynet.distributed.MPI`` on every rank of an ``mpiexec`` job, each
+    passing the whole training set: each global batch of ``batch_size`` rows is split over the
+    ranks and their gradients averaged (one allreduce a step); rank 0 alone shows progress and
+    writes the checkpoint. An error on one rank stops them all with a line naming it.
     """
     epochs = _positive_int("epochs", epochs)
     batch_size = _positive_int("batch_size", batch_size)
@@ -129,7 +129,7 @@ def fit(
         raise ShapeError("no training samples")
     T = model.as_targets(T, n)
     if distributed is not None:  # the same model, weights and shuffling seed on every rank
-        seed = distributed.start(model, optimizer, loss, batch_size, n, seed)
+        seed = distributed.start(model, optimizer, loss, batch_size, (X, T), seed)
         progress = progress and distributed.is_root
     if not (isinstance(validation_split, int | float) and 0 <= validation_split < 1):
         raise InvalidInputError(f"validation_split must be in [0, 1), got {validation_split!r}")
