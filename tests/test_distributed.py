@@ -340,7 +340,8 @@ def test_local_sgd_needs_a_batch_the_ranks_divide(tmp_path):
     )
 
 
-@pytest.mark.parametrize("every", [0, -1, 2.5, True, "4"])
-def test_average_every_must_be_a_positive_integer(every):
-    with pytest.raises(tn.InvalidInputError, match="average_every must be a positive integer"):
-        tn.distributed.MPI(average_every=every)
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "4"])
+@pytest.mark.parametrize("setting", ["average_every", "threads"])
+def test_mpi_settings_must_be_positive_integers(setting, value):
+    with pytest.raises(tn.InvalidInputError, match=f"{setting} must be a positive integer"):
+        tn.distributed.MPI(**{setting: value})

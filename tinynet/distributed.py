@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from tinynet.errors import InvalidInputError
+from tinynet.errors import InvalidInputError, positive_int
 
 log = logging.getLogger("tinynet")
 
@@ -94,14 +94,10 @@ class MPI:
     def __init__(
         self, comm: Any = None, threads: int | None = None, average_every: int | None = None
     ) -> None:
-        if average_every is not None and (
-            isinstance(average_every, bool) or not isinstance(average_every, int)
-            or average_every < 1
-        ):  # fmt: skip
-            raise InvalidInputError(
-                f"average_every must be a positive integer or None, got {average_every!r}"
-            )
-        self.average_every = average_every
+        self.average_every = (
+            None if average_every is None else positive_int("average_every", average_every)
+        )
+        threads = None if threads is None else positive_int("threads", threads)
         self._buffers: dict = {}  # the gradient allreduce's buffer, per size and dtype
         # how device arrays are summed: "nccl" or "mpi" (through host memory), chosen by all
         # ranks together when the first CuPy model starts training

@@ -8,6 +8,7 @@ Each one also derives from the built-in exception a Python user would expect (``
 from __future__ import annotations
 
 import math
+from numbers import Integral
 from typing import Any
 
 
@@ -52,3 +53,11 @@ def checked_number(
         return float(value)
     span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
     raise InvalidInputError(f"{name} must be in {span}, got {value!r}")
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as an int >= 1 (NumPy integers too); otherwise an InvalidInputError naming the
+    setting. Booleans are refused."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)

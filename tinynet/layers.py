@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from tinynet.backend import ACTIVATIONS, Backend, get_backend
-from tinynet.errors import InvalidInputError, ShapeError
+from tinynet.errors import InvalidInputError, ShapeError, positive_int
 
 _ALIASES = {None: "identity", "linear": "identity", "none": "identity", "logistic": "sigmoid"}
 INITS = ("auto", "glorot_uniform", "he_normal", "normal", "uniform", "zeros")
@@ -172,11 +172,8 @@ class Dense(Layer):
         seed: SeedLike = None,
         alpha: float | None = None,
     ):
-        for label, n in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(n, int | np.integer) or isinstance(n, bool) or n <= 0:
-                raise InvalidInputError(f"{label} must be a positive integer, got {n!r}")
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+        self.in_features = positive_int("in_features", in_features)
+        self.out_features = positive_int("out_features", out_features)
         self.activation = activation_name(activation)
         self.alpha = activation_alpha(self.activation, alpha)
         self.init = init

@@ -30,7 +30,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 import tinynet as tn
-from tinynet.errors import checked_number
+from tinynet.errors import checked_number, positive_int
 
 # scikit-learn's activation names, and tinynet's own
 ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
@@ -130,9 +130,7 @@ class _BaseMLP(BaseEstimator):
         checked_number("beta_2", self.beta_2, 0.0, 1.0)
         checked_number("epsilon", self.epsilon, 0.0, low_open=True)
         for name in ("max_iter", "n_iter_no_change"):
-            value = getattr(self, name)
-            if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(name, getattr(self, name))
         batch = self.batch_size
         if batch != "auto" and (
             not isinstance(batch, Integral) or isinstance(batch, bool) or batch < 1

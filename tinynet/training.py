@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from tinynet import checkpoint as checkpoints
 from tinynet.backend import Backend, EpochSpec
 from tinynet.callbacks import EarlyStopping
-from tinynet.errors import InvalidInputError, ShapeError
+from tinynet.errors import InvalidInputError, ShapeError, positive_int
 from tinynet.layers import Parameter
 from tinynet.losses import Loss
 from tinynet.optim import Optimizer
@@ -71,12 +71,6 @@ class History:
         return self.history[key]
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def fit(
     model: Trainable,
     X: Any,
@@ -119,8 +113,8 @@ def fit(
     ranks and their gradients averaged (one allreduce a step); rank 0 alone shows progress and
     writes the checkpoint. An error on one rank stops them all with a line naming it.
     """
-    epochs = _positive_int("epochs", epochs)
-    batch_size = _positive_int("batch_size", batch_size)
+    epochs = positive_int("epochs", epochs)
+    batch_size = positive_int("batch_size", batch_size)
     model.check_loss(loss)
     B = model.backend
     X = model.as_inputs(X)  # checks shape and NaN/inf once; uint8 stays uint8
@@ -442,6 +436,6 @@ def evaluate(
 ) -> dict[str, float]:
     """``{"accuracy": ...}`` and, with ``loss``, the mean per-sample ``"loss"`` over (X, T);
     accuracy compares the argmax of outputs and targets (threshold 0.5 for one output)."""
-    batch_size = _positive_int("batch_size", batch_size)
+    batch_size = positive_int("batch_size", batch_size)
     X = model.as_inputs(X)
     return _evaluate_arrays(model, X, model.as_targets(T, X.shape[0]), loss, batch_size)
