@@ -1,7 +1,8 @@
 """The cupy backend's tests where no GPU is lent: every cupy-parametrized test (parity of each
 kernel and whole training runs with the reference, every update path of the fused epoch, the
-seeds' worked examples, faults) and tests/test_gpu.py (the fused epoch in CUDA-graph mode, a
-failed capture) run again on the host stand-in of tests/host_cuda.py. The backend's Python,
+seeds' worked examples, faults), tests/test_gpu.py (the fused epoch in CUDA-graph mode, a
+failed capture) and the training features (schedules, early stopping, checkpoints, export)
+run again on the host stand-in of tests/host_cuda.py. The backend's Python,
 its fused epoch, its graphs' replays and the CUDA sources run for real; the GPU does not. Where
 a GPU is usable, the same tests run on it in the main pass instead."""
 
@@ -19,6 +20,10 @@ from tests.host_cuda import GXX
 from tinynet import backend as backend_module
 
 REPO = Path(__file__).parents[1]
+# the tests parametrized by backend, on cupy; tests/test_gpu.py; and the modules whose tests
+# train on the default backend, which the stand-in makes cupy ("auto" takes a usable GPU)
+DEFAULT_BACKEND_MODULES = "test_training_features or test_export or test_optimizers"
+SELECTED = f"cupy or test_gpu or (({DEFAULT_BACKEND_MODULES}) and not numpy and not numba)"
 
 
 @pytest.mark.skipif(GXX is None, reason="the host stand-in needs g++")
@@ -27,9 +32,8 @@ REPO = Path(__file__).parents[1]
 )
 def test_the_cupy_backends_tests_pass_on_the_host_stand_in():
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
-         "cupy or test_gpu", "tests", "--ignore=tests/test_distributed.py",
-         f"--ignore={Path(__file__).relative_to(REPO)}"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", SELECTED, "tests",
+         "--ignore=tests/test_distributed.py", f"--ignore={Path(__file__).relative_to(REPO)}"],
         cwd=REPO, env={**os.environ, "TINYNET_HOST_CUPY": "1"}, capture_output=True, text=True,
         timeout=1500,
     )  # fmt: skip
