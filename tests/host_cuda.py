@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import importlib.machinery
+import re
 import shutil
 import subprocess
 import sys
@@ -277,15 +278,28 @@ def _library(spec: sources.Elementwise, T: np.dtype, X: np.dtype) -> Any:
 
 class HostRawModule:
     """cupy.RawModule run on the host: each kernel called once per (block, thread) of its
-    launch, with the thread indices set first."""
+    launch, with the thread indices set first. The arguments must match the kernel's C
+    parameters exactly, as on the GPU, where CuPy passes each scalar at its own width: an
+    array for a pointer, np.int32 for int, np.int64 for long long, T's NumPy type for T."""
 
     def __init__(self, code: str, **_: Any) -> None:
         self.library = shared_library(PRELUDE + code, _BUILD_DIR)
+        self.T = np.dtype({"float": np.float32, "double": np.float64}[
+            re.search(r"typedef (\w+) T;", code).group(1)])  # fmt: skip
+        self.signatures = {
+            name: [p.strip() for p in params.split(",")]
+            for name, params in re.findall(r'extern "C" __global__ void (\w+)\(([^)]*)\)', code)
+        }
 
     def get_function(self, name: str) -> Any:
         kernel, place = getattr(self.library, name), self.library.tinynet_host_thread
+        signature = self.signatures[name]
 
         def launch(grid: tuple, block: tuple, args: tuple) -> None:
+            if len(args) != len(signature):
+                raise TypeError(f"{name}: {len(args)} arguments for {len(signature)} parameters")
+            for parameter, value in zip(signature, args, strict=True):
+                self._check(name, parameter, value)
             c_args = [_c_value(a) for a in args]  # scalars fixed now, arrays read when run
 
             def run() -> None:
@@ -297,6 +311,16 @@ class HostRawModule:
             _launch(run)
 
         return launch
+
+    def _check(self, name: str, parameter: str, value: Any) -> None:
+        kind = parameter.rsplit(None, 1)[0].replace("const ", "").strip()
+        if kind.endswith("*"):
+            ok = isinstance(value, np.ndarray)
+        else:
+            want = {"int": np.int32, "long long": np.int64, "T": self.T.type}[kind]
+            ok = type(value) is want
+        if not ok:
+            raise TypeError(f"{name}: {type(value).__name__} passed for '{parameter}'")
 
 
 class HostCublas:
