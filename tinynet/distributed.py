@@ -197,9 +197,9 @@ class MPI:
         if B.xp is not np and self.device_collective is None:
             self._choose_device_collective()
         for p in model.parameters():
-            data = np.ascontiguousarray(B.to_numpy(p.data))
-            self.comm.Bcast(data, root=0)
-            p.data[...] = B.asarray(data)
+            weights = np.ascontiguousarray(B.to_numpy(p.data))
+            self.comm.Bcast(weights, root=0)
+            p.data[...] = B.asarray(weights)
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         return self.comm.bcast(seed, root=0)
