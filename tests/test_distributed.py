@@ -26,7 +26,7 @@ BACKENDS = [name for name in ("numpy", "numba") if backend_module.backend_status
 # "cupy-host": the cupy backend on the host stand-in of tests/host_cuda.py in the mpiexec jobs,
 # its CUDA sources built by g++ (its one-process reference: numpy, in float64 as well)
 REPO = Path(__file__).parents[1]
-HOST_CUPY = {"TINYNET_HOST_CUPY": "1", "TINYNET_REPO": str(REPO)}
+HOST_CUPY = {"TINYNET_HOST_CUPY": "1"}
 if shutil.which("g++"):
     BACKENDS.append("cupy-host")
 OPTIMIZERS = {"momentum": lambda: tn.SGD(0.1, 0.9), "adam": lambda: tn.Adam(0.01),
@@ -106,6 +106,7 @@ def _mpiexec(
         env={
             **os.environ,
             "TINYNET_ADAPTIVE_THREADS": "0",
+            "TINYNET_REPO": str(REPO),  # for a job on the host stand-in
             **(HOST_CUPY if args[0] == "cupy-host" else {}),
             **(env or {}),
         },
@@ -277,6 +278,8 @@ def test_a_checkpoint_resumes_on_another_number_of_ranks(tmp_path, backend):
 
 
 GPU_WHY_NOT = backend_module.backend_status()["cupy"]
+if os.environ.get("TINYNET_HOST_CUPY") == "1":  # this process on the stand-in: not a GPU
+    GPU_WHY_NOT = "the host stand-in for CuPy (TINYNET_HOST_CUPY=1)"
 
 
 @pytest.mark.parametrize(
