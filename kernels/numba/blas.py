@@ -85,6 +85,21 @@ def gemm(address, trans_a, trans_b, alpha, A, B, beta, C):
     )
 
 
+# The forward product Z = A W^T of a few rows runs as Z^T = W A^T into scratch memory, then a
+# transposing copy: OpenBLAS computes that orientation faster for up to 64 rows (it packs W
+# untransposed), with the same sums bit for bit; from 128 rows on, the direct call is as fast
+# or faster (measured: benchmarks/results/forward-orientation.md).
+TRANSPOSED_FORWARD_ROWS = 64
+
+
+@inner_jit
+def _transpose_into(Zt, Z):
+    """Z <- Zt^T (Zt: (n, rows), Z: (rows, n)), row by row of Z."""
+    for i in range(Z.shape[0]):
+        for j in range(Z.shape[1]):
+            Z[i, j] = Zt[j, i]
+
+
 @jit
 def product_into(address, trans_a, trans_b, A, B, C):
     """C = op(A) op(B) on the BLAS at ``address``, for Python callers (gemm's arrays)."""
@@ -132,7 +147,12 @@ def _forward_and_loss(address, data, net, rule, A, D, rows, batch_rows):
     gather_inputs(X, rows, in_scale, in_offset, A[0][:nb])
     for layer in range(last + 1):
         Z = A[layer + 1][:nb]
-        gemm(address, False, True, one, A[layer][:nb], Ws[layer], one - one, Z)
+        if nb <= TRANSPOSED_FORWARD_ROWS:  # Z^T = W A^T, then Z: see TRANSPOSED_FORWARD_ROWS
+            Zt = D[layer][:nb].reshape((Z.shape[1], nb))  # scratch: the deltas come later
+            gemm(address, False, True, one, Ws[layer], A[layer][:nb], one - one, Zt)
+            _transpose_into(Zt, Z)
+        else:
+            gemm(address, False, True, one, A[layer][:nb], Ws[layer], one - one, Z)
         bias_act(Z, bs[layer], acts[layer], alphas[layer])
     inv_n = batch_scale(A[0], batch_rows, rule.mean)
     Y, d = A[last + 1][:nb], D[last][:nb]
