@@ -85,11 +85,12 @@ def gemm(address, trans_a, trans_b, alpha, A, B, beta, C):
     )
 
 
-# The forward product Z = A W^T of a few rows runs as Z^T = W A^T into scratch memory, then a
-# transposing copy: OpenBLAS computes that orientation faster for up to 64 rows (it packs W
-# untransposed), with the same sums bit for bit; from 128 rows on, the direct call is as fast
-# or faster (measured: benchmarks/results/forward-orientation.md).
-TRANSPOSED_FORWARD_ROWS = 64
+# The forward product Z = A W^T of up to this many rows (float32, float64) runs as Z^T = W A^T
+# into scratch memory, then a transposing copy: OpenBLAS computes that orientation faster for
+# such batches (it packs W untransposed), with the same sums bit for bit; for more rows the
+# gain shrinks below the copy's cost, and float64's turns into a loss sooner (measured:
+# benchmarks/results/forward-orientation.md).
+TRANSPOSED_FORWARD_ROWS = (128, 32)
 
 
 @inner_jit
@@ -144,10 +145,11 @@ def _forward_and_loss(address, data, net, rule, A, D, rows, batch_rows):
     last = len(Ws) - 1
     one = typed(A[0], 1.0)
     nb = rows.shape[0]
+    transposed_rows = TRANSPOSED_FORWARD_ROWS[0 if A[0].itemsize == 4 else 1]
     gather_inputs(X, rows, in_scale, in_offset, A[0][:nb])
     for layer in range(last + 1):
         Z = A[layer + 1][:nb]
-        if nb <= TRANSPOSED_FORWARD_ROWS:  # Z^T = W A^T, then Z: see TRANSPOSED_FORWARD_ROWS
+        if nb <= transposed_rows:  # Z^T = W A^T, then Z: see TRANSPOSED_FORWARD_ROWS
             Zt = D[layer][:nb].reshape((Z.shape[1], nb))  # scratch: the deltas come later
             gemm(address, False, True, one, Ws[layer], A[layer][:nb], one - one, Zt)
             _transpose_into(Zt, Z)
