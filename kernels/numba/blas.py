@@ -87,10 +87,10 @@ def gemm(address, trans_a, trans_b, alpha, A, B, beta, C):
 
 # The forward product Z = A W^T of up to this many rows (float32, float64) runs as Z^T = W A^T
 # into scratch memory, then a transposing copy: OpenBLAS computes that orientation faster for
-# such batches (it packs W untransposed), with the same sums bit for bit; for more rows the
-# gain shrinks below the copy's cost, and float64's turns into a loss sooner (measured:
-# benchmarks/results/forward-orientation.md).
-TRANSPOSED_FORWARD_ROWS = (128, 32)
+# such batches (it packs W untransposed), with the same sums bit for bit. For more rows the
+# whole epoch gained nothing measurable (float32) or the product itself got slower (float64):
+# benchmarks/results/forward-orientation.md.
+TRANSPOSED_FORWARD_ROWS = (64, 32)
 
 
 @inner_jit
