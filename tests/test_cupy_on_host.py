@@ -32,8 +32,9 @@ SELECTED = f"cupy or test_gpu or (({DEFAULT_BACKEND_MODULES}) and not numpy and 
 )
 def test_the_cupy_backends_tests_pass_on_the_host_stand_in():
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", SELECTED, "tests",
-         "--ignore=tests/test_distributed.py", f"--ignore={Path(__file__).relative_to(REPO)}"],
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", SELECTED,
+         "tests", "--ignore=tests/test_distributed.py",
+         f"--ignore={Path(__file__).relative_to(REPO)}"],
         cwd=REPO, env={**os.environ, "TINYNET_HOST_CUPY": "1"}, capture_output=True, text=True,
         timeout=1500,
     )  # fmt: skip
@@ -41,6 +42,9 @@ def test_the_cupy_backends_tests_pass_on_the_host_stand_in():
     summary = done.stdout.strip().splitlines()[-1]
     assert "failed" not in summary and "error" not in summary, summary
     assert int(re.search(r"(\d+) passed", summary).group(1)) >= 200, summary
-    # only the tests that need CuPy itself on a GPU (cupyx, memory hooks) stay skipped
-    skipped = re.search(r"(\d+) skipped", summary)
-    assert skipped is None or int(skipped.group(1)) <= 8, summary
+    # skipped only: what needs CuPy itself on a GPU (cupyx, memory hooks), the no-GPU
+    # checks a usable "GPU" turns off, and tests of the full MNIST without TINYNET_DATA_DIR
+    allowed = ("needs CuPy on a GPU", "CuPy is installed here", "a GPU is usable here",
+               "full MNIST not found")  # fmt: skip
+    reasons = re.findall(r"^SKIPPED \[\d+\] [^:]+:\d+: (.*)$", done.stdout, re.MULTILINE)
+    assert all(reason.startswith(allowed) for reason in reasons), reasons

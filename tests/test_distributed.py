@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -126,16 +127,22 @@ def _one_process(backend: str, name: str, epochs: int = 3, batch: int = 64, **fi
     return [a for pair in net.get_weights() for a in pair], history["loss"]
 
 
+def _assert_equals_one_process(got: Any, backend: str, name: str, batch: int = 64) -> None:
+    """The job's saved weights and losses (``got``, rank 0's npz) equal one process's with the
+    same global batch, within float64 rounding."""
+    weights, losses = _one_process(backend, name, batch=batch)
+    for i, want in enumerate(weights):
+        np.testing.assert_allclose(got[f"arr_{i}"], want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got["loss"], losses, rtol=1e-10)
+
+
 @pytest.mark.parametrize("name", ["momentum", "adam"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path, backend, name):
     done, _ = _mpiexec(tmp_path, backend, name, str(tmp_path / "out.npz"), "ok")
     assert done.returncode == 0, done.stderr[-3000:]
     got = np.load(tmp_path / "out.npz")
-    weights, losses = _one_process(backend, name)
-    for i, want in enumerate(weights):
-        np.testing.assert_allclose(got[f"arr_{i}"], want, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(got["loss"], losses, rtol=1e-10)
+    _assert_equals_one_process(got, backend, name)
     # numba: the compiled BLAS epoch with MPI_Allreduce inside, once per stretch of the epoch;
     # cupy: the fused GPU epoch with the allreduce between its steps
     assert (int(got["fused"]) > 0) == (backend != "numpy")
@@ -228,10 +235,7 @@ def test_local_sgd_averaging_every_step_is_synchronous_sgd(tmp_path, backend, na
     done, _ = _mpiexec(tmp_path, backend, name, str(tmp_path / "out.npz"), "local-every-1")
     assert done.returncode == 0, done.stderr[-3000:]
     got = np.load(tmp_path / "out.npz")
-    weights, losses = _one_process(backend, name)
-    for i, want in enumerate(weights):
-        np.testing.assert_allclose(got[f"arr_{i}"], want, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(got["loss"], losses, rtol=1e-10)
+    _assert_equals_one_process(got, backend, name)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -315,10 +319,7 @@ def test_ranks_of_the_fused_gpu_epoch_equal_one_process(tmp_path, name, ranks, m
         assert str(got["collective"]) == ("nccl" if own_gpus else "mpi")
     else:
         assert str(got["collective"]) == "mpi"
-    weights, losses = _one_process(backend, name, batch=599 if mode == "last-row" else 64)
-    for i, want in enumerate(weights):
-        np.testing.assert_allclose(got[f"arr_{i}"], want, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(got["loss"], losses, rtol=1e-10)
+    _assert_equals_one_process(got, backend, name, batch=599 if mode == "last-row" else 64)
 
 
 def test_nccl_is_chosen_only_where_every_rank_has_a_gpu_and_nccl():

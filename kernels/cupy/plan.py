@@ -221,10 +221,10 @@ class EpochPlan:
         if self.adam:  # this update's step_size and bias_root
             self.k.adam_scalars((1,), (1,), (self.step, self.base, self.hyper))
         if self.distributed is None:
-            self._backward_and_update(rows)
+            self._backward(rows, update=True)
         else:
             if rows:
-                self._backward(rows)
+                self._backward(rows, update=False)
             else:
                 self.flat_grads.fill(0)
             # on the current stream: NCCL's allreduce is captured into the CUDA graph with the
@@ -278,8 +278,11 @@ class EpochPlan:
         act, alpha = ACT[below_layer.activation], self.dtype.type(below_layer.alpha)
         self.act_grad(a_in, below, act, alpha, below)
 
-    def _backward_and_update(self, rows: int) -> None:
-        """Layer by layer from the top: the delta below, then this layer's update."""
+    def _backward(self, rows: int, update: bool) -> None:
+        """Layer by layer from the top: the delta below, then this layer's gradients, each
+        parameter updated right after its gradient when ``update`` (one process); else the
+        gradients only, into their views of the flat buffer (a data-parallel step sums them
+        over the ranks before any update)."""
         for i in range(len(self.layers) - 1, -1, -1):
             d, a_in = self.D[i][:rows], self.A[i][:rows]
             if i > 0:
@@ -290,17 +293,8 @@ class EpochPlan:
                     self.blas.gemm(param, d, x, self.alpha_lr, self.one, trans_a=True)
                     continue
                 self.blas.gemm(grad, d, x, self.one, self.zero, trans_a=True)  # g = d^T x
-                self._rule(param, moment, second, grad)
-
-    def _backward(self, rows: int) -> None:
-        """Every gradient into its view of the flat buffer, no update yet."""
-        for i in range(len(self.layers) - 1, -1, -1):
-            d, a_in = self.D[i][:rows], self.A[i][:rows]
-            if i > 0:
-                self._delta_below(i, rows)
-            for _, _, _, is_bias, grad in self.updates[i]:
-                x = self.ones[:rows] if is_bias else a_in
-                self.blas.gemm(grad, d, x, self.one, self.zero, trans_a=True)  # g = d^T x
+                if update:
+                    self._rule(param, moment, second, grad)
 
     def _rule(self, param: Any, moment: Any, second: Any, grad: Any) -> None:
         """The optimizer's update of one parameter from its gradient."""
