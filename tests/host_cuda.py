@@ -145,8 +145,11 @@ class HostArray(np.ndarray):
             return tuple(_host(r) if isinstance(r, np.ndarray) else r for r in result)
         return _host(result) if isinstance(result, np.ndarray) else result
 
-    def get(self, stream: Any = None) -> np.ndarray:
-        return np.array(self.view(np.ndarray))
+    def get(self, stream: Any = None, order: str = "C", out: np.ndarray | None = None) -> Any:
+        if out is None:
+            return np.array(self.view(np.ndarray))
+        out[...] = self  # as CuPy: into ``out``, which must match
+        return out
 
     def set(self, array: np.ndarray, stream: Any = None) -> None:
         self[...] = array

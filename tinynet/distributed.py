@@ -98,7 +98,7 @@ class MPI:
             None if average_every is None else positive_int("average_every", average_every)
         )
         threads = None if threads is None else positive_int("threads", threads)
-        self._buffers: dict = {}  # the gradient allreduce's buffer, per size and dtype
+        self._buffers: dict = {}  # the allreduces' buffers (and host copies), per size and dtype
         # how device arrays are summed: "nccl" or "mpi" (through host memory), chosen by all
         # ranks together when the first CuPy model starts training
         self.device_collective: str | None = None
@@ -268,7 +268,11 @@ class MPI:
             self._nccl.allReduce(buffer.data.ptr, buffer.data.ptr, buffer.size, kind,
                                  nccl.NCCL_SUM, stream)  # fmt: skip
         else:
-            host = buffer.get()  # waits for the kernels that wrote it
+            key = ("host", buffer.size, str(buffer.dtype))
+            host = self._buffers.get(key)
+            if host is None:  # one host copy a run, not one a step
+                host = self._buffers[key] = np.empty(buffer.size, buffer.dtype)
+            buffer.get(out=host)  # waits for the kernels that wrote it
             self.comm.Allreduce(self._mpi.IN_PLACE, host, op=self._mpi.SUM)
             buffer.set(host)
 
