@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,26 +17,34 @@ from tinynet.system import cpu_count
 class MachineLoad:
     """How busy the other processes keep the cores: the CPU time the whole machine spent busy
     (/proc/stat, steal included) minus this process's own, per second of wall time, averaged
-    over the last WINDOW_S at least. Linux only; None elsewhere or before a window has passed."""
+    over the last WINDOW_S at least. Linux only; None elsewhere or before a window has passed.
+
+    ``stat_path``, ``clock`` and ``own_cpu`` are where the three readings come from (the
+    tests give a file and clocks of their own)."""
 
     WINDOW_S = 0.2
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        stat_path: str = "/proc/stat",
+        clock: Callable[[], float] = time.monotonic,
+        own_cpu: Callable[[], float] = time.process_time,
+    ) -> None:
+        self._stat_path, self._clock, self._own_cpu = stat_path, clock, own_cpu
         self._last: tuple[float, float, float] | None = self._read()
         self._others: float | None = None
 
-    @staticmethod
-    def _read() -> tuple[float, float, float] | None:
+    def _read(self) -> tuple[float, float, float] | None:
         """(wall time, machine busy seconds, own CPU seconds), or None without /proc/stat."""
         try:
-            with open("/proc/stat") as f:
+            with open(self._stat_path) as f:
                 fields = [int(v) for v in f.readline().split()[1:]]
             ticks = os.sysconf("SC_CLK_TCK")
+            # user nice system idle iowait irq softirq steal ...: all but idle and iowait are busy
+            busy = sum(fields[:3]) + sum(fields[5:8])
         except (OSError, ValueError, IndexError):
             return None
-        # user nice system idle iowait irq softirq steal ...: all but idle and iowait are busy
-        busy = sum(fields[:3]) + sum(fields[5:8])
-        return time.monotonic(), busy / ticks, time.process_time()
+        return self._clock(), busy / ticks, self._own_cpu()
 
     def others_busy(self) -> float | None:
         """Cores' worth of CPU time the other processes used lately (0: a quiet machine)."""

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import tinynet as tn
+from tests.tolerance import assert_float32_close, assert_weights_close
 from tinynet import backend as backend_module
 
 WHY_NOT = backend_module.backend_status()["cupy"]
@@ -85,13 +86,17 @@ def _cupy_graphs(on: bool):
 
 
 def _fit_both(graphs, sizes, hidden, output, loss, momentum, dtype, batch, freeze, bias, between):
-    """The same training on numpy and on cupy; (losses, weights, accuracy) of each."""
+    """The same training on numpy and on cupy, and in float32 NumPy's float64 twin of it:
+    (reference, got, twin), each (losses, weights, accuracy); twin None in float64."""
     (x, y), (xt, yt) = tn.datasets.mnist_sample("train"), tn.datasets.mnist_sample("test")
-    results = {}
-    for name in ("numpy", "cupy"):
+    runs = [("numpy", dtype), ("cupy", dtype)]
+    if dtype == "float32":  # the twin that float32's tolerance comes from (tests/tolerance.py)
+        runs.append(("numpy", "float64"))
+    results = []
+    for name, run_dtype in runs:
         with tn.use_backend(name), _cupy_graphs(graphs):
             net = tn.MLP.from_sizes(
-                sizes, hidden, output, seed=0, dtype=dtype, bias=bias, rescale=(1 / 255, 0.0)
+                sizes, hidden, output, seed=0, dtype=run_dtype, bias=bias, rescale=(1 / 255, 0.0)
             )
             if freeze:
                 net.layers[1].freeze(freeze)
@@ -102,19 +107,20 @@ def _fit_both(graphs, sizes, hidden, output, loss, momentum, dtype, batch, freez
             if between:  # e.g. new weight arrays or learning rate after the graphs are captured
                 between(net, opt)
                 losses += net.fit(x[:2000], y[:2000], loss, opt, batch_size=batch, seed=2)["loss"]
-            results[name] = (losses, net.get_weights(), net.evaluate(xt, yt)["accuracy"])
-    return results["numpy"], results["cupy"]
+            results.append((losses, net.get_weights(), net.evaluate(xt, yt)["accuracy"]))
+    reference, got, *twin = results
+    return reference, got, (twin[0] if twin else None)
 
 
-def _assert_parity(reference, got, dtype):
+def _assert_parity(reference, got, twin):
     (loss_ref, weights_ref, acc_ref), (losses, weights, acc) = reference, got
-    np.testing.assert_allclose(losses, loss_ref, rtol=1e-3 if dtype == "float32" else 1e-9)
     assert abs(acc - acc_ref) <= 0.002
-    tol = dict(rtol=1e-2, atol=1e-4) if dtype == "float32" else dict(rtol=1e-8, atol=1e-10)
-    for (W, b), (W_ref, b_ref) in zip(weights, weights_ref, strict=True):
-        np.testing.assert_allclose(W, W_ref, **tol)
-        if b_ref is not None:
-            np.testing.assert_allclose(b, b_ref, **tol)
+    if twin is None:  # float64
+        np.testing.assert_allclose(losses, loss_ref, rtol=1e-9)
+        assert_weights_close(weights, weights_ref, None, "float64")
+    else:
+        assert_float32_close(losses, loss_ref, twin[0], "losses")
+        assert_weights_close(weights, weights_ref, twin[1], "float32")
 
 
 @needs_gpu
@@ -145,7 +151,7 @@ def test_fused_epoch_matches_the_reference(
     # left, run as one eager step, 16-step graphs and a 13-step graph in the first epoch (a
     # 14-step one in the second), then the partial batch eagerly
     args = (sizes, hidden, output, loss, momentum, dtype, batch, freeze, bias, None)
-    _assert_parity(*_fit_both(graphs, *args), dtype)
+    _assert_parity(*_fit_both(graphs, *args))
 
 
 @needs_gpu
@@ -157,7 +163,7 @@ def test_captured_step_follows_new_weight_arrays():
         net.layers[1].set_weights(W, b)
 
     args = ([784, 32, 10], "relu", "softmax", tn.CrossEntropy(), 0.0, "float32", 64, None, True)
-    _assert_parity(*_fit_both(True, *args, replace_first_layer), "float32")
+    _assert_parity(*_fit_both(True, *args, replace_first_layer))
 
 
 @needs_gpu
@@ -166,7 +172,7 @@ def test_captured_steps_follow_a_new_learning_rate():
         opt.lr *= 0.25
 
     args = ([784, 32, 10], "relu", "softmax", tn.CrossEntropy(), 0.9, "float32", 64, None, True)
-    _assert_parity(*_fit_both(True, *args, lower_learning_rate), "float32")
+    _assert_parity(*_fit_both(True, *args, lower_learning_rate))
 
 
 @needs_real_gpu
@@ -182,8 +188,8 @@ def test_without_its_own_cublas_handle_training_runs_kernel_by_kernel(monkeypatc
         monkeypatch.setattr(B, name, value)  # as if no epoch had run in this process
     args = ([784, 32, 10], "relu", "softmax", tn.CrossEntropy(), 0.9, "float32", 64, None, True)
     with pytest.warns(RuntimeWarning, match=r"libcublas.so.99.*kernel by kernel"):
-        reference, got = _fit_both(False, *args, None)
-    _assert_parity(reference, got, "float32")
+        runs = _fit_both(False, *args, None)
+    _assert_parity(*runs)
     assert B._epochs == {}  # no fused epoch ran
     with pytest.raises(tn.BackendError, match="no fused epochs here"):
         B.train_batches(None, None, None, None, 64)
@@ -264,8 +270,8 @@ def test_a_failed_capture_reports_its_error_and_trains_eagerly(monkeypatch):
     monkeypatch.setattr(B, "_epochs", {})
     args = ([784, 32, 10], "relu", "softmax", tn.CrossEntropy(), 0.9, "float32", 64, None, True)
     with pytest.warns(RuntimeWarning, match="could not capture.*injected fault during capture"):
-        reference, got = _fit_both(True, *args, None)
-    _assert_parity(reference, got, "float32")
+        runs = _fit_both(True, *args, None)
+    _assert_parity(*runs)
 
 
 @needs_gpu

@@ -6,6 +6,7 @@ team again once it is faster."""
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -136,29 +137,90 @@ def test_one_thread_returns_to_the_team_as_soon_as_a_core_is_free():
     assert _run(sizer, {2: 2.0e6, 1: 1.2e6}.get, 3) == [2, 2, 2]
 
 
-def test_the_machine_load_counts_other_processes_not_this_one():
-    """A busy loop in another process reads as about one core; this process's own work as
-    none of it."""
+class FakeStat:
+    """A /proc/stat of our own: its first line's busy and idle ticks, a wall clock and this
+    process's CPU clock, each moved by hand."""
+
+    def __init__(self, path):
+        self.path, self.wall, self.own = path, 100.0, 5.0
+        self.ticks = os.sysconf("SC_CLK_TCK")
+        self.fields = [0] * 10  # user nice system idle iowait irq softirq steal guest guest_nice
+        self.write()
+
+    def write(self):
+        line = "cpu  " + " ".join(str(v) for v in self.fields)
+        self.path.write_text(line + "\ncpu0 0 0 0 0 0 0 0 0 0 0\n")
+
+    def advance(self, seconds, busy_s, own_s, idle_s=0.0, steal_s=0.0):
+        """``seconds`` of wall time in which the machine was busy ``busy_s`` CPU seconds in user
+        time (``own_s`` of them this process's), stolen ``steal_s`` and idle ``idle_s``."""
+        self.wall += seconds
+        self.own += own_s
+        self.fields[0] += round(busy_s * self.ticks)
+        self.fields[3] += round(idle_s * self.ticks)
+        self.fields[7] += round(steal_s * self.ticks)
+        self.write()
+
+    def load(self):
+        return MachineLoad(str(self.path), clock=lambda: self.wall, own_cpu=lambda: self.own)
+
+
+def test_the_machine_load_counts_other_processes_not_this_one(tmp_path):
+    """Busy time is the machine's minus this process's own, per second of wall time, over
+    windows of at least WINDOW_S: from a /proc/stat and clocks of the test's own."""
+    stat = FakeStat(tmp_path / "stat")
+    machine = stat.load()
+    assert machine.others_busy() is None  # no window has passed yet
+    stat.advance(1.0, busy_s=1.0, own_s=1.0, idle_s=1.0)  # only this process worked
+    assert machine.others_busy() == pytest.approx(0.0)
+    stat.advance(1.0, busy_s=2.0, own_s=1.0)  # another process took the other core
+    assert machine.others_busy() == pytest.approx(1.0)
+    stat.advance(0.5, busy_s=0.5, own_s=0.5, steal_s=0.25)  # the hypervisor took a quarter
+    assert machine.others_busy() == pytest.approx(0.5)
+    window = MachineLoad.WINDOW_S
+    stat.advance(window / 2, busy_s=1.5 * window, own_s=0.0)  # too short: the last window's
+    assert machine.others_busy() == pytest.approx(0.5)
+    stat.advance(window, busy_s=0.0, own_s=0.0)  # a whole window: 1.5 windows' work in 1.5
+    assert machine.others_busy() == pytest.approx(1.0)
+    stat.advance(1.0, busy_s=0.5, own_s=1.0, idle_s=1.5)  # ticks lag the CPU clock: never < 0
+    assert machine.others_busy() == 0.0
+
+
+def test_an_unreadable_stat_file_reads_as_unknown(tmp_path):
+    assert MachineLoad(str(tmp_path / "missing")).others_busy() is None
+    garbled = tmp_path / "stat"
+    garbled.write_text("cpu  12 x\n")
+    assert MachineLoad(str(garbled)).others_busy() is None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="no /proc/stat")
+def test_a_busy_process_reads_as_at_least_its_measured_share():
+    """On the real /proc/stat: a busy child's own CPU time, read from /proc/<pid>/stat over the
+    same window, is part of what others_busy reports. A lower bound only: whatever else runs
+    on the machine can only add to it."""
     import subprocess
     import sys
     import time
 
-    if MachineLoad().others_busy() is None and MachineLoad._read() is None:
-        pytest.skip("no /proc/stat")
-    machine = MachineLoad()
-    end = time.monotonic() + 0.6
-    while time.monotonic() < end:  # this process busy
-        pass
-    assert machine.others_busy() < 0.5
+    def child_cpu_s(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        time.sleep(0.3)
-        machine.others_busy()  # the window up to the start of the loop
-        time.sleep(0.6)
-        assert 0.6 < machine.others_busy() < 1.6
+        time.sleep(0.3)  # the child is running
+        machine, start = MachineLoad(), child_cpu_s(busy.pid)
+        began = time.monotonic()
+        time.sleep(1.0)
+        others, used = machine.others_busy(), child_cpu_s(busy.pid) - start
+        elapsed = time.monotonic() - began
     finally:
         busy.kill()
         busy.wait()
+    assert used > 0.05, "the busy child never ran"
+    # two clock ticks of slack for where each reading fell within its tick
+    assert others >= (used - 2 / os.sysconf("SC_CLK_TCK")) / elapsed
 
 
 def test_fixed_threads_on_request(monkeypatch):
