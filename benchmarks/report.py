@@ -3,7 +3,9 @@
     python -m benchmarks.report [results.json] [--out PREFIX]
 
 writes PREFIX.md, PREFIX.png and PREFIX.json (the input without the raw timings, small enough to
-commit); PREFIX defaults to ``benchmarks/results/`` plus the input's name. Training
+commit); PREFIX defaults to ``.benchmarks/report/`` plus the input's name, outside the source
+tree: the committed results in ``benchmarks/results/`` are written only when named, as in
+``--out benchmarks/results/cpu``. Training
 rows give samples/s (median over the alternating repeats of each repeat's median round) and the
 ratio against the NumPy reference and PyTorch measured in the same run; kernel rows give the
 median time per call.
@@ -18,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 DEFAULT_JSON = Path(".benchmarks/latest.json")
+DEFAULT_OUT = Path(".benchmarks/report")  # git ignores .benchmarks/
 REFERENCES = {
     "numpy-plain": "NumPy (plain)",
     "numpy": "NumPy (tinynet)",
@@ -321,39 +324,85 @@ def chart(speeds: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+# One colour per contender, the same in every panel and every chart (the legend is shared);
+# colour-blind-safe (Okabe-Ito), in the order the bars stand. A contender not named here takes
+# the next spare colour in the order of its name among the chart's contenders, never by its
+# position within one panel.
+CONTENDER_COLOURS = {
+    "numpy-plain": "#cccccc",
+    "numpy": "#999999",
+    "numba": "#0072B2",
+    "cupy": "#009E73",
+    "pytorch": "#E69F00",
+    "pytorch-compile": "#F0E442",
+    "pytorch-cuda": "#D55E00",
+    "jax": "#CC79A7",
+    "jax-scan": "#882255",
+}
+SPARE_COLOURS = ["#56B4E9", "#117733", "#44AA99", "#332288", "#AA4499", "#661100"]
+
+
+def _bar_order(name: str) -> tuple[int, str]:
+    known = list(CONTENDER_COLOURS)
+    return (known.index(name) if name in known else len(known), name)
+
+
+def contender_colours(contenders) -> dict[str, str]:
+    """{contender: colour} for every contender of a chart, from one mapping."""
+    spare = iter(SPARE_COLOURS * (1 + len(contenders) // len(SPARE_COLOURS)))
+    return {
+        name: CONTENDER_COLOURS[name] if name in CONTENDER_COLOURS else next(spare)
+        for name in sorted(contenders, key=_bar_order)
+    }
+
+
 def chart_figure(speeds: dict, title: str):
     """Bars of speed relative to NumPy (linear axis, NumPy = 1), each labelled with its ratio,
-    one panel per network; the legend sits below the panels, clear of the bars."""
+    one panel per network stacked in one column (readable at a README's width), each
+    contender in its own colour in every panel; the legend sits below the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     networks = sorted({k[0] for k in speeds})
-    fig, axes = plt.subplots(1, len(networks), figsize=(6 * len(networks), 4.4), squeeze=False)
-    handles: dict[str, object] = {}
-    for ax, network in zip(axes[0], networks, strict=True):
+    colours = contender_colours({c for by_name in speeds.values() for c in by_name})
+    fig, axes = plt.subplots(
+        len(networks),
+        1,
+        figsize=(7.5, 0.9 + 2.2 * len(networks)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, network in zip(axes[:, 0], networks, strict=True):
         keys = sorted(k for k in speeds if k[0] == network and k[1] == "float32")
-        contenders = sorted({c for k in keys for c in speeds[k]})
+        contenders = sorted({c for k in keys for c in speeds[k]}, key=_bar_order)
         width = 0.8 / max(len(contenders), 1)
+        crowded = len(keys) * len(contenders) > 12  # labels side by side would overlap
         for i, name in enumerate(contenders):
             xs = [j + i * width for j in range(len(keys))]
             ratios = [
                 speeds[k].get(name, 0) / speeds[k]["numpy"] if "numpy" in speeds[k] else 0
                 for k in keys
             ]
-            bars = ax.bar(xs, ratios, width, label=name)
-            ax.bar_label(bars, [f"{r:.2f}x" if r else "" for r in ratios], fontsize=7, padding=1)
-            handles.setdefault(name, bars)
+            bars = ax.bar(xs, ratios, width, label=name, color=colours[name])
+            ax.bar_label(
+                bars,
+                [f"{r:.2f}x" if r else "" for r in ratios],
+                fontsize=6.5,
+                padding=1,
+                rotation=90 if crowded else 0,
+            )
         ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
         ax.set_xticks([j + width * (len(contenders) - 1) / 2 for j in range(len(keys))])
-        ax.set_xticklabels([f"batch {k[2]}" for k in keys])
-        ax.set_ylabel("training speed / NumPy's (same run)")
-        ax.margins(y=0.12)  # room for the labels above the tallest bar
-        ax.set_title(f"{network}, float32", fontsize=10)
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8)
+        ax.set_xticklabels([f"batch {k[2]}" for k in keys], fontsize=8)
+        ax.set_ylabel("speed / NumPy's", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.margins(y=0.3 if crowded else 0.15)  # room for the labels above the tallest bar
+        ax.set_title(f"{network}, float32", fontsize=9)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colour) for colour in colours.values()]
+    fig.legend(handles, list(colours), loc="outside lower center", ncol=5, fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 
@@ -458,9 +507,14 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m benchmarks.report", description=__doc__.splitlines()[0]
     )
     parser.add_argument("json", nargs="?", type=Path, default=DEFAULT_JSON)
-    parser.add_argument("--out", type=Path, help="prefix for the .md and .png files")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"prefix for the .md, .png and .json files (default: {DEFAULT_OUT}/ and the "
+        "input's name; name benchmarks/results/... to update the committed results)",
+    )
     args = parser.parse_args(argv)
-    prefix = args.out or Path("benchmarks/results") / args.json.stem
+    prefix = args.out or DEFAULT_OUT / args.json.stem
     try:
         print(render(args.json, prefix))
     except ReportError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +111,69 @@ def test_chart_labels_each_bar_with_its_ratio_and_keeps_the_legend_off_the_bars(
     legend_box = fig.legends[0].get_window_extent(renderer)
     for patch in ax.patches:
         assert not legend_box.overlaps(patch.get_window_extent(renderer))
+
+
+def test_each_contender_has_one_colour_in_every_panel():
+    """Panels with different sets of contenders (Adam's has no JAX): a contender's bars have
+    its colour wherever they are, and no two contenders share one."""
+    from matplotlib.colors import to_hex
+
+    speeds = {
+        ("a: all", "float32", 32): {"numpy": 1.0, "numba": 3.0, "jax": 2.0, "pytorch": 0.5},
+        ("b: no jax", "float32", 32): {"numpy": 1.0, "numba": 3.4, "pytorch": 0.06},
+        ("c: newcomer", "float32", 32): {"numpy": 1.0, "zeta": 2.0, "pytorch": 0.7},
+    }
+    fig = report.chart_figure(speeds, "title")
+    colour_of: dict[str, set] = {}
+    for ax, network in zip(fig.axes, sorted({k[0] for k in speeds}), strict=True):
+        assert ax.get_title().startswith(network)
+        for container in ax.containers:
+            name = container.get_label()
+            ratios = [speeds[(network, "float32", 32)][name] for _ in container.patches]
+            assert [round(p.get_height(), 2) for p in container.patches] == ratios
+            colour_of.setdefault(name, set()).update(
+                to_hex(p.get_facecolor()) for p in container.patches
+            )
+    assert set(colour_of) == {"numpy", "numba", "jax", "pytorch", "zeta"}
+    assert all(len(colours) == 1 for colours in colour_of.values()), colour_of
+    assert len({c for colours in colour_of.values() for c in colours}) == len(colour_of)
+    assert colour_of["numba"] == {to_hex(report.CONTENDER_COLOURS["numba"])}
+    legend = fig.legends[0]
+    for handle, text in zip(legend.legend_handles, legend.get_texts(), strict=True):
+        assert {to_hex(handle.get_facecolor())} == colour_of[text.get_text()]
+
+
+def test_the_chart_stacks_its_panels_in_one_column_at_a_readable_width():
+    speeds = {
+        (f"net {i}", "float32", b): {"numpy": 1.0, "numba": 2.0} for i in range(5) for b in (1, 64)
+    }
+    fig = report.chart_figure(speeds, "title")
+    width, height = fig.get_size_inches() * 110  # the dpi chart() saves at
+    assert width <= 900 and height > width  # five panels, one above the other
+    lefts = {round(ax.get_position().x0, 3) for ax in fig.axes}
+    assert len(lefts) == 1
+
+
+def test_the_report_writes_outside_the_source_tree_unless_named(tmp_path):
+    """By default the report goes to .benchmarks/report/, never over benchmarks/results/."""
+    path = _write(tmp_path, [_train("numpy", 0.1), _train("numba", 0.025)])
+    path = path.rename(tmp_path / "cpu.json")  # the committed results' name
+    work = tmp_path / "clone"
+    (work / "benchmarks" / "results").mkdir(parents=True)
+    committed = work / "benchmarks" / "results" / "cpu.md"
+    committed.write_text("committed")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.report", str(path)],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert committed.read_text() == "committed"
+    assert (work / ".benchmarks" / "report" / "cpu.md").is_file()
+    assert (work / ".benchmarks" / "report" / "cpu.png").is_file()
 
 
 def test_numba_against_jax_by_best_rounds_with_their_range(tmp_path):
