@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 from typing import Any
 
@@ -31,18 +30,6 @@ from tinynet.kernels.numpy_backend import NumpyBackend
 from tinynet.kernels.threads import BlasThreads
 from tinynet.system import cpu_count
 
-# A first call that takes longer than this is compiling (from the on-disk cache it takes
-# milliseconds): one line on stderr says so, rather than a silent wait of seconds.
-COMPILE_NOTICE_AFTER_S = 1.0
-
-
-def _compile_notice() -> None:
-    sys.stderr.write(
-        "tinynet: compiling the numba kernels for this model and batch size (once: they are "
-        f"kept in {CACHE})\n"
-    )
-    sys.stderr.flush()
-
 
 class NumbaBackend(Backend):
     """NumPy arrays, Numba-compiled kernels."""
@@ -70,7 +57,6 @@ class NumbaBackend(Backend):
         self._blas = BlasThreads()
         self._sizer = self._blas.sizer
         self.adaptive_threads = self._blas.adaptive
-        self._kinds_run: set = set()  # kinds of train_batches call made in this process
         self._allreduce_handles: dict = {}  # (communicator, dtype) -> MPI_Allreduce and handles
 
     def info(self) -> dict[str, str]:
@@ -185,22 +171,12 @@ class NumbaBackend(Backend):
         compiled = self._compiled_loop(spec, batch_size)
         widths = tuple([spec.layers[0].W.shape[1]] + [layer.W.shape[0] for layer in spec.layers])
         key = (compiled, spec.layers[0].W.dtype, widths, batch_size)
-        notice = None
-        if key not in self._kinds_run:  # the first call of its kind may compile: say so
-            self._kinds_run.add(key)
-            notice = threading.Timer(COMPILE_NOTICE_AFTER_S, _compile_notice)
-            notice.daemon = True
-            notice.start()
-        try:
-            if compiled:
-                most = self.team_size(spec, batch_size)
-                with self._sizer.sized(key, most, len(order), self.adaptive_threads) as size:
-                    return self._compiled_batches(spec, X, T, order, batch_size, size)
-            with self._blas.sized(key, len(order)):
-                return self._blas_batches(spec, X, T, order, batch_size)
-        finally:
-            if notice is not None:
-                notice.cancel()
+        if compiled:
+            most = self.team_size(spec, batch_size)
+            with self._sizer.sized(key, most, len(order), self.adaptive_threads) as size:
+                return self._compiled_batches(spec, X, T, order, batch_size, size)
+        with self._blas.sized(key, len(order)):
+            return self._blas_batches(spec, X, T, order, batch_size)
 
     def can_train_batches_distributed(self, spec: EpochSpec, distributed: Any) -> bool:
         return self._allreduce(spec, distributed) is not None

@@ -15,6 +15,9 @@ of our own instead:
   and the kernel recompiled, with one warning;
 * a read-only folder is used as it is (a warm cache loads); where nothing can be written, kernels
   compile in memory, with one warning saying where and why;
+* while kernels compile (Numba's "numba:compile" event, raised only for a kernel found neither in
+  memory nor in the cache), one line on stderr says so, once per process: a start slowed by
+  other work on the machine is never blamed on compiling;
 * Numba's private caching classes (``numba.core.caching``, ``Dispatcher._cache``) are checked at
   import; a Numba without them gets no cache at all and one warning, never a silent fallback
   into the package folder.
@@ -27,12 +30,14 @@ import hashlib
 import logging
 import os
 import pickle
+import sys
 import threading
 import warnings
 from collections.abc import Iterable
 from typing import Any
 
 import numba
+from numba.core import event as numba_event
 
 log = logging.getLogger("tinynet")
 DIGEST = hashlib.sha256().digest_size
@@ -59,6 +64,8 @@ class _State:
         self.unwritable: str | None = None  # why nothing can be written, once that is known
         self.warned: set[str] = set()
         self.compiling_said = False
+        self.probing = False  # check_active's probe compiles: not worth a notice
+        self.where = "?"  # the cache folder, or why kernels compile in memory
         self.consulted = False  # Numba has asked one of our caches for a kernel
 
 
@@ -185,8 +192,6 @@ if MISSING_INTERNALS is None:
             except Exception as exc:  # damage found by the checksum, or a file Numba rejects
                 self._discard(exc)
                 result = None
-            if result is None:
-                _say_compiling(self._cache_path)
             return result
 
         def save_overload(self, sig: Any, data: Any) -> None:
@@ -224,32 +229,46 @@ if MISSING_INTERNALS is None:
             log.debug("damaged cache entry %s: %r", base, exc)
 
 
-def _say_compiling(folder: str) -> None:
-    """The one notice per process that compiling has started (it takes seconds)."""
-    with _state.lock:
-        if _state.compiling_said:
-            return
-        _state.compiling_said = True
-    log.info(
-        "compiling Numba kernels that are not in the cache yet (a few seconds per kind of "
-        "epoch on 2 cores, once per tinynet version); cache: %s",
-        folder,
-    )
+class _CompileNotice(numba_event.Listener):
+    """One line on stderr when tinynet's kernels start compiling, once per process."""
+
+    def on_start(self, event: Any) -> None:
+        py_func = getattr(event.data.get("dispatcher"), "py_func", None)
+        if _state.probing or not getattr(py_func, "__module__", "").startswith(__package__):
+            return  # the probe, or a user's own Numba code
+        with _state.lock:
+            if _state.compiling_said:
+                return
+            _state.compiling_said = True
+        sys.stderr.write(
+            "tinynet: compiling Numba kernels that are not in the cache yet (seconds, once per "
+            f"kind of epoch; cache: {_state.where})\n"
+        )
+        sys.stderr.flush()
+
+    def on_end(self, event: Any) -> None:
+        pass
+
+
+_compile_notice = _CompileNotice()
 
 
 def configure(sources: Iterable[str]) -> str:
     """Point the kernel caches at the version folder of ``sources``; a line for ``info``."""
+    numba_event.register("numba:compile", _compile_notice)
     if MISSING_INTERNALS is not None:
-        return f"off (this Numba lacks the caching internals: {MISSING_INTERNALS})"
+        _state.where = f"off (this Numba lacks the caching internals: {MISSING_INTERNALS})"
+        return _state.where
     root = cache_root()
     stamp = source_hash(sources)
     _Locator.stamp = stamp
     if root is None:
         _state.unwritable = "no NUMBA_CACHE_DIR, no XDG_CACHE_HOME and no home folder"
         _Locator.folder = os.path.join(os.sep, "nonexistent", "tinynet", stamp)  # never created
-        return f"in memory only ({_state.unwritable})"
-    _Locator.folder = os.path.join(root, stamp)
-    return _Locator.folder
+        _state.where = f"in memory only ({_state.unwritable})"
+    else:
+        _Locator.folder = _state.where = os.path.join(root, stamp)
+    return _state.where
 
 
 def check_active(probe: Any) -> bool:
@@ -259,7 +278,11 @@ def check_active(probe: Any) -> bool:
     without a word. Warns once when it did not; True when the cache is in use."""
     if MISSING_INTERNALS is not None or not isinstance(probe._cache, KernelCache):
         return False  # cached() has warned already
-    probe()
+    _state.probing = True
+    try:
+        probe()
+    finally:
+        _state.probing = False
     if not _state.consulted:
         _warn_once(
             "internals",
