@@ -251,8 +251,9 @@ def test_fixed_threads_on_request(monkeypatch):
 @pytest.mark.slow
 def test_a_compiling_first_call_says_so_once_and_a_slow_cached_one_says_nothing(tmp_path):
     """A fresh process with an empty kernel cache prints one line while it compiles (its
-    logging on, as the CLI has it: still one); the next process, with the kernels cached, prints nothing, even though its
-    first call is slow (as on a busy machine: here a sleep of 1.5 s inside it)."""
+    logging on, as the CLI has it: still one line); the next process, with the kernels cached,
+    prints nothing, even though its first call is slow (as on a busy machine: here a sleep of
+    1.5 s inside it)."""
     import subprocess
     import sys
 

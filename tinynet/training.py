@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -156,146 +157,149 @@ def fit(
             early_stopping.load_state(state.early_stopping, best)
             if early_stopping.stopped_epoch is not None:
                 return history  # the run this checkpoint holds had stopped
-    per_sample = loss.reduction == "mean"
-    for epoch in range(state.epoch + 1, epochs + 1):
-        saved = _snapshot(model, optimizer)  # restored if this epoch diverges
-        # A backend that can train this model's batches takes stretches of the epoch (a whole
-        # number of batches, the same batches as below) and the progress bar moves between them.
-        # Built per epoch, so a learning rate changed in on_epoch_end takes effect.
-        spec = model.epoch_spec(loss, optimizer)
-        local_sgd = distributed is not None and distributed.average_every is not None
-        if spec is not None:
-            if distributed is None:
-                fused = B.can_train_batches(spec, batch_size)
-            elif local_sgd:  # each rank's own steps, on its shards: the usual fused epochs
-                fused = B.can_train_batches(spec, batch_size // distributed.size)
-            else:
-                fused = B.can_train_batches_distributed(spec, distributed)
-            spec = spec if fused else None
-        chunk = _chunk(n, batch_size)
-        order = rng.permutation(n) if shuffle else None
-        order_on_device = B.asarray(order) if order is not None else None  # one upload
-        total = B.xp.zeros((), dtype=np.float64)
-        start_time = time.perf_counter()
-        bar = tqdm(
-            total=n,
-            desc=f"epoch {epoch}/{epochs}",
-            unit="sample",
-            unit_scale=True,
-            disable=not progress,
-            leave=False,
-            mininterval=0.5,
-        )
-        next_refresh = start_time
-        with bar:
-            for start in range(0, n, chunk):
-                stop = min(start + chunk, n)
-                if local_sgd:
-                    try:
+    # Under MPI, an error on one rank (a failed checkpoint write, a callback, a kernel) stops
+    # every rank: the others would wait forever in the next collective.
+    with _every_rank_stops_with(distributed):
+        per_sample = loss.reduction == "mean"
+        for epoch in range(state.epoch + 1, epochs + 1):
+            saved = _snapshot(model, optimizer)  # restored if this epoch diverges
+            # A backend that can train this model's batches takes stretches of the epoch (a whole
+            # number of batches, the same batches as below) and the progress bar moves between them.
+            # Built per epoch, so a learning rate changed in on_epoch_end takes effect.
+            spec = model.epoch_spec(loss, optimizer)
+            local_sgd = distributed is not None and distributed.average_every is not None
+            if spec is not None:
+                if distributed is None:
+                    fused = B.can_train_batches(spec, batch_size)
+                elif local_sgd:  # each rank's own steps, on its shards: the usual fused epochs
+                    fused = B.can_train_batches(spec, batch_size // distributed.size)
+                else:
+                    fused = B.can_train_batches_distributed(spec, distributed)
+                spec = spec if fused else None
+            chunk = _chunk(n, batch_size)
+            order = rng.permutation(n) if shuffle else None
+            order_on_device = B.asarray(order) if order is not None else None  # one upload
+            total = B.xp.zeros((), dtype=np.float64)
+            start_time = time.perf_counter()
+            bar = tqdm(
+                total=n,
+                desc=f"epoch {epoch}/{epochs}",
+                unit="sample",
+                unit_scale=True,
+                disable=not progress,
+                leave=False,
+                mininterval=0.5,
+            )
+            next_refresh = start_time
+            with bar:
+                for start in range(0, n, chunk):
+                    stop = min(start + chunk, n)
+                    if local_sgd:
                         total += _local_sgd_steps(
                             model, X, T, order, start, stop, batch_size, loss, optimizer,
                             distributed, spec,
                         )  # fmt: skip
-                    except BaseException as exc:  # the other ranks wait in an allreduce
-                        distributed.abort(exc)
-                elif spec is not None:
-                    idx = (
-                        order_on_device[start:stop]
-                        if order_on_device is not None
-                        else B.xp.arange(start, stop)
-                    )
-                    if distributed is None:
-                        total += B.train_batches(spec, X, T, idx, batch_size)
-                    else:
-                        try:
+                    elif spec is not None:
+                        idx = (
+                            order_on_device[start:stop]
+                            if order_on_device is not None
+                            else B.xp.arange(start, stop)
+                        )
+                        if distributed is None:
+                            total += B.train_batches(spec, X, T, idx, batch_size)
+                        else:
                             total += B.train_batches_distributed(
                                 spec, X, T, idx, batch_size, distributed
                             )
-                        except BaseException as exc:  # the other ranks wait in an allreduce
-                            distributed.abort(exc)
-                    updates = -(-(stop - start) // batch_size)  # the batches it trained
-                    spec.step += updates
-                    optimizer.advance(model.parameters(), updates)
-                elif distributed is not None:
-                    try:
+                        updates = -(-(stop - start) // batch_size)  # the batches it trained
+                        spec.step += updates
+                        optimizer.advance(model.parameters(), updates)
+                    elif distributed is not None:
                         total += _distributed_steps(
                             model, X, T, order_on_device, start, stop, batch_size, loss,
                             optimizer, distributed,
                         )  # fmt: skip
-                    except BaseException as exc:  # the other ranks wait in an allreduce
-                        distributed.abort(exc)
-                else:
-                    with B.step_threads((id(model), batch_size), stop - start):
-                        for first in range(start, stop, batch_size):
-                            last = min(first + batch_size, stop)
-                            if order_on_device is None:
-                                xb, tb = X[first:last], T[first:last]
-                            else:
-                                idx = order_on_device[first:last]
-                                xb, tb = X[idx], T[idx]
-                            value = model.step(xb, tb, loss, optimizer)
-                            total += value * (last - first) if per_sample else value
-                if progress:
-                    bar.update(stop - start)
-                    now = time.perf_counter()
-                    if now >= next_refresh:
-                        next_refresh = now + 0.5
-                        rate = stop / max(now - start_time, 1e-9)
-                        bar.set_postfix(
-                            loss=f"{float(total) / stop:.4f}",
-                            samples_s=f"{rate:,.0f}",
-                            refresh=False,
-                        )
-        if distributed is not None:
-            total = distributed.sum(float(total))  # each rank summed its own shards' losses
-        mean_loss = float(total) / n
-        elapsed = time.perf_counter() - start_time
-        # the loss is that of the weights before each step: the last steps' updates can
-        # overflow with a finite loss, so the weights are checked too
-        diverged = None if math.isfinite(mean_loss) else f"the loss is {mean_loss}"
-        weights = model.parameters()
-        if diverged is None and not all(bool(B.xp.isfinite(p.data).all()) for p in weights):
-            diverged = "a weight overflowed to inf or NaN"
-        if diverged is not None:
-            _restore(saved, optimizer)
-            raise InvalidInputError(
-                f"training diverged in epoch {epoch}: {diverged}; the weights are back to what "
-                f"they were before it; try a smaller learning rate (now {optimizer.lr:g})"
+                    else:
+                        with B.step_threads((id(model), batch_size), stop - start):
+                            for first in range(start, stop, batch_size):
+                                last = min(first + batch_size, stop)
+                                if order_on_device is None:
+                                    xb, tb = X[first:last], T[first:last]
+                                else:
+                                    idx = order_on_device[first:last]
+                                    xb, tb = X[idx], T[idx]
+                                value = model.step(xb, tb, loss, optimizer)
+                                total += value * (last - first) if per_sample else value
+                    if progress:
+                        bar.update(stop - start)
+                        now = time.perf_counter()
+                        if now >= next_refresh:
+                            next_refresh = now + 0.5
+                            rate = stop / max(now - start_time, 1e-9)
+                            bar.set_postfix(
+                                loss=f"{float(total) / stop:.4f}",
+                                samples_s=f"{rate:,.0f}",
+                                refresh=False,
+                            )
+            if distributed is not None:
+                total = distributed.sum(float(total))  # each rank summed its own shards' losses
+            mean_loss = float(total) / n
+            elapsed = time.perf_counter() - start_time
+            # the loss is that of the weights before each step: the last steps' updates can
+            # overflow with a finite loss, so the weights are checked too
+            diverged = None if math.isfinite(mean_loss) else f"the loss is {mean_loss}"
+            weights = model.parameters()
+            if diverged is None and not all(bool(B.xp.isfinite(p.data).all()) for p in weights):
+                diverged = "a weight overflowed to inf or NaN"
+            if diverged is not None:
+                _restore(saved, optimizer)
+                raise InvalidInputError(
+                    f"training diverged in epoch {epoch}: {diverged}; the weights are back to what "
+                    f"they were before it; try a smaller learning rate (now {optimizer.lr:g})"
+                )
+            record = {
+                "loss": mean_loss,
+                "time": elapsed,
+                "samples_per_s": n / elapsed,
+                "lr": optimizer.lr,  # the rate this epoch trained with
+            }
+            if validation_data is not None:
+                scores = _evaluate_arrays(model, X_val, T_val, loss, 4096)
+                record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
+            history.append(**record)
+            stop = early_stopping is not None and early_stopping.after_epoch(
+                epoch, record, model.parameters(), B.xp
             )
-        record = {
-            "loss": mean_loss,
-            "time": elapsed,
-            "samples_per_s": n / elapsed,
-            "lr": optimizer.lr,  # the rate this epoch trained with
-        }
-        if validation_data is not None:
-            scores = _evaluate_arrays(model, X_val, T_val, loss, 4096)
-            record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
-        history.append(**record)
-        stop = early_stopping is not None and early_stopping.after_epoch(
-            epoch, record, model.parameters(), B.xp
-        )
-        if schedule is not None:
-            schedule.after_epoch(epoch, record)
-        if on_epoch_end is not None:
-            try:
+            if schedule is not None:
+                schedule.after_epoch(epoch, record)
+            if on_epoch_end is not None:
                 on_epoch_end(epoch, record)
-            except BaseException as exc:
-                if distributed is None:
-                    raise
-                distributed.abort(exc)
-        if checkpoint is not None and (distributed is None or distributed.is_root):
-            state.epoch, state.rng_state = epoch, rng.bit_generator.state
-            state.history = history.history
-            state.schedule = schedule.state() if schedule is not None else None
-            state.early_stopping = early_stopping.state() if early_stopping is not None else None
-            best = early_stopping.best_params if early_stopping is not None else None
-            checkpoints.save(checkpoint, model, optimizer, state, best)
-        if stop:
-            break
-    if early_stopping is not None:
-        early_stopping.restore(model.parameters())
+            if checkpoint is not None and (distributed is None or distributed.is_root):
+                state.epoch, state.rng_state = epoch, rng.bit_generator.state
+                state.history = history.history
+                state.schedule = schedule.state() if schedule is not None else None
+                state.early_stopping = (
+                    early_stopping.state() if early_stopping is not None else None
+                )
+                best = early_stopping.best_params if early_stopping is not None else None
+                checkpoints.save(checkpoint, model, optimizer, state, best)
+            if stop:
+                break
+        if early_stopping is not None:
+            early_stopping.restore(model.parameters())
     return history
+
+
+@contextmanager
+def _every_rank_stops_with(distributed: MPI | None) -> Iterator[None]:
+    """Under MPI, any exception ends the whole job at once (``MPI.abort``); alone, it raises."""
+    if distributed is None:
+        yield
+        return
+    try:
+        yield
+    except BaseException as exc:  # KeyboardInterrupt too: the others would still wait
+        distributed.abort(exc)
 
 
 def _distributed_steps(
