@@ -37,8 +37,9 @@ class Schedule:
         raise NotImplementedError
 
     def state(self) -> dict[str, Any]:
-        """What a checkpoint keeps to continue the schedule exactly."""
-        return {"base_lr": getattr(self, "base_lr", None)}
+        """What a checkpoint keeps to continue the schedule exactly (its type: a checkpoint
+        holds the state of one kind of schedule)."""
+        return {"type": type(self).__name__, "base_lr": getattr(self, "base_lr", None)}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.base_lr = state["base_lr"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -135,7 +136,14 @@ def fit(
     state = checkpoints.Checkpoint(0, {}, None, {}, None, None)
     best = None
     if resume is not None:
-        state, best = checkpoints.load(resume, model, optimizer)
+        state, best = checkpoints.load(resume, model, optimizer, loss, schedule, early_stopping)
+        if state.epoch >= epochs:
+            warnings.warn(
+                f"{os.fspath(resume)} holds {state.epoch} epochs done and epochs={epochs} "
+                "counts all epochs, done and to do: nothing to train (ask for more epochs)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         rng.bit_generator.state = state.rng_state
         history = History({key: list(values) for key, values in state.history.items()})
     if validation_split:
@@ -282,7 +290,7 @@ def fit(
                     early_stopping.state() if early_stopping is not None else None
                 )
                 best = early_stopping.best_params if early_stopping is not None else None
-                checkpoints.save(checkpoint, model, optimizer, state, best)
+                checkpoints.save(checkpoint, model, optimizer, state, best, loss)
             if stop:
                 break
         if early_stopping is not None:
