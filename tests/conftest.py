@@ -22,6 +22,21 @@ import tinynet as tn
 from tests.backends import backend_params
 from tinynet import backend as backend_module
 
+# The fast tier (`pytest -m "not slow"`) leaves out whole files of child processes, and every
+# test that reads full MNIST; others carry @pytest.mark.slow themselves.
+SLOW_FILES = {
+    "test_cupy_on_host.py",  # the whole cupy suite again in a child pytest, on the stand-in
+    "test_distributed.py",  # mpiexec jobs
+    "test_numba_cache.py",  # child processes compiling into empty caches
+    "test_readme.py",  # the README's snippets, each in a fresh process
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_FILES or "mnist_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(params=backend_params())
 def backend_name(request) -> str:

@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 import time
 import warnings
 from typing import Any
@@ -17,8 +18,8 @@ import numpy as np
 
 import tinynet as tn
 from tinynet.datasets import mnist_loader
-from tinynet.errors import InvalidInputError, TinynetError
-from tinynet.layers import activation_alpha
+from tinynet.errors import InvalidInputError, TinynetError, checked_seed
+from tinynet.layers import activation_alpha, check_weights_fit
 from tinynet.system import DISTRIBUTION, install_hint
 
 # Recipes: the settings each flag falls back to. `default` is tuned for accuracy (>= 98% on
@@ -232,6 +233,8 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
 
 def _data(args: argparse.Namespace, train: bool = True):
     """(train, test, source); train is None when not asked for."""
+    if args.data_dir and not os.path.isdir(args.data_dir):  # never a silent fallback
+        raise InvalidInputError(f"--data-dir {args.data_dir}: no such folder")
     if args.sample:
         return (
             tn.datasets.mnist_sample("train") if train else None,
@@ -254,9 +257,34 @@ def _data(args: argparse.Namespace, train: bool = True):
 
 
 def _check_output_path(path: str | None, what: str) -> None:
-    """Fail before training, not after, when a result could not be written."""
-    if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+    """Fail before training, not after, when a result could not be written: a missing or
+    unwritable folder (tried with a real file), or a directory where the file should be."""
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
         raise InvalidInputError(f"cannot write {what} {path}: its folder does not exist")
+    if os.path.isdir(path):
+        raise InvalidInputError(f"cannot write {what} {path}: it is a directory")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot write {what} {path}: {exc.strerror or exc} in {folder}"
+        ) from None
+
+
+def _save_model(net: tn.MLP, path: str, say: Any) -> None:
+    """net.save(path); if that fails after training, the model is saved in the temp folder
+    instead and the error says where (hours of training are not lost to a full disk)."""
+    try:
+        net.save(path)
+    except TinynetError as exc:
+        fallback = os.path.join(tempfile.gettempdir(), f"tinynet-model-{os.getpid()}.npz")
+        net.save(fallback)
+        raise TinynetError(f"{exc}; the trained model is saved in {fallback} instead") from None
+    say(f"model saved to {path}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -288,12 +316,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_output_path(args.checkpoint, "the checkpoint to")
     if args.resume and not os.path.isfile(args.resume):
         raise InvalidInputError(f"--resume: no checkpoint at {args.resume}")
+    if args.resume and args.lr is not None:
+        warnings.warn(
+            f"--lr {args.lr:g} is not used: a resumed run goes on with the learning rate its "
+            "checkpoint holds (and its schedule)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    checked_seed(args.seed, "--seed")
     # every setting is checked before the data loads (seconds, or a download)
     for flag in ("epochs", "batch_size"):
         if opt[flag] < 1:
             raise InvalidInputError(f"--{flag.replace('_', '-')} must be >= 1, got {opt[flag]}")
     if any(size < 1 for size in opt["hidden"]):
         raise InvalidInputError(f"--hidden sizes must be >= 1, got {opt['hidden']}")
+    sizes = [mnist_loader.PIXELS, *opt["hidden"], 10]
+    check_weights_fit(list(zip(sizes[1:], sizes[:-1], strict=True)), np.dtype(args.dtype))
     if opt["activation"] not in tn.ACTIVATIONS:
         raise InvalidInputError(
             f"unknown activation {opt['activation']!r}; valid: {', '.join(tn.ACTIVATIONS)}"
@@ -408,8 +446,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{trained / train_time:,.0f} samples/s), wall {wall:.1f} s"
     )
     if args.save and root:
-        net.save(args.save)
-        say(f"model saved to {args.save}")
+        _save_model(net, args.save, say)
     if args.plot and root:
         _plot(history, args.plot, f"{source}, recipe {args.recipe}, {backend.name}")
         say(f"training curve saved to {args.plot}")
@@ -466,6 +503,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     tn.set_backend("numpy")  # the weights only: no kernels to compile
+    if os.path.exists(args.onnx) and os.path.realpath(args.onnx) == os.path.realpath(args.model):
+        raise InvalidInputError(
+            f"the ONNX file {args.onnx} is the model file itself: name another file"
+        )
     net = tn.load(args.model)
     try:
         net.to_onnx(args.onnx, opset=args.opset, input_type=args.input_type)
@@ -500,6 +541,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the command's other notes are: one framed line, not Python's two."""
+    print(f"tinynet: warning: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export}
@@ -510,7 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     log.addHandler(handler)
     level, log.level = log.level, logging.INFO
     try:
-        return command(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return command(args)
     except TinynetError as exc:
         print(f"tinynet: error: {exc}", file=sys.stderr)
         return 2

@@ -61,3 +61,21 @@ def positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
         raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def checked_seed(value: Any, name: str = "seed") -> Any:
+    """``value`` if NumPy can seed a generator with it (None, an int >= 0 or a Generator);
+    otherwise an InvalidInputError naming the setting."""
+    if value is None or _is_generator(value):
+        return value
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
+        raise InvalidInputError(
+            f"{name} must be None or an integer >= 0 (NumPy's seeds), got {value!r}"
+        )
+    return int(value)
+
+
+def _is_generator(value: Any) -> bool:
+    import numpy as np
+
+    return isinstance(value, np.random.Generator)

@@ -13,6 +13,7 @@ import numpy as np
 
 from tinynet.errors import InvalidInputError
 from tinynet.layers import Dense, Rescaling
+from tinynet.model_file import write_atomically
 from tinynet.system import install_hint
 
 DEFAULT_OPSET = 17
@@ -55,7 +56,14 @@ def to_onnx(
     value = "input"
 
     def constant(name: str, array: np.ndarray) -> str:
-        weights.append(numpy_helper.from_array(np.asarray(array, np.float32), name))
+        with np.errstate(over="ignore"):  # an overflow is the error below, not a warning
+            as_float32 = np.asarray(array, np.float32)
+        if not np.isfinite(as_float32).all():  # ONNX holds float32: a float64 model may not fit
+            raise InvalidInputError(
+                f"cannot export {name}: it holds values beyond float32's range (largest "
+                f"{np.finfo(np.float32).max:.3g}), which ONNX's float32 weights would make inf"
+            )
+        weights.append(numpy_helper.from_array(as_float32, name))
         return name
 
     def node(op: str, inputs: list[str], name: str, **attributes: Any) -> str:
@@ -103,7 +111,8 @@ def to_onnx(
         graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tinynet"
     )
     onnx.checker.check_model(model, full_check=True)
-    onnx.save_model(model, os.fspath(path))
+    data = model.SerializeToString()
+    write_atomically(path, lambda f: f.write(data), what="the ONNX model")
 
 
 # PyTorch activations tinynet has, by module class name

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from tinynet.backend import ACTIVATIONS, Backend, get_backend
-from tinynet.errors import InvalidInputError, ShapeError, positive_int
+from tinynet.errors import InvalidInputError, ShapeError, checked_seed, positive_int
+from tinynet.system import physical_memory
 
 _ALIASES = {None: "identity", "linear": "identity", "none": "identity", "logistic": "sigmoid"}
 INITS = ("auto", "glorot_uniform", "he_normal", "normal", "uniform", "zeros")
@@ -68,6 +69,21 @@ def dtype_of(dtype: Any) -> np.dtype:
     if dt.name not in DTYPES:
         raise InvalidInputError(f"unsupported dtype {dt.name!r}; valid: {', '.join(DTYPES)}")
     return dt
+
+
+def check_weights_fit(shapes: list[tuple[int, int]], dtype: np.dtype) -> None:
+    """InvalidInputError before anything is allocated when the weights of layers of these
+    (out, in) shapes could not be trained in this machine's memory: training keeps each weight
+    at least twice (the weight and its gradient)."""
+    memory = physical_memory()
+    needed = 2 * sum(out * n_in for out, n_in in shapes) * dtype.itemsize
+    if memory is not None and needed > memory:
+        sizes = ", ".join(f"{out}x{n_in}" for out, n_in in shapes)
+        raise InvalidInputError(
+            f"weights of {sizes} in {dtype.name} need {needed / 2**30:,.1f} GiB to train (the "
+            f"weights and their gradients), more than this machine's "
+            f"{memory / 2**30:,.1f} GiB: choose smaller layers"
+        )
 
 
 def init_weights(
@@ -178,7 +194,9 @@ class Dense(Layer):
         self.alpha = activation_alpha(self.activation, alpha)
         self.init = init
         self.dtype = dtype_of(dtype)
+        check_weights_fit([(self.out_features, self.in_features)], self.dtype)
         self.backend = get_backend()
+        seed = checked_seed(seed)
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         W = init_weights(init, self.out_features, self.in_features, self.activation, rng)
         self.weight = Parameter(self.backend.asarray(W, self.dtype), "weight")
@@ -246,10 +264,20 @@ class Dense(Layer):
         for name, arr in (("weights", W), ("bias", b)):
             if arr is not None and not np.all(np.isfinite(arr)):
                 raise InvalidInputError(f"{name} contain NaN or inf")
+        # Checked again after the cast: finite float64 values beyond float32's range turn inf.
         # Copies: training must never write into the caller's arrays.
-        self.weight.data = self.backend.xp.array(W, dtype=self.dtype, order="C", copy=True)
+        with np.errstate(over="ignore"):  # an overflow is the error below, not a warning
+            W = np.array(W, dtype=self.dtype, order="C", copy=True)
+            b = None if b is None else np.array(b, dtype=self.dtype, order="C", copy=True)
+        for name, arr in (("weights", W), ("bias", b)):
+            if arr is not None and not np.all(np.isfinite(arr)):
+                raise InvalidInputError(
+                    f"{name} hold values beyond {self.dtype.name}'s range (largest "
+                    f"{np.finfo(self.dtype).max:.3g}): they would be inf in this layer"
+                )
+        self.weight.data = self.backend.asarray(W, self.dtype)
         if self.bias is not None:
-            self.bias.data = self.backend.xp.array(b, dtype=self.dtype, order="C", copy=True)
+            self.bias.data = self.backend.asarray(b, self.dtype)
 
     def config(self) -> dict[str, Any]:
         return {

@@ -19,7 +19,14 @@ import numpy as np
 
 from tinynet import training
 from tinynet.backend import EpochSpec, LayerSpec
-from tinynet.errors import InvalidInputError, ModelFileError, ShapeError, TinynetError
+from tinynet.errors import (
+    InvalidInputError,
+    ModelFileError,
+    ShapeError,
+    TinynetError,
+    checked_seed,
+    positive_int,
+)
 from tinynet.layers import (
     INITS,
     PARAMETRIZED,
@@ -30,6 +37,8 @@ from tinynet.layers import (
     SeedLike,
     activation_alpha,
     activation_name,
+    check_weights_fit,
+    dtype_of,
 )
 from tinynet.losses import CrossEntropy, Loss, SquaredError
 from tinynet.model_file import ModelArchive, parse_config, write_atomically
@@ -91,6 +100,11 @@ class MLP:
             activation_alpha(acts[0], alpha)  # the error saying which activations take one
         if len(sizes) < 2:
             raise InvalidInputError(f"need at least an input and an output size, got {sizes!r}")
+        seed = checked_seed(seed)
+        sizes = [positive_int(f"sizes[{i}]", size) for i, size in enumerate(sizes)]
+        check_weights_fit(
+            [(n_out, n_in) for n_in, n_out in itertools.pairwise(sizes)], dtype_of(dtype)
+        )
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         layers: list[Layer] = []
         if rescale is not None:
@@ -148,7 +162,14 @@ class MLP:
                 RuntimeWarning,
                 stacklevel=3,
             )
-        return self.backend.asarray(x, None if keep_dtype else self.dtype)
+        with np.errstate(over="ignore"):  # an overflow is the error below, not a warning
+            converted = self.backend.asarray(x, None if keep_dtype else self.dtype)
+        if check_finite and _narrowed(x, converted) and not _all_finite(xp, converted):
+            raise InvalidInputError(
+                f"input holds values beyond {converted.dtype}'s range (largest "
+                f"{np.finfo(converted.dtype).max:.3g}): they would be inf in this model"
+            )
+        return converted
 
     def as_targets(self, t: Any, n: int, check_finite: bool = True) -> Any:
         """Targets as a checked backend array (n, out_features); integer labels become one-hot
@@ -175,7 +196,14 @@ class MLP:
             raise InvalidInputError(f"targets must be numeric, got dtype {t.dtype}")
         if check_finite and not _all_finite(xp, t):
             raise InvalidInputError("targets contain NaN or inf")
-        return self.backend.asarray(t, self.dtype)
+        with np.errstate(over="ignore"):
+            converted = self.backend.asarray(t, self.dtype)
+        if check_finite and _narrowed(t, converted) and not _all_finite(xp, converted):
+            raise InvalidInputError(
+                f"targets hold values beyond {converted.dtype}'s range (largest "
+                f"{np.finfo(converted.dtype).max:.3g})"
+            )
+        return converted
 
     def check_loss(self, loss: Loss) -> None:
         """InvalidInputError unless ``loss`` is a tinynet loss that suits the last activation."""
@@ -209,7 +237,9 @@ class MLP:
                 g = layer.backward(g, need_dx)
 
     def predict(self, x: Any, batch_size: int = 4096) -> np.ndarray:
-        """Outputs for ``x`` (batch, in_features) as a NumPy array, computed in chunks."""
+        """Outputs for ``x`` (batch, in_features) as a NumPy array, computed in chunks of
+        ``batch_size`` rows."""
+        batch_size = positive_int("batch_size", batch_size)
         x = self.as_inputs(x)
         chunks = [np.empty((0, self.out_features), self.dtype)]
         for start in range(0, x.shape[0], batch_size):
@@ -436,6 +466,16 @@ def _all_finite(xp: Any, a: Any) -> bool:
     if a.dtype.kind != "f" or a.size == 0:
         return True
     return bool(xp.isfinite(a.min())) and bool(xp.isfinite(a.max()))
+
+
+def _narrowed(before: Any, after: Any) -> bool:
+    """Whether a cast from ``before``'s float type to ``after``'s could overflow (float64 to
+    float32): finite values beyond the narrower range become inf."""
+    return (
+        before.dtype.kind == "f"
+        and after.dtype.kind == "f"
+        and (after.dtype.itemsize < before.dtype.itemsize)
+    )
 
 
 def _as_array(data: Any, what: str) -> np.ndarray:

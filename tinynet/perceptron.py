@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from tinynet.backend import get_backend
-from tinynet.errors import InvalidInputError, ShapeError
+from tinynet.errors import InvalidInputError, ShapeError, checked_seed
 
 
 class Perceptron:
@@ -45,7 +45,7 @@ class Perceptron:
         self.dtype = np.dtype(dtype)
         # Zeros by default (the seed allows "random or all-zero"); a seed draws small weights.
         w = np.zeros((1, self.n_inputs + 1))
-        if seed is not None:
+        if checked_seed(seed) is not None:
             w = np.random.default_rng(seed).normal(0.0, 0.1, w.shape)
         self.w = self.backend.asarray(w, self.dtype)
         self.errors_per_epoch: list[int] = []

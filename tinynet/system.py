@@ -51,6 +51,14 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def physical_memory() -> int | None:
+    """This machine's memory in bytes; None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def check_numba_threads_variable() -> None:
     """BackendError naming NUMBA_NUM_THREADS when it is set to anything but a positive integer
     (Numba itself fails on import with "Number of threads specified must be > 0")."""

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from tinynet import checkpoint as checkpoints
 from tinynet.backend import Backend, EpochSpec
 from tinynet.callbacks import EarlyStopping
-from tinynet.errors import InvalidInputError, ShapeError, positive_int
+from tinynet.errors import InvalidInputError, ShapeError, checked_seed, positive_int
 from tinynet.layers import Parameter
 from tinynet.losses import Loss
 from tinynet.optim import Optimizer
@@ -116,6 +116,7 @@ def fit(
     writes the checkpoint. An error on one rank stops them all with a line naming it.
     """
     epochs = positive_int("epochs", epochs)
+    seed = checked_seed(seed)
     batch_size = positive_int("batch_size", batch_size)
     model.check_loss(loss)
     B = model.backend

@@ -40,11 +40,12 @@ SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
+PIXELS = 28 * 28  # per image: a network's input features
 # Decompressed sizes: a 16-byte (images) or 8-byte (labels) header, then one byte per value.
 SIZES = {
-    "train-images-idx3-ubyte": 16 + 60_000 * 28 * 28,
+    "train-images-idx3-ubyte": 16 + 60_000 * PIXELS,
     "train-labels-idx1-ubyte": 8 + 60_000,
-    "t10k-images-idx3-ubyte": 16 + 10_000 * 28 * 28,
+    "t10k-images-idx3-ubyte": 16 + 10_000 * PIXELS,
     "t10k-labels-idx1-ubyte": 8 + 10_000,
 }
 TIMEOUT = 30.0  # seconds a mirror may stay silent

@@ -1,0 +1,245 @@
+"""Faults and bad input that held-out probes found (issue #23, N9-N18 and the new user's run):
+each one now a clear error or a recovery, injected here for real."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tinynet as tn
+from tests.faults import clean_env, make_read_only, make_writable, python
+from tinynet.cli import main
+
+
+def _one_line_error(capsys, argv, *patterns) -> str:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors exit from inside main
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("tinynet: error:")
+    for pattern in patterns:
+        assert re.search(pattern, err), (pattern, err)
+    return err
+
+
+@pytest.fixture
+def no_data(monkeypatch):
+    """Loading data fails the test: these errors must come before it."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the data was loaded before the settings were checked")
+
+    monkeypatch.setattr("tinynet.datasets.load_mnist", refuse)
+    monkeypatch.setattr("tinynet.datasets.mnist_sample", refuse)
+
+
+# -- N12, N13: seeds and sizes ----------------------------------------------------------------
+def test_a_negative_seed_is_a_clear_error(capsys, no_data):
+    _one_line_error(capsys, ["train", "--seed", "-1"], "--seed must be None or an integer >= 0")
+    x, y = np.zeros((4, 3)), np.array([0, 1, 0, 1])
+    for bad in (-5, 2.5, True, "1"):
+        with pytest.raises(tn.InvalidInputError, match="seed must be None or an integer >= 0"):
+            tn.MLP.from_sizes([3, 2], seed=bad)
+    net = tn.MLP.from_sizes([3, 2], seed=0)
+    with pytest.raises(tn.InvalidInputError, match="seed must be"):
+        net.fit(x, y, tn.CrossEntropy(), tn.SGD(0.1), seed=-5)
+    with pytest.raises(tn.InvalidInputError, match="seed must be"):
+        tn.Perceptron(2, seed=-1)
+
+
+def test_weights_that_cannot_fit_are_refused_before_allocating(capsys, no_data):
+    """N13: a billion hidden units, 5.8 TiB of float32 weights and gradients: refused before
+    the data loads or NumPy allocates (a MemoryError traceback before)."""
+    _one_line_error(
+        capsys, ["train", "--hidden", "1000000000"], r"need [\d,.]+ GiB to train", "smaller layers"
+    )
+    with pytest.raises(tn.InvalidInputError, match="1000000000x784, 10x1000000000 in float64"):
+        tn.MLP.from_sizes([784, 10**9, 10], dtype="float64")
+    with pytest.raises(tn.InvalidInputError, match="more than this machine's"):
+        tn.Dense(10**6, 10**6)
+
+
+# -- N14, N15: predict's batch size, values beyond float32 --------------------------------------
+@pytest.mark.parametrize("bad", [-1, 0, 2.5, True])
+def test_predict_refuses_a_batch_size_that_is_not_a_count(bad):
+    net = tn.MLP.from_sizes([3, 2], seed=0)
+    with pytest.raises(tn.InvalidInputError, match="batch_size must be a positive integer"):
+        net.predict(np.ones((5, 3)), batch_size=bad)
+
+
+def test_finite_values_beyond_float32_are_refused_after_the_cast():
+    """N15: 1e39 is finite in float64 and inf in float32: predict returned NaN and set_weights
+    stored inf without a word."""
+    net = tn.MLP.from_sizes([2, 3, 2], seed=0)
+    before = net.get_weights()
+    with pytest.raises(tn.InvalidInputError, match="beyond float32's range"):
+        net.predict(np.array([[1e39, 0.0]]))
+    with pytest.raises(tn.InvalidInputError, match="weights hold values beyond float32's range"):
+        net.layers[0].set_weights(np.full((3, 2), -1e39), np.zeros(3))
+    with pytest.raises(tn.InvalidInputError, match="bias hold values beyond float32's range"):
+        net.layers[0].set_weights(np.zeros((3, 2)), np.full(3, 1e39))
+    with pytest.raises(tn.InvalidInputError, match="targets hold values beyond"):
+        net.fit(np.zeros((2, 2)), np.full((2, 2), 1e39), tn.SquaredError(), tn.SGD(0.1))
+    for (W, b), (W0, b0) in zip(net.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(W, W0)
+        np.testing.assert_array_equal(b, b0)
+    wide = tn.MLP.from_sizes([2, 3, 2], seed=0, dtype="float64")
+    assert np.isfinite(wide.predict(np.array([[1e39, 0.0]]))).all()  # float64 holds it
+
+
+# -- N9, N18: where results go ------------------------------------------------------------------
+def test_a_plot_or_save_onto_a_directory_fails_before_training(capsys, tmp_path, no_data):
+    (tmp_path / "out").mkdir()
+    _one_line_error(capsys, ["train", "--plot", str(tmp_path / "out")], "it is a directory")
+    _one_line_error(capsys, ["train", "--save", str(tmp_path / "out")], "it is a directory")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_a_read_only_folder_fails_before_training(tmp_path):
+    """N9: the folder's write permission is tried with a real file before training (as root,
+    the child gives up its right to ignore permissions)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    make_read_only(folder)
+    try:
+        code = (
+            "import sys; from tinynet.cli import main\n"
+            f"sys.exit(main(['train', '--sample', '--epochs', '1', '--quiet', "
+            f"'--save', {str(folder / 'm.npz')!r}]))\n"
+        )
+        done = python(code, clean_env(), read_only_respected=True)
+    finally:
+        make_writable(folder)
+    assert done.returncode == 2, done.stderr
+    assert re.fullmatch(r"tinynet: error: cannot write the model to .*m\.npz: .*\n", done.stderr)
+    assert "epoch" not in done.stdout  # nothing trained
+    assert not (folder / "m.npz").exists()
+
+
+def test_a_save_that_fails_after_training_keeps_the_model(capsys, tmp_path, monkeypatch):
+    """N9: the folder disappears while the model trains (an unmounted disk): the model is
+    saved in the temp folder, and the error says where."""
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    real_fit = tn.MLP.fit
+
+    def fit_then_lose_the_folder(self, *args, **kwargs):
+        history = real_fit(self, *args, **kwargs)
+        shutil.rmtree(folder)
+        return history
+
+    monkeypatch.setattr(tn.MLP, "fit", fit_then_lose_the_folder)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    argv = ["train", "--sample", "--epochs", "1", "--hidden", "8", "--quiet"]
+    err = _one_line_error(capsys, [*argv, "--save", str(folder / "m.npz")], "cannot save")
+    (kept,) = re.findall(r"the trained model is saved in (\S+) instead", err)
+    assert os.path.dirname(kept) == str(tmp_path)
+    net = tn.load(kept)
+    assert net.layers[1].out_features == 8
+
+
+# -- N10, N11, N17: ONNX export -----------------------------------------------------------------
+@pytest.fixture
+def saved(tmp_path):
+    pytest.importorskip("onnx")
+    net = tn.MLP.from_sizes([6, 5, 4], seed=0)
+    net.save(tmp_path / "m.npz")
+    return net, tmp_path / "m.npz"
+
+
+def _export(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "tinynet.cli", "export", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_exporting_onto_the_model_itself_is_refused(saved):
+    """N11: `tinynet export m.npz m.npz` overwrote the model with the ONNX file."""
+    _, path = saved
+    before = path.read_bytes()
+    done = _export(path, path)
+    assert done.returncode == 2
+    assert "is the model file itself" in done.stderr and "Traceback" not in done.stderr
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "directory", "dangling-link"])
+def test_export_into_a_place_it_cannot_write_is_one_line(saved, where):
+    """N10: the same atomic writer and errors as save."""
+    net, path = saved
+    folder = path.parent
+    target = {
+        "missing-folder": folder / "no" / "m.onnx",
+        "directory": folder,
+        "dangling-link": folder / "link.onnx",
+    }[where]
+    if where == "dangling-link":
+        target.symlink_to(folder / "no" / "where.onnx")
+    with pytest.raises(tn.ModelFileError, match=r"cannot save the ONNX model to"):
+        net.to_onnx(target)
+    done = _export(path, target)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("tinynet: error: cannot save the ONNX model to")
+    assert "Traceback" not in done.stderr
+
+
+def test_export_into_a_read_only_folder_is_one_line(saved, tmp_path):
+    _, path = saved
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    make_read_only(folder)
+    try:
+        code = (
+            "import sys; from tinynet.cli import main\n"
+            f"sys.exit(main(['export', {str(path)!r}, {str(folder / 'm.onnx')!r}]))\n"
+        )
+        done = python(code, clean_env(), read_only_respected=True)
+    finally:
+        make_writable(folder)
+    assert done.returncode == 2, done.stderr
+    assert re.fullmatch(r"tinynet: error: cannot save the ONNX model to .*\n", done.stderr)
+
+
+def test_a_float64_model_beyond_float32_is_not_exported_as_inf(tmp_path):
+    """N17: ONNX holds float32 weights; 1e39 would be inf there."""
+    pytest.importorskip("onnx")
+    net = tn.MLP.from_sizes([2, 3, 2], seed=0, dtype="float64")
+    W, b = net.layers[0].get_weights()
+    W[0, 0] = 1e39
+    net.layers[0].set_weights(W, b)
+    with pytest.raises(tn.InvalidInputError, match="W0: it holds values beyond float32's range"):
+        net.to_onnx(tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+# -- the new user's run -------------------------------------------------------------------------
+def test_a_data_dir_that_does_not_exist_is_an_error_not_a_fallback(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("TINYNET_DATA_DIR", str(tmp_path))
+    _one_line_error(capsys, ["train", "--data-dir", "/typo", "--epochs", "1"], "/typo: no such")
+    tn.MLP.from_sizes([784, 10], seed=0).save(tmp_path / "m.npz")
+    evaluate = ["evaluate", str(tmp_path / "m.npz"), "--data-dir", "/typo"]
+    _one_line_error(capsys, evaluate, "/typo: no such")
+
+
+def test_resume_says_that_lr_is_not_used_in_one_framed_line(capsys, tmp_path):
+    ckpt = tmp_path / "run.ckpt"
+    argv = ["train", "--sample", "--hidden", "8", "--quiet", "--checkpoint", str(ckpt)]
+    assert main([*argv, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--epochs", "2", "--resume", str(ckpt), "--lr", "0.5"]) == 0
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if "--lr" in line]
+    assert line.startswith("tinynet: warning: --lr 0.5 is not used")
+    assert "RuntimeWarning" not in err and "warnings.warn" not in err
