@@ -78,9 +78,13 @@ B.train_batches_distributed = counted
 try:
     epochs, checkpoint, resume = (sys.argv[5:8] + ["3", "", ""][len(sys.argv[5:8]):])
     batch = {"batch-1": 1, "odd-batch": 63, "last-row": 599}.get(mode, 64)
-    history = net.fit(X, labels, tn.CrossEntropy(), optimizer, epochs=int(epochs), batch_size=batch,
+    other = mpi.rank == 1  # settings outside the model that one rank may get wrong
+    epochs = int(epochs) + (mode == "other-epochs" and other)
+    split = 0.25 if mode == "other-split" and other else 0.0
+    schedule = tn.StepLR(1) if mode == "other-schedule" and other else None
+    history = net.fit(X, labels, tn.CrossEntropy(), optimizer, epochs=epochs, batch_size=batch,
                       seed=5, distributed=mpi, checkpoint=checkpoint or None,
-                      resume=resume or None)
+                      resume=resume or None, validation_split=split, schedule=schedule)
 except tn.InvalidInputError as exc:
     print(f"rank {mpi.rank}: {exc}", flush=True)
     sys.exit(3)
@@ -205,6 +209,9 @@ def test_a_batch_smaller_than_the_ranks_is_a_clear_error(tmp_path):
         ("other-dtype", "dtype"),
         ("other-backend", "backend"),
         ("other-data", "data"),
+        ("other-epochs", "epochs"),  # N3: the job hung
+        ("other-split", "validation_split"),  # N3: MPICH crashed
+        ("other-schedule", "schedule"),  # N3: different weights per rank, exit 0
     ],
 )
 def test_ranks_that_disagree_fail_before_training(tmp_path, mode, differs):

@@ -52,6 +52,18 @@ def data_digest(backend: Any, X: Any, T: Any) -> str:
     return digest.hexdigest()
 
 
+def file_digest(path: Any) -> str:
+    """A digest of a file's bytes (a checkpoint every rank resumes from), or why there is none."""
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    return digest.hexdigest()
+
+
 def nccl_unusable(places: list[tuple[str, str]], loaded: list[bool]) -> str | None:
     """Why NCCL cannot sum these ranks' arrays, or None where it can. ``places``: each rank's
     (host, PCI bus id of its GPU); ``loaded``: whether NCCL's library loads on each rank. NCCL
@@ -161,11 +173,20 @@ class MPI:
 
     # -- before training ------------------------------------------------------------------------
     def start(
-        self, model: Any, optimizer: Any, loss: Any, batch_size: int, data: tuple, seed: Any
+        self,
+        model: Any,
+        optimizer: Any,
+        loss: Any,
+        batch_size: int,
+        data: tuple,
+        seed: Any,
+        settings: dict[str, Any] | None = None,
     ) -> int:
-        """Check that every rank trains the same thing on the same data (X, T), make the
-        weights rank 0's, and return the shuffling seed every rank uses (rank 0's). An
-        InvalidInputError on every rank, before any training, when the ranks disagree."""
+        """Check that every rank trains the same thing on the same data (X, T) with the same
+        ``settings`` (the rest of fit's arguments that change the collectives or the result:
+        epochs, schedule, validation, ...), make the weights rank 0's, and return the shuffling
+        seed every rank uses (rank 0's). An InvalidInputError on every rank, before any
+        training, when the ranks disagree."""
         if batch_size < self.size:
             raise InvalidInputError(
                 f"batch_size {batch_size} over {self.size} ranks: each step needs a row for "
@@ -177,6 +198,7 @@ class MPI:
                 f"evenly, got {batch_size}"
             )
         mine = self._fingerprint(model, optimizer, loss, batch_size, data)
+        mine.update({key: repr(value) for key, value in (settings or {}).items()})
         everyone = self.comm.allgather(mine)
         differ = [rank for rank, theirs in enumerate(everyone) if theirs != everyone[0]]
         if differ:
@@ -352,4 +374,4 @@ class MPI:
         os._exit(1)
 
 
-__all__ = ["MPI", "data_digest", "launched_size", "nccl_unusable"]
+__all__ = ["MPI", "data_digest", "file_digest", "launched_size", "nccl_unusable"]

@@ -126,7 +126,22 @@ def fit(
         raise ShapeError("no training samples")
     T = model.as_targets(T, n)
     if distributed is not None:  # the same model, weights and shuffling seed on every rank
-        seed = distributed.start(model, optimizer, loss, batch_size, (X, T), seed)
+        from tinynet.distributed import data_digest, file_digest
+
+        settings = {
+            "epochs": epochs,
+            "shuffle": shuffle,
+            "validation_split": validation_split,
+            "validation_data": (
+                None
+                if validation_data is None
+                else data_digest(B, *(B.asarray(a) for a in validation_data))
+            ),
+            "schedule": _described(schedule),
+            "early_stopping": _described(early_stopping),
+            "resume": None if resume is None else file_digest(resume),
+        }
+        seed = distributed.start(model, optimizer, loss, batch_size, (X, T), seed, settings)
         progress = progress and distributed.is_root
     if not (isinstance(validation_split, int | float) and 0 <= validation_split < 1):
         raise InvalidInputError(f"validation_split must be in [0, 1), got {validation_split!r}")
@@ -297,6 +312,14 @@ def fit(
         if early_stopping is not None:
             early_stopping.restore(model.parameters())
     return history
+
+
+def _described(setting: Any) -> str | None:
+    """A schedule or early stopping as its type and settings, for the ranks to compare."""
+    if setting is None:
+        return None
+    values = sorted((k, v) for k, v in vars(setting).items() if isinstance(v, int | float | str))
+    return f"{type(setting).__name__}{values}"
 
 
 @contextmanager
