@@ -86,13 +86,15 @@ def _problem(n: int = 40, seed: int = 0):
     return X, labels, Ws, bs
 
 
-def reference_run(X, labels, Ws, bs, optimizer, batch: int):
+def reference_run(X, labels, Ws, bs, optimizer, batch: int, frozen_steps: int = 0):
     """STEPS mini-batch steps (rows in order, wrapping around) of a tanh hidden layer and a
-    softmax output under cross-entropy, in float64, each parameter updated by ``optimizer``."""
+    softmax output under cross-entropy, in float64, each parameter updated by ``optimizer``;
+    the first layer's weights frozen for the first ``frozen_steps`` (no update, so no step
+    counted: torch.optim skips a parameter without a gradient)."""
     Ws, bs = [W.copy() for W in Ws], [b.copy() for b in bs]
     T = np.eye(SIZES[-1])[labels]
     batches = itertools.cycle(range(0, len(X), batch))
-    for _ in range(STEPS):
+    for step in range(STEPS):
         start = next(batches)
         x, t = X[start : start + batch], T[start : start + batch]
         h = np.tanh(x @ Ws[0].T + bs[0])
@@ -103,7 +105,8 @@ def reference_run(X, labels, Ws, bs, optimizer, batch: int):
         d1 = (d2 @ Ws[1]) * (1 - h**2)
         grads = [(d1.T @ x, d1.sum(axis=0)), (d2.T @ h, d2.sum(axis=0))]
         for i, (gW, gb) in enumerate(grads):
-            Ws[i] = optimizer.update(("W", i), Ws[i], gW)
+            if i > 0 or step >= frozen_steps:
+                Ws[i] = optimizer.update(("W", i), Ws[i], gW)
             bs[i] = optimizer.update(("b", i), bs[i], gb)
     return Ws, bs
 
@@ -132,6 +135,40 @@ def test_every_optimizer_matches_its_reference(backend_name, name, batch):
         np.testing.assert_allclose(b, b_ref, **TOL)
     moved = sum(float(np.abs(W - W0).max()) for (W, _), W0 in zip(got, Ws, strict=True))
     assert moved > 1e-3  # the run trained
+
+
+@pytest.mark.parametrize("resumed", [False, True], ids=["straight", "resumed"])
+@pytest.mark.parametrize("batch", [1, 8, 20])
+def test_a_frozen_then_unfrozen_layer_starts_its_adam_steps_at_one(
+    backend_name, batch, resumed, tmp_path
+):
+    """The first layer's weights frozen for half the steps, then trained: their Adam step
+    count starts then (bias correction 1 - beta^t from t = 1), on every path; and the same
+    when the second half is a resumed run whose checkpoint holds their count of 0."""
+    X, labels, Ws, bs = _problem()
+    epochs = STEPS * batch // len(X)
+    frozen_steps = epochs // 2 * len(X) // batch
+    ref_W, ref_b = reference_run(X, labels, Ws, bs, ReferenceAdam(0.01), batch, frozen_steps)
+    net = tn.MLP.from_sizes(list(SIZES), "tanh", "softmax", dtype="float64")
+    for layer, W, b in zip(net.layers, Ws, bs, strict=True):
+        layer.set_weights(W, b)
+    settings = dict(batch_size=batch, shuffle=False)
+    net.layers[0].freeze("weights")
+    ckpt = tmp_path / "half.ckpt"
+    optimizer = tn.Adam(0.01)
+    net.fit(X, labels, tn.CrossEntropy(), optimizer, epochs // 2, checkpoint=ckpt, **settings)
+    np.testing.assert_array_equal(net.layers[0].get_weights()[0], Ws[0])  # it stayed frozen
+    if resumed:  # a fresh model and optimizer go on from the checkpoint
+        net = tn.MLP.from_sizes(list(SIZES), "tanh", "softmax", dtype="float64", seed=9)
+        optimizer = tn.Adam(0.01)
+        settings["resume"] = ckpt
+    net.layers[0].unfreeze()
+    more = epochs if resumed else epochs - epochs // 2  # resume's epochs count those done
+    net.fit(X, labels, tn.CrossEntropy(), optimizer, more, **settings)
+    for layer, W_ref, b_ref in zip(net.layers, ref_W, ref_b, strict=True):
+        W, b = layer.get_weights()
+        np.testing.assert_allclose(W, W_ref, **TOL)
+        np.testing.assert_allclose(b, b_ref, **TOL)
 
 
 def test_every_optimizer_matches_torch_optim():

@@ -120,6 +120,44 @@ def test_string_labels_and_partial_fit():
         models["names"].partial_fit(X_train[:5], np.array(["digit 10"] * 5))
 
 
+def test_partial_fit_refuses_classes_that_changed():
+    """N20: scikit-learn raises when a later partial_fit names other classes."""
+    X, y = np.eye(4), np.array([0, 1, 2, 0])
+    model = MLPClassifier((4,), random_state=0, backend=BACKENDS[0])
+    model.partial_fit(X, y, classes=[0, 1, 2])
+    model.partial_fit(X, y, classes=[2, 1, 0])  # the same classes in another order
+    with pytest.raises(ValueError, match="is not the same as on last call to partial_fit"):
+        model.partial_fit(X, y, classes=[0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_sgd_with_momentum_trains_as_scikit_learns(nesterov):
+    """From the same weights, on the same batches, in float64: the weights after 6 epochs are
+    scikit-learn's, with and without nesterovs_momentum (its update, v <- m v - lr g, then
+    w <- w + v or, Nesterov, w <- w + m v - lr g, is torch's in other variables)."""
+    from sklearn.neural_network import MLPClassifier as ScikitLearnMLP
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 4)), rng.integers(0, 3, 60)
+    settings = dict(
+        hidden_layer_sizes=(5,), activation="tanh", solver="sgd", learning_rate_init=0.1,
+        momentum=0.9, nesterovs_momentum=nesterov, alpha=0.0, batch_size=20, shuffle=False,
+        random_state=0, tol=0.0,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = MLPClassifier(**settings, max_iter=6, backend=BACKENDS[0]).fit(X, y)
+        # our initial weights: one epoch at a learning rate too small to move them
+        start = MLPClassifier(**{**settings, "learning_rate_init": 1e-300}, max_iter=1).fit(X, y)
+        theirs = ScikitLearnMLP(**settings, max_iter=1, warm_start=True).fit(X, y)
+        theirs.coefs_ = [c.copy() for c in start.coefs_]
+        theirs.intercepts_ = [b.copy() for b in start.intercepts_]
+        theirs.set_params(max_iter=6).fit(X, y)
+    mine, scikit = ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_
+    for got, want in zip(mine, scikit, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_warm_start_continues_from_the_last_fit():
     X_train, _, y_train, _ = _digits()
     model = MLPClassifier((16,), max_iter=3, warm_start=True, random_state=0, backend="numpy")

@@ -328,6 +328,13 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """One epoch over (X, y); the first call needs ``classes``, every label to come."""
         if not hasattr(self, "_net") and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit")
+        if classes is not None and hasattr(self, "classes_"):
+            given = np.unique(np.asarray(classes))
+            if not np.array_equal(given, self.classes_):  # scikit-learn's rule and message
+                raise ValueError(
+                    f"`classes={given!r}` is not the same as on last call to partial_fit, "
+                    f"was: {self.classes_!r}"
+                )
         return self._fit(X, y, incremental=True, classes=classes)
 
     def predict_proba(self, X: Any) -> np.ndarray:
