@@ -42,6 +42,21 @@ def test_every_activation_exports_and_runs_in_onnxruntime(tmp_path, activation):
     np.testing.assert_allclose(got, net.predict(x), rtol=1e-5, atol=1e-6)
 
 
+def test_the_step_activation_is_one_at_exactly_zero_in_onnx(tmp_path):
+    """step(z) = 1 for z >= 0 (the perceptron's rule in the seeds): rows whose products are
+    exactly 0 must give 1 in onnxruntime as in predict; random inputs never hit z = 0."""
+    net = tn.MLP([tn.Dense(2, 3, activation="step")])
+    W = np.array([[1.0, -1.0], [0.0, 0.0], [-1.0, 1.0]])
+    net.layers[0].set_weights(W, np.zeros(3))
+    x = np.array([[2.0, 2.0], [1.0, 3.0], [-1.0, 0.5]], np.float32)  # z: 0 0 0 / -2 0 2 / ...
+    expected = (x @ W.T >= 0).astype(np.float32)  # by hand from the definition
+    assert (x @ W.T == 0).sum() >= 4
+    net.to_onnx(tmp_path / "step.onnx")
+    (got,) = _session(tmp_path / "step.onnx").run(None, {"input": x})
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(net.predict(x), expected)
+
+
 def test_bias_free_layers_and_float64_models_export(tmp_path):
     net = _net("tanh", dtype="float64", bias=False)
     net.to_onnx(tmp_path / "net.onnx")
