@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from tinynet import backend as backend_module
 from tinynet.errors import BackendError
 from tinynet.system import cpu_count
 
@@ -23,6 +24,9 @@ class MachineLoad:
     tests give a file and clocks of their own)."""
 
     WINDOW_S = 0.2
+    # The first reading comes sooner, so the first call of a run already sees the load; five
+    # clock ticks (at 100 a second) still tell a busy core from an idle one.
+    FIRST_WINDOW_S = 0.05
 
     def __init__(
         self,
@@ -52,7 +56,7 @@ class MachineLoad:
         if now is None or self._last is None:
             return self._others
         elapsed = now[0] - self._last[0]
-        if elapsed >= self.WINDOW_S:
+        if elapsed >= (self.WINDOW_S if self._others is not None else self.FIRST_WINDOW_S):
             others = ((now[1] - self._last[1]) - (now[2] - self._last[2])) / elapsed
             self._others, self._last = max(0.0, others), now
         return self._others
@@ -66,7 +70,9 @@ class TeamSizer:
 
     While the other processes leave a core free (MachineLoad, from /proc/stat), every call
     runs on the full team, without probes: a team is slower than one thread only when it must
-    share its cores. Under load, and where /proc/stat cannot be read, the rates decide, per
+    share its cores. When they leave none (a load of ``most`` cores or more), every call runs
+    on one thread, the first included. In between, and where /proc/stat cannot be read, the
+    rates decide, per
     kind of call (``key``): the first call is not counted (it may compile), nor calls of fewer
     than MIN_SAMPLES; the full team runs, one thread is probed, and the faster runs on; the
     size changes only when a probe of the other is faster. The full team probes one thread
@@ -88,6 +94,9 @@ class TeamSizer:
     def choose(self, key: Any, most: int) -> int:
         if most <= 1:
             return 1
+        fixed = backend_module.get_threads()
+        if fixed is not None:  # tn.set_threads: the user's count, no probes
+            return min(fixed, most)
         kind = self._kinds.setdefault(
             key,
             {
@@ -104,6 +113,11 @@ class TeamSizer:
         others = self.machine.others_busy()
         if others is not None and others < free:
             return most  # the cores are free: the whole team, no probes
+        if others is not None and others >= most - self.FREE:
+            # no core is free: a team's threads would wait for each other for their share of
+            # the cores (ten times slower under a heavy load), from the first call on; one
+            # thread runs until the load leaves a core to share (then the rates decide)
+            return 1
         rates = kind["rates"]
         if not kind["seen"] or most not in rates:
             return most

@@ -243,3 +243,26 @@ def test_resume_says_that_lr_is_not_used_in_one_framed_line(capsys, tmp_path):
     (line,) = [line for line in err.splitlines() if "--lr" in line]
     assert line.startswith("tinynet: warning: --lr 0.5 is not used")
     assert "RuntimeWarning" not in err and "warnings.warn" not in err
+
+
+def test_threads_fixes_the_count_on_the_command_line(capsys, monkeypatch, no_data):
+    _one_line_error(capsys, ["train", "--threads", "0"], "--threads must be >= 1, got 0")
+
+
+def test_threads_reaches_every_stretch_of_training(monkeypatch):
+    """--threads 1: each stretch the sizer runs is on one thread, whatever the load says."""
+    from tinynet.kernels.threads import TeamSizer
+
+    seen = []
+    real = TeamSizer.choose
+
+    def choose(self, key, most):
+        size = real(self, key, most)
+        seen.append((size, tn.get_threads()))
+        return size
+
+    monkeypatch.setattr(TeamSizer, "choose", choose)
+    argv = ["train", "--sample", "--epochs", "1", "--hidden", "8", "--quiet", "--threads", "1"]
+    assert main(argv) == 0
+    assert seen and set(seen) == {(1, 1)}
+    assert tn.get_threads() is None  # fit restored the setting

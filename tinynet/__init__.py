@@ -10,9 +10,12 @@ from tinynet.backend import (
     Backend,
     available_backends,
     get_backend,
+    get_threads,
     set_backend,
+    set_threads,
     to_numpy,
     use_backend,
+    use_threads,
 )
 from tinynet.callbacks import EarlyStopping
 from tinynet.errors import (
@@ -64,12 +67,15 @@ __all__ = [
     "datasets",
     "distributed",
     "get_backend",
+    "get_threads",
     "load",
     "losses",
     "one_hot",
     "schedules",
     "set_backend",
+    "set_threads",
     "system",
     "to_numpy",
     "use_backend",
+    "use_threads",
 ]

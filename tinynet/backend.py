@@ -366,6 +366,38 @@ def use_backend(name: str) -> Iterator[Backend]:
         _explicit = previous
 
 
+_threads: int | None = None  # set_threads: a fixed count, or None to let each backend choose
+
+
+def set_threads(threads: int | None) -> None:
+    """Run every CPU call (Numba's teams, the BLAS pools) on ``threads`` threads, at most the
+    cores this process may use; ``None`` (the default) lets the backends choose per kind of
+    call from the machine's load and measured rates (kernels/threads.py). For users who know
+    their machine: on one shared with other work, 1 is often fastest."""
+    global _threads
+    if threads is not None:
+        from tinynet.errors import positive_int
+
+        threads = positive_int("threads", threads)
+    _threads = threads
+
+
+def get_threads() -> int | None:
+    """The count set_threads fixed, or None when the backends choose."""
+    return _threads
+
+
+@contextlib.contextmanager
+def use_threads(threads: int | None) -> Iterator[None]:
+    """``with use_threads(1):`` runs the block on that thread count, then restores it."""
+    previous = _threads
+    set_threads(threads)
+    try:
+        yield
+    finally:
+        set_threads(previous)
+
+
 def to_numpy(x: Any) -> np.ndarray:
     """Any backend's array (or anything array-like) as a NumPy array."""
     if isinstance(x, np.ndarray):

@@ -185,6 +185,13 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save", metavar="NPZ", help="save the trained model (default: none)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="train on N threads, at most the cores (default: chosen from the machine's load, "
+        "one while other processes keep every core busy)",
+    )
+    train.add_argument(
         "--average-every",
         type=int,
         metavar="K",
@@ -324,6 +331,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             stacklevel=2,
         )
     checked_seed(args.seed, "--seed")
+    if args.threads is not None and args.threads < 1:
+        raise InvalidInputError(f"--threads must be >= 1, got {args.threads}")
     # every setting is checked before the data loads (seconds, or a download)
     for flag in ("epochs", "batch_size"):
         if opt[flag] < 1:
@@ -432,6 +441,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         resume=args.resume,
         distributed=distributed,
+        threads=args.threads,
     )
     wall = time.perf_counter() - started
     accuracy = net.evaluate(x_test, t_test)["accuracy"]

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tinynet import checkpoint as checkpoints
-from tinynet.backend import Backend, EpochSpec
+from tinynet.backend import Backend, EpochSpec, use_threads
 from tinynet.callbacks import EarlyStopping
 from tinynet.errors import InvalidInputError, ShapeError, checked_seed, positive_int
 from tinynet.layers import Parameter
@@ -93,6 +93,7 @@ def fit(
     checkpoint: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     distributed: MPI | None = None,
+    threads: int | None = None,
 ) -> History:
     """Mini-batch SGD over (X, T) for ``epochs`` epochs; returns the History.
 
@@ -114,7 +115,41 @@ def fit(
     passing the whole training set: each global batch of ``batch_size`` rows is split over the
     ranks and their gradients averaged (one allreduce a step); rank 0 alone shows progress and
     writes the checkpoint. An error on one rank stops them all with a line naming it.
+
+    ``threads``: train on this many threads (``tinynet.use_threads``); None: as set by
+    ``tinynet.set_threads``, by default chosen from the machine's load.
     """
+    if threads is None:
+        return _fit(**_arguments(locals()))
+    with use_threads(threads):
+        return _fit(**_arguments(locals()))
+
+
+def _arguments(given: dict[str, Any]) -> dict[str, Any]:
+    """fit's arguments (its locals before anything else runs) but ``threads``, for _fit."""
+    return {name: value for name, value in given.items() if name != "threads"}
+
+
+def _fit(
+    model: Trainable,
+    X: Any,
+    T: Any,
+    loss: Loss,
+    optimizer: Optimizer,
+    epochs: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int | None,
+    validation_data: tuple[Any, Any] | None,
+    progress: bool,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None,
+    validation_split: float,
+    schedule: Schedule | None,
+    early_stopping: EarlyStopping | None,
+    checkpoint: str | os.PathLike | None,
+    resume: str | os.PathLike | None,
+    distributed: MPI | None,
+) -> History:
     epochs = positive_int("epochs", epochs)
     seed = checked_seed(seed)
     batch_size = positive_int("batch_size", batch_size)
