@@ -228,28 +228,48 @@ def memory_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+CONTENTION = {  # condition: its column; older runs named the one-busy conditions "loaded"
+    "quiet": "quiet",
+    "one-busy": "1 busy",
+    "loaded": "1 busy",
+    "loaded-1-thread": "1 busy, 1 thread",
+    "two-busy": "2 busy",
+    "two-busy-1-thread": "2 busy, 1 thread",
+    "two-busy-2-threads": "2 busy, 2 threads",
+}
+
+
 def contention_table(rows: list[dict]) -> list[str]:
-    """Per path: the median round quiet, beside a busy core, and (numba) beside it on one thread;
-    loaded / quiet and loaded / loaded on one thread."""
+    """Per path: the median round in each condition (quiet, beside busy processes, with the
+    threads fixed); each busy condition / quiet, and under two busy processes the default's
+    choice / the best fixed thread count."""
     times: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r.get("kind") == "contention":
+        if r.get("kind") == "contention" and r["condition"] in CONTENTION:
             key = (r["contender"], r["path"], r["batch"])
-            times[key][r["condition"]].append(r["median_s"])
+            times[key][CONTENTION[r["condition"]]].append(r["median_s"])
     if not times:
         return []
+    columns = [c for c in dict.fromkeys(CONTENTION.values()) if any(c in t for t in times.values())]
+    loads = [c for c in ("1 busy", "2 busy") if c in columns]
+    fixed = [c for c in ("2 busy, 1 thread", "2 busy, 2 threads") if c in columns]
     lines = [
-        "| contender | path | batch | quiet | loaded | loaded, one thread | loaded / quiet | "
-        "loaded / one thread loaded |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| contender | path | batch | "
+        + " | ".join(columns)
+        + " | "
+        + "".join(f"{c} / quiet | " for c in loads)
+        + ("2 busy / best fixed |" if fixed else ""),
+        "|---|---|---:|" + "---:|" * (len(columns) + len(loads) + bool(fixed)),
     ]
     for key in sorted(times):
         med = {c: statistics.median(v) for c, v in times[key].items()}
-        quiet, loaded, one = med.get("quiet"), med.get("loaded"), med.get("loaded-1-thread")
-        cells = [f"{v * 1e3:.1f} ms" if v else "-" for v in (quiet, loaded, one)]
+        cells = [f"{med[c] * 1e3:.1f} ms" if c in med else "-" for c in columns]
+        ratios = [_ratio(med.get(c), med.get("quiet")) for c in loads]
+        best = min((med[c] for c in fixed if c in med), default=None)
         lines.append(
-            f"| {key[0]} | {key[1]} | {key[2]} | {' | '.join(cells)} | {_ratio(loaded, quiet)} | "
-            f"{_ratio(loaded, one)} |"
+            f"| {key[0]} | {key[1]} | {key[2]} | {' | '.join(cells)} | "
+            + "".join(f"{r} | " for r in ratios)
+            + (f"{_ratio(med.get('2 busy'), best)} |" if fixed else "")
         )
     return lines
 
@@ -466,10 +486,12 @@ def render(json_path: Path, prefix: Path) -> str:
             scaling_table(rows),
         ),
         *_section(
-            "Beside a busy core",
-            "The 784-128-10 network's rounds (float32) on a quiet machine, beside one "
-            "single-threaded busy-loop process, and (numba) beside it with Numba and BLAS on "
-            "one thread; medians over 2 alternating repeats of the median of 3 rounds.",
+            "Beside busy processes",
+            "The 784-128-10 network's rounds (float32) on a quiet machine, beside one and two "
+            "single-threaded busy-loop processes, and beside two with the threads fixed at 1 "
+            "and 2 (tn.use_threads); medians over 2 alternating repeats of the median of 3 "
+            "rounds. Two busy processes leave training a fair share of one core: 2.0x quiet is "
+            "the floor.",
             contention_table(rows),
         ),
         *_section(

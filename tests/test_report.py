@@ -202,14 +202,22 @@ def test_contention_ratios(tmp_path):
 
     runs = [
         case("numba", "quiet", 0.010),
-        case("numba", "loaded", 0.015),
-        case("numba", "loaded-1-thread", 0.012),
+        case("numba", "one-busy", 0.015),
+        case("numba", "two-busy", 0.024),
+        case("numba", "two-busy-1-thread", 0.020),
+        case("numba", "two-busy-2-threads", 0.030),
         case("numpy", "quiet", 0.020),
-        case("numpy", "loaded", 0.080),
+        case("numpy", "loaded", 0.080),  # an older run's name for one busy process
     ]
     text = report.render(_write(tmp_path, runs), tmp_path / "out")
-    assert "| numba | small batch | 32 | 10.0 ms | 15.0 ms | 12.0 ms | 1.50x | 1.25x |" in text
-    assert "| numpy | small batch | 32 | 20.0 ms | 80.0 ms | - | 4.00x | - |" in text
+    assert (
+        "| quiet | 1 busy | 2 busy | 2 busy, 1 thread | 2 busy, 2 threads | 1 busy / quiet | "
+        "2 busy / quiet | 2 busy / best fixed |" in text
+    )
+    # 24 / 10 = 2.40; against the best fixed count, 1 thread's 20 ms: 1.20
+    row = "| numba | small batch | 32 | 10.0 ms | 15.0 ms | 24.0 ms | 20.0 ms | 30.0 ms | "
+    assert row + "1.50x | 2.40x | 1.20x |" in text
+    assert "| numpy | small batch | 32 | 20.0 ms | 80.0 ms | - | - | - | 4.00x | - | - |" in text
 
 
 def test_adam_against_its_sgd_baseline(tmp_path):
