@@ -20,7 +20,12 @@ class MachineLoad:
     (/proc/stat, steal included) minus this process's own, per second of wall time, averaged
     over the last WINDOW_S at least. Linux only; None elsewhere or before a window has passed.
 
-    ``stat_path``, ``clock`` and ``own_cpu`` are where the three readings come from (the
+    What the others *use* understates what they *want* once no core is idle: the scheduler
+    shares the cores among all runnable threads, ours included. ``others_demand`` estimates the
+    busy threads they run from that share (measured here with 2 cores: two busy loops beside
+    one thread of ours use 1.43 cores, one beside it 1.02).
+
+    ``stat_path``, ``clock``, ``own_cpu`` and ``cores`` are where the readings come from (the
     tests give a file and clocks of their own)."""
 
     WINDOW_S = 0.2
@@ -33,22 +38,27 @@ class MachineLoad:
         stat_path: str = "/proc/stat",
         clock: Callable[[], float] = time.monotonic,
         own_cpu: Callable[[], float] = time.process_time,
+        cores: int | None = None,
     ) -> None:
         self._stat_path, self._clock, self._own_cpu = stat_path, clock, own_cpu
-        self._last: tuple[float, float, float] | None = self._read()
+        self.cores = cores or os.cpu_count() or 1  # /proc/stat counts the whole machine's
+        self._last: tuple[float, float, float, float] | None = self._read()
         self._others: float | None = None
+        self._idle: float | None = None
 
-    def _read(self) -> tuple[float, float, float] | None:
-        """(wall time, machine busy seconds, own CPU seconds), or None without /proc/stat."""
+    def _read(self) -> tuple[float, float, float, float] | None:
+        """(wall time, machine busy seconds, own CPU seconds, machine idle seconds), or None
+        without /proc/stat."""
         try:
             with open(self._stat_path) as f:
                 fields = [int(v) for v in f.readline().split()[1:]]
             ticks = os.sysconf("SC_CLK_TCK")
             # user nice system idle iowait irq softirq steal ...: all but idle and iowait are busy
             busy = sum(fields[:3]) + sum(fields[5:8])
+            idle = fields[3] + fields[4]
         except (OSError, ValueError, IndexError):
             return None
-        return self._clock(), busy / ticks, self._own_cpu()
+        return self._clock(), busy / ticks, self._own_cpu(), idle / ticks
 
     def others_busy(self) -> float | None:
         """Cores' worth of CPU time the other processes used lately (0: a quiet machine)."""
@@ -58,8 +68,22 @@ class MachineLoad:
         elapsed = now[0] - self._last[0]
         if elapsed >= (self.WINDOW_S if self._others is not None else self.FIRST_WINDOW_S):
             others = ((now[1] - self._last[1]) - (now[2] - self._last[2])) / elapsed
+            self._idle = max(0.0, (now[3] - self._last[3]) / elapsed)
             self._others, self._last = max(0.0, others), now
         return self._others
+
+    SATURATED_IDLE = 0.25  # less idle than this (cores' worth): every core was taken
+
+    def others_demand(self, own_threads: int) -> float | None:
+        """The busy threads the other processes run, while this process ran ``own_threads``:
+        what they used where a core was left idle; else, sharing the cores fairly among all
+        runnable threads, own_threads * others / (cores - others)."""
+        others = self.others_busy()
+        if others is None or self._idle is None:
+            return None
+        if self._idle >= self.SATURATED_IDLE:
+            return others
+        return own_threads * others / max(self.cores - others, 0.05)
 
 
 class TeamSizer:
@@ -70,8 +94,8 @@ class TeamSizer:
 
     While the other processes leave a core free (MachineLoad, from /proc/stat), every call
     runs on the full team, without probes: a team is slower than one thread only when it must
-    share its cores. When they leave none (a load of ``most`` cores or more), every call runs
-    on one thread, the first included. In between, and where /proc/stat cannot be read, the
+    share its cores. When they leave none (they run ``most`` busy threads or more:
+    MachineLoad.others_demand), every call runs on one thread, the first included. In between, and where /proc/stat cannot be read, the
     rates decide, per
     kind of call (``key``): the first call is not counted (it may compile), nor calls of fewer
     than MIN_SAMPLES; the full team runs, one thread is probed, and the faster runs on; the
@@ -90,6 +114,7 @@ class TeamSizer:
     def __init__(self, machine: MachineLoad | None = None) -> None:
         self._kinds: dict[Any, dict[str, Any]] = {}
         self.machine = machine if machine is not None else MachineLoad()
+        self._last_size: int | None = None  # the threads the last call ran on, for the load
 
     def choose(self, key: Any, most: int) -> int:
         if most <= 1:
@@ -113,10 +138,12 @@ class TeamSizer:
         others = self.machine.others_busy()
         if others is not None and others < free:
             return most  # the cores are free: the whole team, no probes
-        if others is not None and others >= most - self.FREE:
+        demand = self.machine.others_demand(self._last_size or most)
+        if demand is not None and demand >= most - self.FREE:
             # no core is free: a team's threads would wait for each other for their share of
             # the cores (ten times slower under a heavy load), from the first call on; one
             # thread runs until the load leaves a core to share (then the rates decide)
+            self._last_size = 1
             return 1
         rates = kind["rates"]
         if not kind["seen"] or most not in rates:
@@ -138,6 +165,7 @@ class TeamSizer:
         """The size a call of kind ``key`` over ``samples`` runs on (``most`` unless
         adaptive), then its rate recorded."""
         size = self.choose(key, most) if adaptive else most
+        self._last_size = size
         start = time.perf_counter()
         yield size
         self.record(key, size, samples, time.perf_counter() - start)

@@ -78,13 +78,17 @@ B.train_batches_distributed = counted
 try:
     epochs, checkpoint, resume = (sys.argv[5:8] + ["3", "", ""][len(sys.argv[5:8]):])
     batch = {"batch-1": 1, "odd-batch": 63, "last-row": 599}.get(mode, 64)
+    stop_after_first = mode == "stop" and mpi.rank == 1  # SIGSTOP: alive, but never answers
+    on_end = (lambda epoch, record: epoch == 1 and os.kill(os.getpid(), signal.SIGSTOP)
+              ) if stop_after_first else None  # fmt: skip
     other = mpi.rank == 1  # settings outside the model that one rank may get wrong
     epochs = int(epochs) + (mode == "other-epochs" and other)
     split = 0.25 if mode == "other-split" and other else 0.0
     schedule = tn.StepLR(1) if mode == "other-schedule" and other else None
     history = net.fit(X, labels, tn.CrossEntropy(), optimizer, epochs=epochs, batch_size=batch,
                       seed=5, distributed=mpi, checkpoint=checkpoint or None,
-                      resume=resume or None, validation_split=split, schedule=schedule)
+                      resume=resume or None, validation_split=split, schedule=schedule,
+                      on_epoch_end=on_end)
 except tn.InvalidInputError as exc:
     print(f"rank {mpi.rank}: {exc}", flush=True)
     sys.exit(3)
@@ -194,6 +198,60 @@ def test_a_checkpoint_that_cannot_be_written_stops_every_rank(tmp_path, backend)
     assert said.count("failed:") == 1, said
     assert "Traceback" not in said
     assert not (tmp_path / "out.npz").exists()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_stopped_rank_ends_the_job_after_the_timeout(tmp_path, backend):
+    """N5: rank 1 stopped by SIGSTOP after the first epoch; rank 0 waits in the second epoch's
+    first collective (Python's allreduce on numpy, the compiled epoch's on numba) until
+    TINYNET_MPI_TIMEOUT, then ends the job with one line."""
+    if backend not in BACKENDS:
+        pytest.skip(f"{backend} unusable here")
+    out = str(tmp_path / "out.npz")
+    done = _mpiexec(tmp_path, backend, "momentum", out, "stop", env={"TINYNET_MPI_TIMEOUT": "3"})
+    assert done.returncode != 0
+    said = done.stderr
+    assert re.search(
+        r"tinynet: error: rank 0 of 2 waited more than 3 s for the other ranks in (the "
+        r"gradients' allreduce|a stretch of compiled steps): a rank has stopped or hung",
+        said,
+    ), said
+    assert "Traceback" not in said
+    assert not (tmp_path / "out.npz").exists()
+
+
+WAIT_JOB = """
+import sys, time
+import tinynet as tn
+mpi = tn.distributed.MPI()
+if mpi.rank == 1:
+    time.sleep(2.0)  # late to the collective
+wall, cpu = time.perf_counter(), time.process_time()
+total = mpi.sum(1.0)
+wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+print(f"rank {mpi.rank} total {total} wall {wall:.3f} cpu {cpu:.3f}", flush=True)
+"""
+
+
+def test_a_rank_waiting_for_a_late_one_does_not_spin(tmp_path):
+    """N5: the waits outside compiled code sleep between tests of the request: rank 0 waits
+    2 s for rank 1 and uses a small part of that as CPU time (MPICH's blocking call spun a
+    whole core)."""
+    job = tmp_path / "wait.py"
+    job.write_text(WAIT_JOB)
+    done = subprocess.run(
+        [MPIEXEC, "-n", "2", sys.executable, str(job)],
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+        env={**os.environ, "TINYNET_ADAPTIVE_THREADS": "0"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("rank 0 ")]
+    _, _, _, total, _, wall, _, cpu = line.split()
+    assert float(total) == 2.0
+    assert float(wall) > 1.5  # it did wait for rank 1
+    assert float(cpu) < 0.25 * float(wall), line
 
 
 def test_a_batch_smaller_than_the_ranks_is_a_clear_error(tmp_path):

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -266,3 +267,53 @@ def test_threads_reaches_every_stretch_of_training(monkeypatch):
     assert main(argv) == 0
     assert seen and set(seen) == {(1, 1)}
     assert tn.get_threads() is None  # fit restored the setting
+
+
+# -- the new user's run: silent mistakes that now get a word ------------------------------------
+def test_already_scaled_floats_into_a_rescaling_model_warn():
+    """Floats in [0, 1] through rescale=(1/255, 0) train to 16% on MNIST: say why."""
+    net = tn.MLP.from_sizes([4, 3], seed=0, rescale=(1 / 255, 0))
+    with pytest.warns(RuntimeWarning, match="that is for raw uint8 pixels"):
+        net.predict(np.full((2, 4), 0.5, np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net.predict(np.full((2, 4), 128, np.uint8))  # raw pixels: what the layer is for
+        net.predict(np.full((2, 4), 200.0))  # unscaled floats too
+
+
+def test_a_run_that_runs_away_without_converging_says_so():
+    """SGD(1e4, momentum=0.99): the weights grow by orders of magnitude while the loss stays
+    above the first epoch's; a sane rate trains without the warning."""
+    x, y = tn.datasets.mnist_sample("train")
+    with tn.use_backend("numpy"):
+        net = tn.MLP.from_sizes([784, 32, 10], seed=0, rescale=(1 / 255, 0))
+        with pytest.warns(RuntimeWarning, match="training is not converging.*smaller learning"):
+            net.fit(x[:500], y[:500], tn.CrossEntropy(), tn.SGD(1e4, momentum=0.99), 4, 32)
+        net = tn.MLP.from_sizes([784, 32, 10], seed=0, rescale=(1 / 255, 0))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            net.fit(x[:500], y[:500], tn.CrossEntropy(), tn.SGD(0.1, momentum=0.9), 4, 32)
+
+
+def test_a_model_file_of_another_format_version_names_both(tmp_path):
+    path = tmp_path / "m.npz"
+    tn.MLP.from_sizes([3, 2], seed=0).save(path)
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    arrays["__format__"] = np.array("tinynet-mlp-v2")
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(tn.ModelFileError, match="format tinynet-mlp-v2; this tinynet reads"):
+        tn.load(path)
+
+
+def test_the_sklearn_module_without_scikit_learn_names_the_extra():
+    code = (
+        "import sys\n"
+        "sys.modules['sklearn'] = None  # as if scikit-learn were not installed\n"
+        "import tinynet.sklearn\n"
+    )
+    done = python(code, clean_env())
+    assert done.returncode == 1
+    said = "ImportError: tinynet.sklearn needs scikit-learn: pip install 'tinynet-mlp[sklearn]'"
+    assert said in done.stderr

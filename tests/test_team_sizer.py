@@ -27,6 +27,9 @@ class Load:
     def others_busy(self) -> float | None:
         return self.cores
 
+    def others_demand(self, own_threads: int) -> float | None:
+        return self.cores  # as if a core were left idle: what they use is what they want
+
 
 def _run(sizer: TeamSizer, rate_of, calls: int, most: int = 2) -> list[int]:
     """Sizes chosen over ``calls`` calls, each measured at rate_of(size) samples/s."""
@@ -161,8 +164,10 @@ class FakeStat:
         self.fields[7] += round(steal_s * self.ticks)
         self.write()
 
-    def load(self):
-        return MachineLoad(str(self.path), clock=lambda: self.wall, own_cpu=lambda: self.own)
+    def load(self, cores=2):
+        return MachineLoad(
+            str(self.path), clock=lambda: self.wall, own_cpu=lambda: self.own, cores=cores
+        )
 
 
 def test_the_machine_load_counts_other_processes_not_this_one(tmp_path):
@@ -184,6 +189,22 @@ def test_the_machine_load_counts_other_processes_not_this_one(tmp_path):
     assert machine.others_busy() == pytest.approx(1.0)
     stat.advance(1.0, busy_s=0.5, own_s=1.0, idle_s=1.5)  # ticks lag the CPU clock: never < 0
     assert machine.others_busy() == 0.0
+
+
+def test_what_the_others_want_when_no_core_is_idle(tmp_path):
+    """Two busy loops beside one thread of ours on 2 cores use 1.43 cores between them (the
+    scheduler's fair share), one beside it 1.02: their demand is 2 and 1 threads. With a core
+    idle, what they use is what they want."""
+    stat = FakeStat(tmp_path / "stat")
+    machine = stat.load(cores=2)
+    stat.advance(1.0, busy_s=1.5, own_s=1.0, idle_s=0.5)  # half a core idle
+    assert machine.others_demand(own_threads=1) == pytest.approx(0.5)
+    stat.advance(1.0, busy_s=2.0, own_s=2 / 3)  # saturated: 1 of ours, 2 of theirs, 2/3 each
+    assert machine.others_demand(own_threads=1) == pytest.approx(2.0)
+    stat.advance(1.0, busy_s=2.0, own_s=1.0)  # saturated: 2 of ours, 2 of theirs, 1/2 each
+    assert machine.others_demand(own_threads=2) == pytest.approx(2.0)
+    stat.advance(1.0, busy_s=2.0, own_s=1.0)  # saturated: 1 of ours and 1 of theirs
+    assert machine.others_demand(own_threads=1) == pytest.approx(1.0)
 
 
 def test_the_first_reading_comes_after_a_short_window(tmp_path):

@@ -14,12 +14,16 @@ import it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import socket
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -30,6 +34,77 @@ log = logging.getLogger("tinynet")
 
 # the variables an MPI launcher sets in each process it starts (MPICH's Hydra and PMIx, Open MPI)
 LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
+TIMEOUT_VARIABLE = "TINYNET_MPI_TIMEOUT"
+DEFAULT_TIMEOUT_S = 600.0  # generous: a stretch of training steps between two checks
+
+
+def timeout_from_env() -> float:
+    """TINYNET_MPI_TIMEOUT in seconds, else DEFAULT_TIMEOUT_S."""
+    value = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not value:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise InvalidInputError(
+            f"{TIMEOUT_VARIABLE} must be a number of seconds > 0, got {value!r}"
+        )
+    return seconds
+
+
+class Watchdog:
+    """Ends this rank, with one line, once it has waited longer than ``timeout`` seconds in a
+    collective (or a stretch of compiled steps with collectives inside): a rank that stopped
+    (SIGSTOP), hung or lost its network would otherwise keep the others waiting forever. A
+    daemon thread checks once a second; the compiled epochs and mpi4py release the GIL while
+    they wait, so it runs whatever the main thread is blocked in."""
+
+    def __init__(self, timeout: float, rank: int, size: int) -> None:
+        self.timeout, self.rank, self.size = timeout, rank, size
+        self._since: float | None = None
+        self._what = ""
+        thread = threading.Thread(target=self._watch, name="tinynet-mpi-watchdog", daemon=True)
+        thread.start()
+
+    @contextlib.contextmanager
+    def waiting(self, what: str) -> Iterator[None]:
+        """The block waits for the other ranks (``what`` names it in the message)."""
+        self._what, self._since = what, time.monotonic()
+        try:
+            yield
+        finally:
+            self._since = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.timeout / 4))
+            since = self._since
+            if since is not None and time.monotonic() - since > self.timeout:
+                print(
+                    f"tinynet: error: rank {self.rank} of {self.size} waited more than "
+                    f"{self.timeout:g} s for the other ranks in {self._what}: a rank has "
+                    f"stopped or hung; stopping all ranks (the limit: MPI(timeout=...) or "
+                    f"{TIMEOUT_VARIABLE})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os._exit(1)
+
+
+def wait_for(request: Any, spin_s: float = 0.002) -> None:
+    """Wait for a non-blocking MPI request without spinning a core: a short spin (balanced
+    ranks meet within it), then tests between sleeps that double up to 10 ms. MPICH's blocking
+    calls poll at full speed for as long as a peer is late."""
+    start = time.perf_counter()
+    while not request.Test():
+        if time.perf_counter() - start > spin_s:
+            break
+    pause = 1e-4
+    while not request.Test():
+        time.sleep(pause)
+        pause = min(2 * pause, 0.01)
 
 
 def launched_size() -> int:
@@ -96,6 +171,10 @@ class MPI:
     ``threads``: the threads each rank's kernels and BLAS may use. The default is the machine's
     cores divided by the ranks on this node, so the ranks do not oversubscribe the cores.
 
+    ``timeout``: the seconds a rank waits for the others (in a collective, or a stretch of
+    compiled steps) before it ends the job with one line saying so; default TINYNET_MPI_TIMEOUT,
+    else 600. The waits outside compiled code sleep rather than spin.
+
     ``average_every=K``: local SGD instead. Each rank takes its shard of every global batch as
     its own step (batch_size / ranks rows, the update from its gradient alone), and every K
     steps the ranks average their weights and optimizer state: one allreduce per K steps
@@ -104,11 +183,19 @@ class MPI:
     """
 
     def __init__(
-        self, comm: Any = None, threads: int | None = None, average_every: int | None = None
+        self,
+        comm: Any = None,
+        threads: int | None = None,
+        average_every: int | None = None,
+        timeout: float | None = None,
     ) -> None:
         self.average_every = (
             None if average_every is None else positive_int("average_every", average_every)
         )
+        if timeout is None:
+            timeout = timeout_from_env()
+        elif not (isinstance(timeout, int | float) and 0 < timeout < float("inf")):
+            raise InvalidInputError(f"timeout must be a number of seconds > 0, got {timeout!r}")
         threads = None if threads is None else positive_int("threads", threads)
         self._buffers: dict = {}  # the allreduces' buffers (and host copies), per size and dtype
         # how device arrays are summed: "nccl" or "mpi" (through host memory), chosen by all
@@ -127,6 +214,7 @@ class MPI:
         self.comm = mpi.COMM_WORLD if comm is None else comm
         self.rank: int = self.comm.Get_rank()
         self.size: int = self.comm.Get_size()
+        self.watchdog = Watchdog(float(timeout), self.rank, self.size)
         local = self.comm.Split_type(mpi.COMM_TYPE_SHARED)
         self.local_size: int = local.Get_size()
         self.local_rank: int = local.Get_rank()
@@ -141,7 +229,8 @@ class MPI:
         self._limit_threads(self.threads)
         # where each rank runs: a rank killed outright cannot say it failed, and the launcher
         # names only its process id, so rank 0 logs which rank each process id is
-        places = self.comm.allgather((os.getpid(), socket.gethostname()))
+        with self.watchdog.waiting("the start (every rank's place)"):
+            places = self.comm.allgather((os.getpid(), socket.gethostname()))
         if self.is_root:
             log.info(
                 "MPI: %d ranks: %s",
@@ -199,7 +288,8 @@ class MPI:
             )
         mine = self._fingerprint(model, optimizer, loss, batch_size, data)
         mine.update({key: repr(value) for key, value in (settings or {}).items()})
-        everyone = self.comm.allgather(mine)
+        with self.watchdog.waiting("the start (the ranks' settings)"):
+            everyone = self.comm.allgather(mine)
         differ = [rank for rank, theirs in enumerate(everyone) if theirs != everyone[0]]
         if differ:
             keys = sorted(k for k in everyone[0] if everyone[differ[0]].get(k) != everyone[0][k])
@@ -218,13 +308,14 @@ class MPI:
         B = model.backend
         if B.xp is not np and self.device_collective is None:
             self._choose_device_collective()
-        for p in model.parameters():
-            weights = np.ascontiguousarray(B.to_numpy(p.data))
-            self.comm.Bcast(weights, root=0)
-            p.data[...] = B.asarray(weights)
-        if seed is None:
-            seed = int(np.random.SeedSequence().generate_state(1)[0])
-        return self.comm.bcast(seed, root=0)
+        with self.watchdog.waiting("the start (rank 0's weights)"):
+            for p in model.parameters():
+                weights = np.ascontiguousarray(B.to_numpy(p.data))
+                self.comm.Bcast(weights, root=0)
+                p.data[...] = B.asarray(weights)
+            if seed is None:
+                seed = int(np.random.SeedSequence().generate_state(1)[0])
+            return self.comm.bcast(seed, root=0)
 
     def _fingerprint(
         self, model: Any, optimizer: Any, loss: Any, batch_size: int, data: tuple
@@ -271,7 +362,7 @@ class MPI:
         if on_device:
             self.allreduce_on_device(buffer)
         else:
-            self.comm.Allreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM)
+            self.allreduce(buffer, "the gradients' allreduce")
         offset = 0
         for p in grads:
             size = p.grad.size
@@ -295,7 +386,7 @@ class MPI:
             if host is None:  # one host copy a run, not one a step
                 host = self._buffers[key] = np.empty(buffer.size, buffer.dtype)
             buffer.get(out=host)  # waits for the kernels that wrote it
-            self.comm.Allreduce(self._mpi.IN_PLACE, host, op=self._mpi.SUM)
+            self.allreduce(host, "the gradients' allreduce")
             buffer.set(host)
 
     def _choose_device_collective(self) -> None:
@@ -339,7 +430,7 @@ class MPI:
         for a, size in zip(arrays, sizes, strict=True):
             buffer[offset : offset + size] = backend.to_numpy(a).reshape(-1)
             offset += size
-        self.comm.Allreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM)
+        self.allreduce(buffer, "the weights' average")
         buffer /= self.size
         offset = 0
         for a, size in zip(arrays, sizes, strict=True):
@@ -355,7 +446,15 @@ class MPI:
 
     def sum(self, value: float) -> float:
         """The sum of ``value`` over the ranks."""
-        return float(self.comm.allreduce(float(value), op=self._mpi.SUM))
+        total = np.array([float(value)])
+        self.allreduce(total, "the epoch's loss")
+        return float(total[0])
+
+    def allreduce(self, buffer: np.ndarray, what: str) -> None:
+        """buffer <- its sum over the ranks, in place, waiting without spinning, and at most
+        the watchdog's timeout."""
+        with self.watchdog.waiting(what):
+            wait_for(self.comm.Iallreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM))
 
     # -- faults ---------------------------------------------------------------------------------
     def abort(self, exc: BaseException) -> None:

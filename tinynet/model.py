@@ -162,6 +162,17 @@ class MLP:
                 RuntimeWarning,
                 stacklevel=3,
             )
+        first = self.layers[0]
+        small_scale = keep_dtype and abs(first.scale) <= 1 / 128
+        if small_scale and x.dtype.kind == "f" and x.size and _largest(x) <= 1.0:
+            # already scaled: 1/255 again leaves inputs of at most 0.004, which train to ~16%
+            warnings.warn(
+                f"the inputs are floats within [-1, 1], and the model's first layer "
+                f"multiplies them by {first.scale:.3g} ({first!r}): that is for raw uint8 "
+                "pixels. Pass the raw pixels, or build the model without rescale",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         with np.errstate(over="ignore"):  # an overflow is the error below, not a warning
             converted = self.backend.asarray(x, None if keep_dtype else self.dtype)
         if check_finite and _narrowed(x, converted) and not _all_finite(xp, converted):
@@ -436,7 +447,13 @@ def load(path: str | os.PathLike) -> MLP:
     members the model needs are read.
     """
     with ModelArchive(path) as archive:
-        if not archive.has("__format__") or archive.text("__format__") != FORMAT:
+        found = archive.text("__format__") if archive.has("__format__") else None
+        if found is not None and found.startswith("tinynet-mlp-") and found != FORMAT:
+            raise ModelFileError(
+                f"{archive.path} is a tinynet model file of format {found}; this tinynet "
+                f"reads {FORMAT}: load it with the tinynet that wrote it"
+            )
+        if found != FORMAT:
             raise ModelFileError(f"not a tinynet model file: {archive.path}")
         config = _checked_config(parse_config(archive.text("__config__"), archive.path), archive)
         layers: list[Layer] = []
@@ -466,6 +483,11 @@ def _all_finite(xp: Any, a: Any) -> bool:
     if a.dtype.kind != "f" or a.size == 0:
         return True
     return bool(xp.isfinite(a.min())) and bool(xp.isfinite(a.max()))
+
+
+def _largest(a: Any) -> float:
+    """max |a| without a temporary as large as a."""
+    return float(max(-a.min(), a.max()))
 
 
 def _narrowed(before: Any, after: Any) -> bool:

@@ -23,6 +23,14 @@ from numbers import Integral
 from typing import Any
 
 import numpy as np
+
+from tinynet.system import install_hint
+
+try:
+    import sklearn  # noqa: F401
+except ImportError as exc:  # name the extra, as the onnx and torch integrations do
+    raise ImportError(f"tinynet.sklearn needs scikit-learn: {install_hint('sklearn')}") from exc
+
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state

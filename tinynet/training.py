@@ -220,6 +220,7 @@ def _fit(
     # every rank: the others would wait forever in the next collective.
     with _every_rank_stops_with(distributed):
         per_sample = loss.reduction == "mean"
+        watch = _Runaway(model, optimizer)
         for epoch in range(state.epoch + 1, epochs + 1):
             saved = _snapshot(model, optimizer)  # restored if this epoch diverges
             # A backend that can train this model's batches takes stretches of the epoch (a whole
@@ -267,9 +268,10 @@ def _fit(
                         if distributed is None:
                             total += B.train_batches(spec, X, T, idx, batch_size)
                         else:
-                            total += B.train_batches_distributed(
-                                spec, X, T, idx, batch_size, distributed
-                            )
+                            with distributed.watchdog.waiting("a stretch of compiled steps"):
+                                total += B.train_batches_distributed(
+                                    spec, X, T, idx, batch_size, distributed
+                                )
                         updates = -(-(stop - start) // batch_size)  # the batches it trained
                         spec.step += updates
                         optimizer.advance(model.parameters(), updates)
@@ -326,6 +328,7 @@ def _fit(
                 scores = _evaluate_arrays(model, X_val, T_val, loss, 4096)
                 record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
             history.append(**record)
+            watch.after_epoch(epoch, mean_loss)
             stop = early_stopping is not None and early_stopping.after_epoch(
                 epoch, record, model.parameters(), B.xp
             )
@@ -347,6 +350,43 @@ def _fit(
         if early_stopping is not None:
             early_stopping.restore(model.parameters())
     return history
+
+
+class _Runaway:
+    """A run whose weights grow by RUNAWAY times while its loss does not fall below the first
+    epoch's (SGD(1e4, momentum=0.99) on MNIST: weights of 3e16 at a loss of 78) gets one
+    warning saying so, instead of epochs of silence. Legitimate growth (large targets) comes
+    with a falling loss."""
+
+    RUNAWAY = 1e4
+
+    def __init__(self, model: Trainable, optimizer: Optimizer) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.start = self._largest()
+        self.first_loss: float | None = None
+        self.warned = False
+
+    def _largest(self) -> float:
+        xp = self.model.backend.xp
+        return max((float(xp.abs(p.data).max()) for p in self.model.parameters()), default=0.0)
+
+    def after_epoch(self, epoch: int, loss: float) -> None:
+        if self.first_loss is None:
+            self.first_loss = loss
+            return
+        if self.warned or loss < self.first_loss:
+            return
+        largest = self._largest()
+        if largest > self.RUNAWAY * max(self.start, 1e-3):
+            self.warned = True
+            warnings.warn(
+                f"training is not converging: after epoch {epoch} the largest weight is "
+                f"{largest:.3g} (it was {self.start:.3g}) and the loss {loss:.4g} is no lower "
+                f"than the first epoch's {self.first_loss:.4g}; try a smaller learning rate "
+                f"(now {self.optimizer.lr:g})",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
 
 def _described(setting: Any) -> str | None:
