@@ -95,12 +95,12 @@ class TeamSizer:
     While the other processes leave a core free (MachineLoad, from /proc/stat), every call
     runs on the full team, without probes: a team is slower than one thread only when it must
     share its cores. When they leave none (they run ``most`` busy threads or more:
-    MachineLoad.others_demand), every call runs on one thread, the first included. In between, and where /proc/stat cannot be read, the
-    rates decide, per
-    kind of call (``key``): the first call is not counted (it may compile), nor calls of fewer
-    than MIN_SAMPLES; the full team runs, one thread is probed, and the faster runs on; the
-    size changes only when a probe of the other is faster. The full team probes one thread
-    when its rate falls below SLOWDOWN of its best. One thread that won under load keeps
+    MachineLoad.others_demand), every call runs on one thread, the first included. In between,
+    and where /proc/stat cannot be read, the rates decide, per kind of call (``key``): the
+    first call is not counted (it may compile), nor calls of fewer than MIN_SAMPLES; the full
+    team runs, one thread is probed, and the faster runs on; the size changes only when a
+    probe of the other is faster. The full team probes one thread when its rate falls below
+    SLOWDOWN of its best. One thread that won under load keeps
     running until a core is free again; otherwise (no /proc/stat) it probes the team after
     ``interval`` calls, an interval that doubles (up to MAX_INTERVAL) while those probes lose.
     """

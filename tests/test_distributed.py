@@ -438,3 +438,27 @@ def test_local_sgd_needs_a_batch_the_ranks_divide(tmp_path):
 def test_mpi_settings_must_be_positive_integers(setting, value):
     with pytest.raises(tn.InvalidInputError, match=f"{setting} must be a positive integer"):
         tn.distributed.MPI(**{setting: value})
+
+
+MPI_ERROR_JOB = """
+from mpi4py import MPI as mpi
+import tinynet as tn
+tn.distributed.MPI().abort(mpi.Exception(mpi.ERR_OTHER))
+"""
+
+
+def test_an_mpi_error_from_a_lost_rank_is_named_as_such(tmp_path):
+    """N4: MPICH can report a rank killed outright as an error of this rank's collective, with
+    its error stack: the line says a rank was lost, with the stack's first line only."""
+    job = tmp_path / "lost.py"
+    job.write_text(MPI_ERROR_JOB)
+    done = subprocess.run(
+        [MPIEXEC, "-n", "1", sys.executable, str(job)],
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
+    assert done.returncode != 0
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("tinynet:")]
+    assert line.startswith("tinynet: error: rank 0 of 1 lost contact with another rank")
+    assert "MPI said: " in line

@@ -210,3 +210,34 @@ def test_a_numba_that_stops_consulting_the_cache_is_reported(tmp_path, expected_
     assert done.returncode == 0, done.stderr
     np.testing.assert_allclose(_weights(done.stdout), expected_weights, rtol=1e-5, atol=1e-6)
     assert done.stderr.count("did not consult tinynet's kernel cache") == 1, done.stderr
+
+
+def test_a_cache_folder_under_a_file_says_so_once(tmp_path, expected_weights):
+    """N19: NUMBA_CACHE_DIR below a file: one warning naming the file, kernels in memory, and
+    no talk of damaged entries (a 'damaged entry ... read-only' warning came first before)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    done = python(TRAIN, clean_env(NUMBA_CACHE_DIR=str(blocker / "sub")))
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_allclose(_weights(done.stdout), expected_weights, rtol=1e-5, atol=1e-6)
+    (warning,) = [line for line in done.stderr.splitlines() if "Warning:" in line]
+    assert f"{blocker} is a file" in warning and "compile in memory" in warning
+    assert DAMAGED not in done.stderr
+    assert "cache: in memory only" in done.stderr  # the compile notice says where kernels go
+
+
+def test_numba_with_its_compiler_off_is_refused_saying_why():
+    """N19: NUMBA_DISABLE_JIT=1 gave "'function' object has no attribute '_cache'"."""
+    code = (
+        "import tinynet as tn\n"
+        "try:\n"
+        "    tn.set_backend('numba')\n"
+        "except tn.BackendError as exc:\n"
+        "    print(exc)\n"
+        "print('auto:', tn.backend._resolve('auto').name)\n"
+    )
+    done = python(code, clean_env(NUMBA_DISABLE_JIT="1"))
+    assert done.returncode == 0, done.stderr
+    assert "NUMBA_DISABLE_JIT is set, which turns Numba's compiler off" in done.stdout
+    assert "auto: numpy" in done.stdout
+    assert "lacks the internals" not in done.stderr and "_cache" not in done.stdout

@@ -463,9 +463,17 @@ class MPI:
         waiting in a collective that would never complete. Not MPI_Abort: MPICH's runs a
         collective of its own, which met the others' pending allreduce and crashed them with
         pages of internal errors."""
+        what = f"failed: {type(exc).__name__}: {exc}"
+        if type(exc).__module__.startswith("mpi4py"):
+            # MPICH reports a rank killed outright as an error of this rank's collective, in
+            # pages of its error stack: say what it means, with the stack's first line
+            said = str(exc).strip().splitlines()
+            what = (
+                "lost contact with another rank (killed or crashed: the launcher's report "
+                f"names its signal and process id); MPI said: {said[0] if said else exc!r}"
+            )
         print(
-            f"tinynet: error: rank {self.rank} of {self.size} failed: "
-            f"{type(exc).__name__}: {exc}; stopping all ranks",
+            f"tinynet: error: rank {self.rank} of {self.size} {what}; stopping all ranks",
             file=sys.stderr,
             flush=True,
         )

@@ -9,6 +9,7 @@ import numba
 import numpy as np
 
 from tinynet.backend import Backend, EpochSpec, adam_scalars
+from tinynet.errors import BackendError
 from tinynet.kernels.numba import cache, elementwise
 from tinynet.kernels.numba.blas import blas_epoch, blas_epoch_allreduce, gemm_address, product
 from tinynet.kernels.numba.collective import allreduce_handles
@@ -50,6 +51,12 @@ class NumbaBackend(Backend):
     FUSED_MAX_WEIGHT_BYTES = 512 << 10
 
     def __init__(self) -> None:
+        if numba.config.DISABLE_JIT:
+            raise BackendError(
+                "NUMBA_DISABLE_JIT is set, which turns Numba's compiler off: its kernels would "
+                "run as plain Python, thousands of times slower; unset it, or use the numpy "
+                "backend"
+            )
         cache.check_active(cache_probe)
         self._local = threading.local()  # train_batches's work arrays, per calling thread
         self._compiled: set = set()  # kernels and argument kinds run by a team, see team.run_team

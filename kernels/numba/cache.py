@@ -189,6 +189,8 @@ if MISSING_INTERNALS is None:
             _state.consulted = True
             try:
                 result = super().load_overload(sig, target_context)
+            except OSError:  # a folder that cannot be read (NUMBA_CACHE_DIR under a file):
+                result = None  # no entry, not a damaged one; save_overload says why, once
             except Exception as exc:  # damage found by the checksum, or a file Numba rejects
                 self._discard(exc)
                 result = None
@@ -262,6 +264,18 @@ def configure(sources: Iterable[str]) -> str:
     root = cache_root()
     stamp = source_hash(sources)
     _Locator.stamp = stamp
+    blocked = _file_in_the_way(root) if root is not None else None
+    if blocked is not None:  # say so once, before anything tries the folder
+        _state.unwritable = f"{blocked} is a file, so {root} cannot be a folder"
+        _warn_once(
+            "unwritable",
+            f"tinynet's Numba kernel cache: {_state.unwritable}; kernels compile in memory "
+            "for this process (a few seconds at each start). Set NUMBA_CACHE_DIR or "
+            "XDG_CACHE_HOME to a writable folder to keep them.",
+        )
+        _Locator.folder = os.path.join(root, stamp)
+        _state.where = f"in memory only ({_state.unwritable})"
+        return _state.where
     if root is None:
         _state.unwritable = "no NUMBA_CACHE_DIR, no XDG_CACHE_HOME and no home folder"
         _Locator.folder = os.path.join(os.sep, "nonexistent", "tinynet", stamp)  # never created
@@ -269,6 +283,17 @@ def configure(sources: Iterable[str]) -> str:
     else:
         _Locator.folder = _state.where = os.path.join(root, stamp)
     return _state.where
+
+
+def _file_in_the_way(folder: str) -> str | None:
+    """The nearest existing path at or above ``folder`` when it is a file, not a folder."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    return None if os.path.isdir(path) else path
 
 
 def check_active(probe: Any) -> bool:
@@ -296,6 +321,8 @@ def cached(dispatcher: Any) -> Any:
     """Give a Numba dispatcher (``njit`` without ``cache=True``) tinynet's kernel cache. Checks
     that the dispatcher has the cache slot this relies on; if not, warns once and leaves the
     kernel to compile in memory."""
+    if numba.config.DISABLE_JIT:  # a plain function: NumbaBackend refuses to start, saying why
+        return dispatcher
     if MISSING_INTERNALS is None and isinstance(getattr(dispatcher, "_cache", None), NullCache):
         dispatcher._cache = KernelCache(dispatcher.py_func)
         return dispatcher
