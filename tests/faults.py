@@ -81,3 +81,35 @@ def clean_env(**overrides: str) -> dict[str, str]:
     }
     env.update(overrides)
     return env
+
+
+def one_line_cli_error(capsys, argv: list[str], *patterns: str) -> str:
+    """``tinynet argv`` in this process exits 2 with one line on stderr, ``tinynet: error:``
+    and each regex of ``patterns`` in it; returns the line."""
+    import re
+
+    from tinynet.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors exit from inside main
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("tinynet: error:")
+    for pattern in patterns:
+        assert re.search(pattern, err), (pattern, err)
+    return err
+
+
+def cli_in_read_only_folder(folder: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    """``tinynet argv`` in a child process while ``folder`` (made here) is read-only to it,
+    root included."""
+    folder.mkdir()
+    make_read_only(folder)
+    try:
+        code = f"import sys; from tinynet.cli import main\nsys.exit(main({argv!r}))\n"
+        return python(code, clean_env(), read_only_respected=True)
+    finally:
+        make_writable(folder)

@@ -9,20 +9,8 @@ import sys
 
 import numpy as np
 
+from tests.faults import one_line_cli_error as _one_line_error
 from tinynet.cli import main
-
-
-def _one_line_error(capsys, argv, *patterns):
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse's own errors exit from inside main
-        code = exc.code
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("tinynet: error:")
-    for pattern in patterns:
-        assert re.search(pattern, err), (pattern, err)
 
 
 def test_train_save_plot_evaluate_on_the_sample(tmp_path, capsys):

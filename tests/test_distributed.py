@@ -130,6 +130,18 @@ def _mpiexec(
         pytest.fail(f"the job hung (still running after {HANG_S} s): {command}\n{said!r}")
 
 
+def _mpiexec_script(path: Path, code: str, ranks: int) -> subprocess.CompletedProcess:
+    """A small job of its own (``code``) under ``mpiexec -n ranks``, hung after HANG_S."""
+    path.write_text(code)
+    return subprocess.run(
+        [MPIEXEC, "-n", str(ranks), sys.executable, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+        env={**os.environ, "TINYNET_ADAPTIVE_THREADS": "0"},
+    )
+
+
 def _one_process(backend: str, name: str, epochs: int = 3, batch: int = 64, **fit_settings):
     """The reference: one process, the same data, seed and global batch (64)."""
     backend = "numpy" if backend == "cupy-host" else backend
@@ -237,15 +249,7 @@ def test_a_rank_waiting_for_a_late_one_does_not_spin(tmp_path):
     """N5: the waits outside compiled code sleep between tests of the request: rank 0 waits
     2 s for rank 1 and uses a small part of that as CPU time (MPICH's blocking call spun a
     whole core)."""
-    job = tmp_path / "wait.py"
-    job.write_text(WAIT_JOB)
-    done = subprocess.run(
-        [MPIEXEC, "-n", "2", sys.executable, str(job)],
-        capture_output=True,
-        text=True,
-        timeout=HANG_S,
-        env={**os.environ, "TINYNET_ADAPTIVE_THREADS": "0"},
-    )
+    done = _mpiexec_script(tmp_path / "wait.py", WAIT_JOB, ranks=2)
     assert done.returncode == 0, done.stderr[-3000:]
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("rank 0 ")]
     _, _, _, total, _, wall, _, cpu = line.split()
@@ -450,14 +454,7 @@ tn.distributed.MPI().abort(mpi.Exception(mpi.ERR_OTHER))
 def test_an_mpi_error_from_a_lost_rank_is_named_as_such(tmp_path):
     """N4: MPICH can report a rank killed outright as an error of this rank's collective, with
     its error stack: the line says a rank was lost, with the stack's first line only."""
-    job = tmp_path / "lost.py"
-    job.write_text(MPI_ERROR_JOB)
-    done = subprocess.run(
-        [MPIEXEC, "-n", "1", sys.executable, str(job)],
-        capture_output=True,
-        text=True,
-        timeout=HANG_S,
-    )
+    done = _mpiexec_script(tmp_path / "lost.py", MPI_ERROR_JOB, ranks=1)
     assert done.returncode != 0
     (line,) = [line for line in done.stderr.splitlines() if line.startswith("tinynet:")]
     assert line.startswith("tinynet: error: rank 0 of 1 lost contact with another rank")

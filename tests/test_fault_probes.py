@@ -14,22 +14,9 @@ import numpy as np
 import pytest
 
 import tinynet as tn
-from tests.faults import clean_env, make_read_only, make_writable, python
+from tests.faults import clean_env, cli_in_read_only_folder, python
+from tests.faults import one_line_cli_error as _one_line_error
 from tinynet.cli import main
-
-
-def _one_line_error(capsys, argv, *patterns) -> str:
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse's own errors exit from inside main
-        code = exc.code
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("tinynet: error:")
-    for pattern in patterns:
-        assert re.search(pattern, err), (pattern, err)
-    return err
 
 
 @pytest.fixture
@@ -109,17 +96,8 @@ def test_a_read_only_folder_fails_before_training(tmp_path):
     """N9: the folder's write permission is tried with a real file before training (as root,
     the child gives up its right to ignore permissions)."""
     folder = tmp_path / "ro"
-    folder.mkdir()
-    make_read_only(folder)
-    try:
-        code = (
-            "import sys; from tinynet.cli import main\n"
-            f"sys.exit(main(['train', '--sample', '--epochs', '1', '--quiet', "
-            f"'--save', {str(folder / 'm.npz')!r}]))\n"
-        )
-        done = python(code, clean_env(), read_only_respected=True)
-    finally:
-        make_writable(folder)
+    argv = ["train", "--sample", "--epochs", "1", "--quiet", "--save", str(folder / "m.npz")]
+    done = cli_in_read_only_folder(folder, argv)
     assert done.returncode == 2, done.stderr
     assert re.fullmatch(r"tinynet: error: cannot write the model to .*m\.npz: .*\n", done.stderr)
     assert "epoch" not in done.stdout  # nothing trained
@@ -199,16 +177,7 @@ def test_export_into_a_place_it_cannot_write_is_one_line(saved, where):
 def test_export_into_a_read_only_folder_is_one_line(saved, tmp_path):
     _, path = saved
     folder = tmp_path / "ro"
-    folder.mkdir()
-    make_read_only(folder)
-    try:
-        code = (
-            "import sys; from tinynet.cli import main\n"
-            f"sys.exit(main(['export', {str(path)!r}, {str(folder / 'm.onnx')!r}]))\n"
-        )
-        done = python(code, clean_env(), read_only_respected=True)
-    finally:
-        make_writable(folder)
+    done = cli_in_read_only_folder(folder, ["export", str(path), str(folder / "m.onnx")])
     assert done.returncode == 2, done.stderr
     assert re.fullmatch(r"tinynet: error: cannot save the ONNX model to .*\n", done.stderr)
 

@@ -334,16 +334,12 @@ def apply(saved: Saved, model: Any, optimizer: Any) -> None:
 
 
 def load(
-    path: str | os.PathLike,
-    model: Any,
-    optimizer: Any,
-    loss: Any = None,
-    schedule: Any = None,
-    early_stopping: Any = None,
+    path: str | os.PathLike, model: Any, optimizer: Any, **against: Any
 ) -> tuple[Checkpoint, list[np.ndarray] | None]:
-    """``read`` then ``apply``: the model and optimizer continue from the checkpoint; the
-    rest (epochs done, history, schedule and early stopping state) and early stopping's best
-    parameters, if kept, are returned."""
-    saved = read(path, model, optimizer, loss, schedule, early_stopping)
+    """``read`` (checked ``against`` the run's loss, schedule and early stopping) then
+    ``apply``: the model and optimizer continue from the checkpoint; the rest (epochs done,
+    history, schedule and early stopping state) and early stopping's best parameters, if kept,
+    are returned."""
+    saved = read(path, model, optimizer, **against)
     apply(saved, model, optimizer)
     return saved.state, saved.best

@@ -187,7 +187,9 @@ def _fit(
     state = checkpoints.Checkpoint(0, {}, None, {}, None, None)
     best = None
     if resume is not None:
-        state, best = checkpoints.load(resume, model, optimizer, loss, schedule, early_stopping)
+        state, best = checkpoints.load(
+            resume, model, optimizer, loss=loss, schedule=schedule, early_stopping=early_stopping
+        )
         if state.epoch >= epochs:
             warnings.warn(
                 f"{os.fspath(resume)} holds {state.epoch} epochs done and epochs={epochs} "
