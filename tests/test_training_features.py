@@ -295,3 +295,29 @@ def test_early_stopping_on_an_accuracy_waits_for_it_to_rise():
     ]
     assert stops == [False, False, False, True]
     assert stopper.best_epoch == 2 and stopper.stopped_epoch == 4
+
+
+def test_each_epoch_takes_the_strategy_its_backend_offers():
+    """strategies.choose: the fused epoch where the backend trains the model's batches itself,
+    kernel by kernel otherwise (the numpy reference; Adam over parameters whose update counts
+    differ, which one fused epoch cannot carry)."""
+    from tinynet import strategies
+
+    x, y = _data(64)
+
+    def chosen(backend, optimizer, freeze_first=False):
+        net = _model(backend)
+        if freeze_first:  # one epoch with the first layer frozen: its Adam count stays 0
+            net.layers[1].freeze()
+            net.fit(x, y, tn.CrossEntropy(), optimizer, 1, 32)
+            net.layers[1].unfreeze()
+        epoch = strategies.Epoch(
+            net, net.as_inputs(x), net.as_targets(y, len(y)), tn.CrossEntropy(), optimizer, 32,
+            None, None,
+        )  # fmt: skip
+        return type(strategies.choose(epoch, None))
+
+    assert chosen("numpy", tn.SGD(0.1)) is strategies.KernelByKernel
+    assert chosen("numba", tn.SGD(0.1)) is strategies.Fused
+    assert chosen("numba", tn.Adam()) is strategies.Fused
+    assert chosen("numba", tn.Adam(), freeze_first=True) is strategies.KernelByKernel

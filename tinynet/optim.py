@@ -52,6 +52,12 @@ class Optimizer:
         for p, state in self._state.items():
             state["step"] = counts.get(p, 0)
 
+    def common_step(self, params: Iterable[Parameter]) -> int:
+        """The update count the unfrozen ``params`` share (what a fused epoch's Adam bias
+        correction starts from); 0 before their first update."""
+        steps = [self._state[p]["step"] if p in self._state else 0 for p in params if not p.frozen]
+        return max(steps, default=0)
+
     def advance(self, params: Iterable[Parameter], updates: int) -> None:
         """Count ``updates`` updates a backend's fused epoch applied to the unfrozen ``params``."""
         for p in params:

@@ -17,46 +17,23 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from tinynet import checkpoint as checkpoints
-from tinynet.backend import Backend, EpochSpec, use_threads
+from tinynet import strategies
+from tinynet.backend import use_threads
 from tinynet.callbacks import EarlyStopping
 from tinynet.errors import InvalidInputError, ShapeError, checked_seed, positive_int
-from tinynet.layers import Parameter
 from tinynet.losses import Loss
 from tinynet.optim import Optimizer
 from tinynet.schedules import Schedule
+from tinynet.strategies import Trainable
 
 if TYPE_CHECKING:
     from tinynet.distributed import MPI
-
-
-class Trainable(Protocol):
-    """What the trainer needs of a model; ``tinynet.MLP`` is one. The trainer never imports the
-    model: the dependency runs one way, model -> training."""
-
-    backend: Backend
-    out_features: int
-
-    def check_loss(self, loss: Loss) -> None: ...
-
-    def as_inputs(self, x: Any) -> Any: ...  # a checked backend array (batch, in)
-
-    def as_targets(self, t: Any, n: int) -> Any: ...  # a checked backend array (n, out)
-
-    def gradients(self, x: Any, t: Any, loss: Loss) -> Any: ...  # grads set; 0-d loss
-
-    def step(self, x: Any, t: Any, loss: Loss, optimizer: Optimizer) -> Any: ...  # 0-d loss
-
-    def outputs(self, x: Any) -> Any: ...  # forward on a checked batch, nothing kept
-
-    def parameters(self) -> list[Parameter]: ...
-
-    def epoch_spec(self, loss: Loss, optimizer: Optimizer) -> EpochSpec | None: ...
 
 
 @dataclass
@@ -221,26 +198,16 @@ def _fit(
     # Under MPI, an error on one rank (a failed checkpoint write, a callback, a kernel) stops
     # every rank: the others would wait forever in the next collective.
     with _every_rank_stops_with(distributed):
-        per_sample = loss.reduction == "mean"
         watch = _Runaway(model, optimizer)
         for epoch in range(state.epoch + 1, epochs + 1):
             saved = _snapshot(model, optimizer)  # restored if this epoch diverges
-            # A backend that can train this model's batches takes stretches of the epoch (a whole
-            # number of batches, the same batches as below) and the progress bar moves between them.
-            # Built per epoch, so a learning rate changed in on_epoch_end takes effect.
-            spec = model.epoch_spec(loss, optimizer)
-            local_sgd = distributed is not None and distributed.average_every is not None
-            if spec is not None:
-                if distributed is None:
-                    fused = B.can_train_batches(spec, batch_size)
-                elif local_sgd:  # each rank's own steps, on its shards: the usual fused epochs
-                    fused = B.can_train_batches(spec, batch_size // distributed.size)
-                else:
-                    fused = B.can_train_batches_distributed(spec, distributed)
-                spec = spec if fused else None
             chunk = _chunk(n, batch_size)
             order = rng.permutation(n) if shuffle else None
             order_on_device = B.asarray(order) if order is not None else None  # one upload
+            this_epoch = strategies.Epoch(
+                model, X, T, loss, optimizer, batch_size, order, order_on_device
+            )
+            strategy = strategies.choose(this_epoch, distributed)
             total = B.xp.zeros((), dtype=np.float64)
             start_time = time.perf_counter()
             bar = tqdm(
@@ -256,43 +223,7 @@ def _fit(
             with bar:
                 for start in range(0, n, chunk):
                     stop = min(start + chunk, n)
-                    if local_sgd:
-                        total += _local_sgd_steps(
-                            model, X, T, order, start, stop, batch_size, loss, optimizer,
-                            distributed, spec,
-                        )  # fmt: skip
-                    elif spec is not None:
-                        idx = (
-                            order_on_device[start:stop]
-                            if order_on_device is not None
-                            else B.xp.arange(start, stop)
-                        )
-                        if distributed is None:
-                            total += B.train_batches(spec, X, T, idx, batch_size)
-                        else:
-                            with distributed.watchdog.waiting("a stretch of compiled steps"):
-                                total += B.train_batches_distributed(
-                                    spec, X, T, idx, batch_size, distributed
-                                )
-                        updates = -(-(stop - start) // batch_size)  # the batches it trained
-                        spec.step += updates
-                        optimizer.advance(model.parameters(), updates)
-                    elif distributed is not None:
-                        total += _distributed_steps(
-                            model, X, T, order_on_device, start, stop, batch_size, loss,
-                            optimizer, distributed,
-                        )  # fmt: skip
-                    else:
-                        with B.step_threads((id(model), batch_size), stop - start):
-                            for first in range(start, stop, batch_size):
-                                last = min(first + batch_size, stop)
-                                if order_on_device is None:
-                                    xb, tb = X[first:last], T[first:last]
-                                else:
-                                    idx = order_on_device[first:last]
-                                    xb, tb = X[idx], T[idx]
-                                value = model.step(xb, tb, loss, optimizer)
-                                total += value * (last - first) if per_sample else value
+                    total += strategy.train(start, stop)
                     if progress:
                         bar.update(stop - start)
                         now = time.perf_counter()
@@ -409,79 +340,6 @@ def _every_rank_stops_with(distributed: MPI | None) -> Iterator[None]:
         yield
     except BaseException as exc:  # KeyboardInterrupt too: the others would still wait
         distributed.abort(exc)
-
-
-def _distributed_steps(
-    model: Trainable,
-    X: Any,
-    T: Any,
-    order: Any,
-    start: int,
-    stop: int,
-    batch_size: int,
-    loss: Loss,
-    optimizer: Optimizer,
-    distributed: MPI,
-) -> float:
-    """The steps of rows start..stop on this rank: its shard of each global batch, the
-    gradients averaged over the ranks, the same update everywhere; its shards' loss sum."""
-    B = model.backend
-    per_sample = loss.reduction == "mean"
-    total = 0.0
-    for first in range(start, stop, batch_size):
-        last = min(first + batch_size, stop)
-        lo, hi = distributed.shard(first, last)
-        if hi > lo:
-            idx = order[lo:hi] if order is not None else B.xp.arange(lo, hi)
-            value = float(model.gradients(X[idx], T[idx], loss))
-            total += value * (hi - lo) if per_sample else value
-        else:  # a last batch smaller than the ranks: nothing of it here
-            for p in model.parameters():
-                p.grad = B.xp.zeros_like(p.data)
-        weight = (hi - lo) / (last - first) if per_sample else 1.0
-        distributed.average_gradients(model.parameters(), weight, B)
-        optimizer.step(model.parameters(), B)
-    return total
-
-
-def _local_sgd_steps(
-    model: Trainable,
-    X: Any,
-    T: Any,
-    order: np.ndarray | None,
-    start: int,
-    stop: int,
-    batch_size: int,
-    loss: Loss,
-    optimizer: Optimizer,
-    distributed: MPI,
-    spec: EpochSpec | None,
-) -> float:
-    """Local SGD over rows start..stop: this rank's shard of each global batch is its own step
-    (batch_size / ranks rows), run by the backend's fused epoch where it has one, and every
-    ``average_every`` steps the ranks average their weights and optimizer state. The sum of
-    this rank's rows' losses."""
-    B = model.backend
-    per_sample = loss.reduction == "mean"
-    local_batch = batch_size // distributed.size
-    rows_per_average = distributed.average_every * batch_size
-    order = np.arange(X.shape[0]) if order is None else order
-    total = 0.0
-    for first in range(start, stop, rows_per_average):
-        rows = distributed.local_rows(order, first, min(first + rows_per_average, stop),
-                                      batch_size)  # fmt: skip
-        if spec is not None:
-            total += float(B.train_batches(spec, X, T, B.asarray(rows), local_batch))
-            updates = -(-len(rows) // local_batch)
-            spec.step += updates
-            optimizer.advance(model.parameters(), updates)
-        else:
-            for i in range(0, len(rows), local_batch):
-                idx = B.asarray(rows[i : i + local_batch])
-                value = float(model.step(X[idx], T[idx], loss, optimizer))
-                total += value * len(idx) if per_sample else value
-        distributed.average_parameters(model.parameters(), optimizer, B)
-    return total
 
 
 def _split(X: Any, T: Any, fraction: float, seed: int, B: Any) -> tuple[Any, Any, tuple]:
