@@ -98,6 +98,30 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train an MLP on MNIST and report test accuracy")
+    _train_flags(train)
+
+    evaluate = sub.add_parser("evaluate", help="test accuracy of a saved model on MNIST")
+    evaluate.add_argument("model", help="a file written by 'tinynet train --save'")
+    evaluate.add_argument("--backend", help="numpy, auto, ... (default: $TINYNET_BACKEND or auto)")
+    _data_flags(evaluate)
+
+    export = sub.add_parser("export", help="write a saved model as ONNX (needs [onnx])")
+    export.add_argument("model", help="a file written by 'tinynet train --save' or net.save")
+    export.add_argument("onnx", help="the ONNX file to write")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    export.add_argument(
+        "--input-type",
+        choices=["float32", "uint8"],
+        default="float32",
+        help="the input's type; uint8 for models with a Rescaling layer (default: float32)",
+    )
+
+    sub.add_parser("info", help="backends, versions, threads and GPU")
+    return parser
+
+
+def _train_flags(train: argparse.ArgumentParser) -> None:
+    """``tinynet train``'s flags; each recipe's default shows in its help."""
     train.add_argument(
         "--recipe",
         choices=sorted(RECIPES),
@@ -199,25 +223,6 @@ def _build_parser() -> argparse.ArgumentParser:
         "(default: none, the gradients averaged every step)",
     )
 
-    evaluate = sub.add_parser("evaluate", help="test accuracy of a saved model on MNIST")
-    evaluate.add_argument("model", help="a file written by 'tinynet train --save'")
-    evaluate.add_argument("--backend", help="numpy, auto, ... (default: $TINYNET_BACKEND or auto)")
-    _data_flags(evaluate)
-
-    export = sub.add_parser("export", help="write a saved model as ONNX (needs [onnx])")
-    export.add_argument("model", help="a file written by 'tinynet train --save' or net.save")
-    export.add_argument("onnx", help="the ONNX file to write")
-    export.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
-    export.add_argument(
-        "--input-type",
-        choices=["float32", "uint8"],
-        default="float32",
-        help="the input's type; uint8 for models with a Rescaling layer (default: float32)",
-    )
-
-    sub.add_parser("info", help="backends, versions, threads and GPU")
-    return parser
-
 
 def _data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -294,7 +299,9 @@ def _save_model(net: tn.MLP, path: str, say: Any) -> None:
     say(f"model saved to {path}")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe's settings overridden by the flags given, each checked (with the output
+    paths, the seed and the sizes) before any data loads: seconds, or a download."""
     recipe = RECIPES[args.recipe]
     opt = {k: getattr(args, k, None) for k in recipe}
     opt = {k: recipe[k] if v is None else v for k, v in opt.items()}
@@ -303,9 +310,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     adam = opt["optimizer"] in ("adam", "adamw")
     if args.lr is None and adam:
         opt["lr"] = ADAM_LR
-    decay = args.weight_decay
-    if decay is None:
-        decay = ADAMW_DECAY if opt["optimizer"] == "adamw" else 0.0
+    if args.weight_decay is None:
+        opt["weight_decay"] = ADAMW_DECAY if opt["optimizer"] == "adamw" else 0.0
+    else:
+        opt["weight_decay"] = args.weight_decay
     if adam and args.momentum is not None:
         raise InvalidInputError(f"--momentum is sgd's; {opt['optimizer']} has none")
     if not 0 <= args.validation_split < 1:
@@ -353,16 +361,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError as exc:
             raise InvalidInputError(f"--plot needs matplotlib: {install_hint('plot')}") from exc
-    if args.backend:
-        tn.set_backend(args.backend)
-    backend = tn.get_backend()
+    return opt
+
+
+def _training_parts(args: argparse.Namespace, opt: dict[str, Any]) -> tuple:
+    """(loss, optimizer, schedule, early stopping) for these settings."""
     loss = tn.losses.get_loss(opt["loss"])
     if isinstance(loss, tn.SquaredError):
         loss = tn.SquaredError(scale=opt["loss_scale"])
-    if adam:
-        optimizer = OPTIMIZERS[opt["optimizer"]](opt["lr"], weight_decay=decay)
+    if opt["optimizer"] in ("adam", "adamw"):
+        optimizer = OPTIMIZERS[opt["optimizer"]](opt["lr"], weight_decay=opt["weight_decay"])
     else:
-        optimizer = tn.SGD(opt["lr"], opt["momentum"], weight_decay=decay)
+        optimizer = tn.SGD(opt["lr"], opt["momentum"], weight_decay=opt["weight_decay"])
     schedule = {
         "none": None,
         "exponential": tn.ExponentialLR(opt["lr_decay"]),
@@ -373,6 +383,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     stopper = None
     if args.early_stopping is not None:
         stopper = tn.EarlyStopping(patience=args.early_stopping)
+    return loss, optimizer, schedule, stopper
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    opt = _settings(args)
+    if args.backend:
+        tn.set_backend(args.backend)
+    backend = tn.get_backend()
+    loss, optimizer, schedule, stopper = _training_parts(args, opt)
 
     (x_train, y_train), (x_test, y_test), source = _data(args)
     out_act = "softmax" if isinstance(loss, tn.CrossEntropy) else "sigmoid"
