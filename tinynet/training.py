@@ -210,47 +210,16 @@ def _fit(
             strategy = strategies.choose(this_epoch, distributed)
             total = B.xp.zeros((), dtype=np.float64)
             start_time = time.perf_counter()
-            bar = tqdm(
-                total=n,
-                desc=f"epoch {epoch}/{epochs}",
-                unit="sample",
-                unit_scale=True,
-                disable=not progress,
-                leave=False,
-                mininterval=0.5,
-            )
-            next_refresh = start_time
-            with bar:
+            with _Progress(n, f"epoch {epoch}/{epochs}", progress) as bar:
                 for start in range(0, n, chunk):
                     stop = min(start + chunk, n)
                     total += strategy.train(start, stop)
-                    if progress:
-                        bar.update(stop - start)
-                        now = time.perf_counter()
-                        if now >= next_refresh:
-                            next_refresh = now + 0.5
-                            rate = stop / max(now - start_time, 1e-9)
-                            bar.set_postfix(
-                                loss=f"{float(total) / stop:.4f}",
-                                samples_s=f"{rate:,.0f}",
-                                refresh=False,
-                            )
+                    bar.trained(stop, total)
             if distributed is not None:
                 total = distributed.sum(float(total))  # each rank summed its own shards' losses
             mean_loss = float(total) / n
             elapsed = time.perf_counter() - start_time
-            # the loss is that of the weights before each step: the last steps' updates can
-            # overflow with a finite loss, so the weights are checked too
-            diverged = None if math.isfinite(mean_loss) else f"the loss is {mean_loss}"
-            weights = model.parameters()
-            if diverged is None and not all(bool(B.xp.isfinite(p.data).all()) for p in weights):
-                diverged = "a weight overflowed to inf or NaN"
-            if diverged is not None:
-                _restore(saved, optimizer)
-                raise InvalidInputError(
-                    f"training diverged in epoch {epoch}: {diverged}; the weights are back to what "
-                    f"they were before it; try a smaller learning rate (now {optimizer.lr:g})"
-                )
+            _check_diverged(model, optimizer, saved, epoch, mean_loss)
             record = {
                 "loss": mean_loss,
                 "time": elapsed,
@@ -283,6 +252,56 @@ def _fit(
         if early_stopping is not None:
             early_stopping.restore(model.parameters())
     return history
+
+
+class _Progress:
+    """The epoch's progress bar (tqdm; nothing when off), with the running loss and rate,
+    refreshed at most twice a second: reading the loss waits for the device."""
+
+    def __init__(self, n: int, title: str, on: bool) -> None:
+        self.on, self.done = on, 0
+        self.bar = tqdm(total=n, desc=title, unit="sample", unit_scale=True, disable=not on,
+                        leave=False, mininterval=0.5)  # fmt: skip
+        self.start = self.next_refresh = time.perf_counter()
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+    def trained(self, rows: int, total: Any) -> None:
+        """The first ``rows`` of the epoch are trained; ``total``: their loss sum."""
+        if not self.on:
+            return
+        self.bar.update(rows - self.done)
+        self.done = rows
+        now = time.perf_counter()
+        if now >= self.next_refresh:
+            self.next_refresh = now + 0.5
+            rate = rows / max(now - self.start, 1e-9)
+            self.bar.set_postfix(
+                loss=f"{float(total) / rows:.4f}", samples_s=f"{rate:,.0f}", refresh=False
+            )
+
+
+def _check_diverged(
+    model: Trainable, optimizer: Optimizer, saved: Any, epoch: int, mean_loss: float
+) -> None:
+    """InvalidInputError, with the weights and optimizer state put back to ``saved`` (those
+    before the epoch), when the epoch's loss or a weight is not finite. The loss is that of
+    the weights before each step: the last steps' updates can overflow with a finite loss,
+    so the weights are checked too."""
+    diverged = None if math.isfinite(mean_loss) else f"the loss is {mean_loss}"
+    xp = model.backend.xp
+    if diverged is None and not all(bool(xp.isfinite(p.data).all()) for p in model.parameters()):
+        diverged = "a weight overflowed to inf or NaN"
+    if diverged is not None:
+        _restore(saved, optimizer)
+        raise InvalidInputError(
+            f"training diverged in epoch {epoch}: {diverged}; the weights are back to what "
+            f"they were before it; try a smaller learning rate (now {optimizer.lr:g})"
+        )
 
 
 class _Runaway:
