@@ -286,3 +286,30 @@ def test_the_sklearn_module_without_scikit_learn_names_the_extra():
     assert done.returncode == 1
     said = "ImportError: tinynet.sklearn needs scikit-learn: pip install 'tinynet-mlp[sklearn]'"
     assert said in done.stderr
+
+
+class DeviceArray:
+    """What matters here of a CuPy array: NumPy's implicit conversion refused (as CuPy does
+    on a GPU; the host stand-in's arrays are ndarrays and cannot show it), the data by get()."""
+
+    __module__ = "cupy._core.core"
+
+    def __init__(self, data):
+        self._data = np.asarray(data)
+
+    def get(self):
+        return self._data.copy()
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use .get()")
+
+
+def test_weights_and_labels_from_the_gpu_are_taken_with_get():
+    """#24: Dense.set_weights and one_hot called np.asarray on CuPy arrays, which raises."""
+    W, b = np.arange(6.0).reshape(3, 2) / 10, np.array([0.1, -0.2, 0.3])
+    layer = tn.Dense(2, 3)
+    layer.set_weights(DeviceArray(W), DeviceArray(b))
+    got_W, got_b = layer.get_weights()
+    np.testing.assert_array_equal(got_W, W.astype(np.float32))
+    np.testing.assert_array_equal(got_b, b.astype(np.float32))
+    np.testing.assert_array_equal(tn.one_hot(DeviceArray([2, 0]), 3), [[0, 0, 1], [1, 0, 0]])

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tinynet.backend import ACTIVATIONS, Backend, get_backend
+from tinynet.backend import ACTIVATIONS, Backend, get_backend, to_numpy
 from tinynet.errors import InvalidInputError, ShapeError, checked_seed, positive_int
 from tinynet.system import physical_memory
 
@@ -246,7 +246,7 @@ class Dense(Layer):
 
     def set_weights(self, W: Any, b: Any = None) -> None:
         """Replace W (out, in) and b (out,); pass ``b=None`` only for a layer without bias."""
-        W = np.asarray(W)
+        W = to_numpy(W)  # a CuPy array refuses np.asarray: its .get()
         if W.shape != (self.out_features, self.in_features):
             raise ShapeError(
                 f"weights of Dense({self.in_features}, {self.out_features}) must have shape "
@@ -258,7 +258,7 @@ class Dense(Layer):
         if self.bias is not None:
             if b is None:
                 raise ShapeError("this layer has a bias; pass b of shape (out_features,)")
-            b = np.asarray(b)
+            b = to_numpy(b)
             if b.shape != (self.out_features,):
                 raise ShapeError(f"bias must have shape ({self.out_features},), got {b.shape}")
         for name, arr in (("weights", W), ("bias", b)):

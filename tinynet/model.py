@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tinynet import training
-from tinynet.backend import EpochSpec, LayerSpec
+from tinynet.backend import EpochSpec, LayerSpec, to_numpy
 from tinynet.errors import (
     InvalidInputError,
     ModelFileError,
@@ -518,7 +518,7 @@ def one_hot(
 
     ``one_hot(y, 10, on=0.99, off=0.01)`` gives the seeds' targets for sigmoid outputs.
     """
-    labels = np.asarray(labels)
+    labels = to_numpy(labels)  # CuPy labels too: np.asarray refuses them
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise ShapeError(f"labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
