@@ -93,10 +93,11 @@ class Watchdog:
                 os._exit(1)
 
 
-def wait_for(request: Any, spin_s: float = 0.002) -> None:
-    """Wait for a non-blocking MPI request without spinning a core: a short spin (balanced
-    ranks meet within it), then tests between sleeps that double up to 10 ms. MPICH's blocking
-    calls poll at full speed for as long as a peer is late."""
+def wait_for(request: Any, spin_s: float = 0.02) -> None:
+    """Wait for a non-blocking MPI request without spinning a core for long: a short spin
+    (ranks a step apart by less than that meet without a sleep's delay), then tests between
+    sleeps that double up to 10 ms. MPICH's blocking calls poll at full speed for as long as a
+    peer is late."""
     start = time.perf_counter()
     while not request.Test():
         if time.perf_counter() - start > spin_s:
