@@ -232,32 +232,6 @@ def test_a_stopped_rank_ends_the_job_after_the_timeout(tmp_path, backend):
     assert not (tmp_path / "out.npz").exists()
 
 
-WAIT_JOB = """
-import sys, time
-import tinynet as tn
-mpi = tn.distributed.MPI()
-if mpi.rank == 1:
-    time.sleep(2.0)  # late to the collective
-wall, cpu = time.perf_counter(), time.process_time()
-total = mpi.sum(1.0)
-wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-print(f"rank {mpi.rank} total {total} wall {wall:.3f} cpu {cpu:.3f}", flush=True)
-"""
-
-
-def test_a_rank_waiting_for_a_late_one_does_not_spin(tmp_path):
-    """N5: the waits outside compiled code sleep between tests of the request: rank 0 waits
-    2 s for rank 1 and uses a small part of that as CPU time (MPICH's blocking call spun a
-    whole core)."""
-    done = _mpiexec_script(tmp_path / "wait.py", WAIT_JOB, ranks=2)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (line,) = [line for line in done.stdout.splitlines() if line.startswith("rank 0 ")]
-    _, _, _, total, _, wall, _, cpu = line.split()
-    assert float(total) == 2.0
-    assert float(wall) > 1.5  # it did wait for rank 1
-    assert float(cpu) < 0.25 * float(wall), line
-
-
 def test_a_batch_smaller_than_the_ranks_is_a_clear_error(tmp_path):
     done = _mpiexec(tmp_path, "numpy", "momentum", str(tmp_path / "out.npz"), "batch-1")
     assert done.returncode == 3, done.stderr[-3000:]

@@ -93,21 +93,6 @@ class Watchdog:
                 os._exit(1)
 
 
-def wait_for(request: Any, spin_s: float = 0.02) -> None:
-    """Wait for a non-blocking MPI request without spinning a core for long: a short spin
-    (ranks a step apart by less than that meet without a sleep's delay), then tests between
-    sleeps that double up to 10 ms. MPICH's blocking calls poll at full speed for as long as a
-    peer is late."""
-    start = time.perf_counter()
-    while not request.Test():
-        if time.perf_counter() - start > spin_s:
-            break
-    pause = 1e-4
-    while not request.Test():
-        time.sleep(pause)
-        pause = min(2 * pause, 0.01)
-
-
 def launched_size() -> int:
     """How many processes the MPI launcher started (1 outside ``mpiexec``), without importing
     MPI."""
@@ -174,7 +159,7 @@ class MPI:
 
     ``timeout``: the seconds a rank waits for the others (in a collective, or a stretch of
     compiled steps) before it ends the job with one line saying so; default TINYNET_MPI_TIMEOUT,
-    else 600. The waits outside compiled code sleep rather than spin.
+    else 600.
 
     ``average_every=K``: local SGD instead. Each rank takes its shard of every global batch as
     its own step (batch_size / ranks rows, the update from its gradient alone), and every K
@@ -452,10 +437,12 @@ class MPI:
         return float(total[0])
 
     def allreduce(self, buffer: np.ndarray, what: str) -> None:
-        """buffer <- its sum over the ranks, in place, waiting without spinning, and at most
-        the watchdog's timeout."""
+        """buffer <- its sum over the ranks, in place, waiting at most the watchdog's timeout.
+        MPICH's blocking call polls while it waits (a core busy): polling from Python
+        instead, with or without sleeps between tests, made the numpy backend's distributed
+        steps 15% to 2 times slower here (benchmarks/results/design.md)."""
         with self.watchdog.waiting(what):
-            wait_for(self.comm.Iallreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM))
+            self.comm.Allreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM)
 
     # -- faults ---------------------------------------------------------------------------------
     def abort(self, exc: BaseException) -> None:
