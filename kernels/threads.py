@@ -164,7 +164,8 @@ class TeamSizer:
     def sized(self, key: Any, most: int, samples: int, adaptive: bool = True) -> Iterator[int]:
         """The size a call of kind ``key`` over ``samples`` runs on (``most`` unless
         adaptive), then its rate recorded."""
-        size = self.choose(key, most) if adaptive else most
+        fixed = backend_module.get_threads() is not None  # the user's count wins over both
+        size = self.choose(key, most) if adaptive or fixed else most
         self._last_size = size
         start = time.perf_counter()
         yield size

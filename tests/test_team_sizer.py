@@ -305,6 +305,21 @@ def test_under_a_heavy_load_every_stretch_runs_on_one_thread(monkeypatch, backen
     assert sizes and set(sizes) == {1}, sizes
 
 
+def test_a_fixed_count_wins_over_adaptive_threads_off(monkeypatch):
+    """TINYNET_ADAPTIVE_THREADS=0 keeps calls on all their threads, unless the user fixed a
+    count in code (tn.use_threads), which wins."""
+    import tinynet as tn
+    from tinynet.kernels.threads import BlasThreads
+
+    monkeypatch.setenv("TINYNET_ADAPTIVE_THREADS", "0")
+    pools = BlasThreads(TeamSizer(Load(0.0)))
+    assert not pools.adaptive
+    with tn.use_threads(1), pools.sizer.sized("k", 2, N, pools.adaptive) as size:
+        assert size == 1
+    with pools.sizer.sized("k", 2, N, pools.adaptive) as size:
+        assert size == 2
+
+
 def test_fixed_threads_on_request(monkeypatch):
     """TINYNET_ADAPTIVE_THREADS=0: the sizer is never asked; another value is an error."""
     from tinynet.errors import BackendError
