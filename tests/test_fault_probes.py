@@ -313,3 +313,57 @@ def test_weights_and_labels_from_the_gpu_are_taken_with_get():
     np.testing.assert_array_equal(got_W, W.astype(np.float32))
     np.testing.assert_array_equal(got_b, b.astype(np.float32))
     np.testing.assert_array_equal(tn.one_hot(DeviceArray([2, 0]), 3), [[0, 0, 1], [1, 0, 0]])
+
+
+@pytest.mark.parametrize("bad", ["abc", "0", "-3", "inf"])
+def test_a_bad_mpi_timeout_is_a_clear_error(monkeypatch, bad):
+    """TINYNET_MPI_TIMEOUT and MPI(timeout=) take seconds > 0; checked before MPI starts."""
+    pytest.importorskip("mpi4py")
+    monkeypatch.setenv("TINYNET_MPI_TIMEOUT", bad)
+    with pytest.raises(tn.InvalidInputError, match="TINYNET_MPI_TIMEOUT must be a number"):
+        tn.distributed.timeout_from_env()
+    monkeypatch.delenv("TINYNET_MPI_TIMEOUT")
+    assert tn.distributed.timeout_from_env() == tn.distributed.DEFAULT_TIMEOUT_S
+    with pytest.raises(tn.InvalidInputError, match="timeout must be a number of seconds"):
+        tn.distributed.MPI(timeout=float(bad) if bad != "abc" else bad)
+
+
+def test_every_setting_that_changes_a_distributed_run_reaches_the_ranks_check(tmp_path):
+    """N3: fit hands the ranks' check every setting outside the model: epochs, shuffling,
+    validation, schedule, early stopping and the checkpoint resumed (by its bytes)."""
+
+    class Stop(Exception):
+        pass
+
+    class Ranks:  # records what fit asks the ranks to agree on, then stops the run
+        def start(self, model, optimizer, loss, batch_size, data, seed, settings):
+            self.settings = settings
+            raise Stop
+
+    x, y = tn.datasets.mnist_sample("train")
+    net = tn.MLP.from_sizes([784, 8, 10], seed=0, rescale=(1 / 255, 0))
+    ckpt = tmp_path / "c.ckpt"
+    net.fit(x[:64], y[:64], tn.CrossEntropy(), tn.SGD(0.1), 1, 32, checkpoint=ckpt)
+
+    def settings(**given):
+        ranks = Ranks()
+        with pytest.raises(Stop):
+            net.fit(x[:96], y[:96], tn.CrossEntropy(), tn.SGD(0.1), distributed=ranks, **given)
+        return ranks.settings
+
+    base = settings(epochs=3)
+    assert settings(epochs=3) == base  # the same settings give the same fingerprint
+    for given in (
+        dict(epochs=4),
+        dict(epochs=3, shuffle=False),
+        dict(epochs=3, validation_split=0.25),
+        dict(epochs=3, validation_data=(x[:10], y[:10])),
+        dict(epochs=3, schedule=tn.StepLR(1)),
+        dict(epochs=3, schedule=tn.StepLR(2)),
+        dict(epochs=3, early_stopping=tn.EarlyStopping("loss")),
+        dict(epochs=3, resume=ckpt),
+    ):
+        assert settings(**given) != base, given
+    resumed = settings(epochs=3, resume=ckpt)
+    ckpt.write_bytes(ckpt.read_bytes()[:-1] + b"x")  # another checkpoint at the same path
+    assert settings(epochs=3, resume=ckpt) != resumed

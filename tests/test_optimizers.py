@@ -86,7 +86,7 @@ def _problem(n: int = 40, seed: int = 0):
     return X, labels, Ws, bs
 
 
-def reference_run(X, labels, Ws, bs, optimizer, batch: int, frozen_steps: int = 0):
+def reference_run(X, labels, Ws, bs, optimizer, batch: int, frozen_steps: int = 0, steps=STEPS):
     """STEPS mini-batch steps (rows in order, wrapping around) of a tanh hidden layer and a
     softmax output under cross-entropy, in float64, each parameter updated by ``optimizer``;
     the first layer's weights frozen for the first ``frozen_steps`` (no update, so no step
@@ -94,7 +94,7 @@ def reference_run(X, labels, Ws, bs, optimizer, batch: int, frozen_steps: int = 
     Ws, bs = [W.copy() for W in Ws], [b.copy() for b in bs]
     T = np.eye(SIZES[-1])[labels]
     batches = itertools.cycle(range(0, len(X), batch))
-    for step in range(STEPS):
+    for step in range(steps):
         start = next(batches)
         x, t = X[start : start + batch], T[start : start + batch]
         h = np.tanh(x @ Ws[0].T + bs[0])
@@ -165,6 +165,24 @@ def test_a_frozen_then_unfrozen_layer_starts_its_adam_steps_at_one(
     net.layers[0].unfreeze()
     more = epochs if resumed else epochs - epochs // 2  # resume's epochs count those done
     net.fit(X, labels, tn.CrossEntropy(), optimizer, more, **settings)
+    for layer, W_ref, b_ref in zip(net.layers, ref_W, ref_b, strict=True):
+        W, b = layer.get_weights()
+        np.testing.assert_allclose(W, W_ref, **TOL)
+        np.testing.assert_allclose(b, b_ref, **TOL)
+
+
+@pytest.mark.parametrize("batch", [8, 20])
+def test_a_partial_last_batch_is_an_update_of_its_own(backend_name, batch):
+    """45 rows in batches of 8 or 20: each epoch ends with a batch of 5 rows, an update that
+    Adam's step count (its bias correction) must count on every path, across 6 epochs."""
+    X, labels, Ws, bs = _problem(n=45)
+    epochs, per_epoch = 6, -(-45 // batch)
+    ref_W, ref_b = reference_run(X, labels, Ws, bs, ReferenceAdam(0.01), batch,
+                                 steps=epochs * per_epoch)  # fmt: skip
+    net = tn.MLP.from_sizes(list(SIZES), "tanh", "softmax", dtype="float64")
+    for layer, W, b in zip(net.layers, Ws, bs, strict=True):
+        layer.set_weights(W, b)
+    net.fit(X, labels, tn.CrossEntropy(), tn.Adam(0.01), epochs, batch, shuffle=False)
     for layer, W_ref, b_ref in zip(net.layers, ref_W, ref_b, strict=True):
         W, b = layer.get_weights()
         np.testing.assert_allclose(W, W_ref, **TOL)
