@@ -173,14 +173,7 @@ class MLP:
                 RuntimeWarning,
                 stacklevel=3,
             )
-        with np.errstate(over="ignore"):  # an overflow is the error below, not a warning
-            converted = self.backend.asarray(x, None if keep_dtype else self.dtype)
-        if check_finite and _narrowed(x, converted) and not _all_finite(xp, converted):
-            raise InvalidInputError(
-                f"input holds values beyond {converted.dtype}'s range (largest "
-                f"{np.finfo(converted.dtype).max:.3g}): they would be inf in this model"
-            )
-        return converted
+        return self._converted(x, None if keep_dtype else self.dtype, "input holds", check_finite)
 
     def as_targets(self, t: Any, n: int, check_finite: bool = True) -> Any:
         """Targets as a checked backend array (n, out_features); integer labels become one-hot
@@ -207,12 +200,17 @@ class MLP:
             raise InvalidInputError(f"targets must be numeric, got dtype {t.dtype}")
         if check_finite and not _all_finite(xp, t):
             raise InvalidInputError("targets contain NaN or inf")
-        with np.errstate(over="ignore"):
-            converted = self.backend.asarray(t, self.dtype)
-        if check_finite and _narrowed(t, converted) and not _all_finite(xp, converted):
+        return self._converted(t, self.dtype, "targets hold", check_finite)
+
+    def _converted(self, a: Any, dtype: Any, says: str, check_finite: bool) -> Any:
+        """``a`` as a backend array of ``dtype`` (None: its own); checked again after a cast
+        to a narrower float, where finite float64 values beyond float32's range turn inf."""
+        with np.errstate(over="ignore"):  # an overflow is the error below, not a warning
+            converted = self.backend.asarray(a, dtype)
+        if check_finite and _narrowed(a, converted) and not _all_finite(self.backend.xp, converted):
             raise InvalidInputError(
-                f"targets hold values beyond {converted.dtype}'s range (largest "
-                f"{np.finfo(converted.dtype).max:.3g})"
+                f"{says} values beyond {converted.dtype}'s range (largest "
+                f"{np.finfo(converted.dtype).max:.3g}): they would be inf in this model"
             )
         return converted
 

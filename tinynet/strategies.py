@@ -127,12 +127,14 @@ class Fused(_Counted):
     """One backend.train_batches call per stretch."""
 
     def train(self, start: int, stop: int) -> Any:
+        return self.run(self.epoch.rows(start, stop), stop - start, self.epoch.batch_size)
+
+    def run(self, idx: Any, rows: int, batch_size: int) -> Any:
+        """The ``rows`` rows X[idx] in steps of ``batch_size``, in one backend call."""
         e = self.epoch
         self._before()
-        total = e.model.backend.train_batches(
-            self.spec, e.X, e.T, e.rows(start, stop), e.batch_size
-        )
-        self._after(stop - start, e.batch_size)
+        total = e.model.backend.train_batches(self.spec, e.X, e.T, idx, batch_size)
+        self._after(rows, batch_size)
         return total
 
 
@@ -204,10 +206,7 @@ class LocalSGD(Strategy):
             last = min(first + rows_per_average, stop)
             rows = mpi.local_rows(order, first, last, e.batch_size)
             if self.local is not None:
-                self.local._before()
-                total += float(B.train_batches(self.local.spec, e.X, e.T, B.asarray(rows),
-                                               local_batch))  # fmt: skip
-                self.local._after(len(rows), local_batch)
+                total += float(self.local.run(B.asarray(rows), len(rows), local_batch))
             else:
                 for i in range(0, len(rows), local_batch):
                     idx = B.asarray(rows[i : i + local_batch])
