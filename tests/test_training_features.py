@@ -323,15 +323,14 @@ def test_each_epoch_takes_the_strategy_its_backend_offers():
     assert chosen("numba", tn.Adam(), freeze_first=True) is strategies.KernelByKernel
 
 
-def test_the_progress_bar_shows_the_running_loss_and_rate(monkeypatch):
+def test_the_progress_bar_shows_the_running_loss_and_rate():
     """The bar counts every trained row, and shows the mean loss so far and samples/s,
     refreshed at most twice a second (reading the loss waits for the device); a clock of the
     test's own."""
     from tinynet import training
 
     clock = iter([100.0, 101.0, 101.2, 102.0])  # the start, then one reading per stretch
-    monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
-    with training._Progress(1000, "epoch 1/1", True) as progress:
+    with training._Progress(1000, "epoch 1/1", True, clock=lambda: next(clock)) as progress:
         progress.trained(500, 250.0)  # 1 s in: loss 250 / 500, 500 rows a second
         assert progress.bar.n == 500
         assert progress.bar.postfix == "loss=0.5000, samples_s=500"

@@ -258,11 +258,13 @@ class _Progress:
     """The epoch's progress bar (tqdm; nothing when off), with the running loss and rate,
     refreshed at most twice a second: reading the loss waits for the device."""
 
-    def __init__(self, n: int, title: str, on: bool) -> None:
-        self.on, self.done = on, 0
+    def __init__(
+        self, n: int, title: str, on: bool, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        self.on, self.done, self.clock = on, 0, clock
         self.bar = tqdm(total=n, desc=title, unit="sample", unit_scale=True, disable=not on,
                         leave=False, mininterval=0.5)  # fmt: skip
-        self.start = self.next_refresh = time.perf_counter()
+        self.start = self.next_refresh = clock()
 
     def __enter__(self) -> _Progress:
         return self
@@ -276,7 +278,7 @@ class _Progress:
             return
         self.bar.update(rows - self.done)
         self.done = rows
-        now = time.perf_counter()
+        now = self.clock()
         if now >= self.next_refresh:
             self.next_refresh = now + 0.5
             rate = rows / max(now - self.start, 1e-9)
