@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -102,32 +103,42 @@ np.save(f"{out}.rank{mpi.rank}.npy", flat)
 
 
 def _mpiexec(
-    tmp_path: Path, *args: str, ranks: int = 2, env: dict | None = None
+    tmp_path: Path,
+    *args: str,
+    ranks: int = 2,
+    env: dict | None = None,
+    launcher: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess:
-    """The job under ``mpiexec -n ranks``. A job that has not ended after HANG_S hung (a fault
-    that should have stopped it left a rank waiting in a collective): the test fails saying
-    so, with what the job printed. Not a measure of speed: HANG_S is many times the slowest
-    job's time on a loaded machine."""
+    """The job under ``mpiexec -n ranks`` (``launcher``: more of mpiexec's flags). A job that
+    has not ended after HANG_S hung (a fault that should have stopped it left a rank waiting
+    in a collective): the test kills the job's whole process group and fails saying so, with
+    what the job printed. Not a measure of speed: HANG_S is many times the slowest job's time
+    on a loaded machine."""
     job = tmp_path / "job.py"
     job.write_text(JOB)
-    command = [MPIEXEC, "-n", str(ranks), sys.executable, str(job), *args]
-    try:
-        return subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            timeout=HANG_S,
-            env={
-                **os.environ,
-                "TINYNET_ADAPTIVE_THREADS": "0",
-                "TINYNET_REPO": str(REPO),  # for a job on the host stand-in
-                **(HOST_CUPY if args[0] == "cupy-host" else {}),
-                **(env or {}),
-            },
-        )
-    except subprocess.TimeoutExpired as exc:
-        said = (exc.stderr or b"")[-2000:]
-        pytest.fail(f"the job hung (still running after {HANG_S} s): {command}\n{said!r}")
+    command = [MPIEXEC, *launcher, "-n", str(ranks), sys.executable, str(job), *args]
+    environment = {
+        **os.environ,
+        "TINYNET_ADAPTIVE_THREADS": "0",
+        "TINYNET_REPO": str(REPO),  # for a job on the host stand-in
+        **(HOST_CUPY if args[0] == "cupy-host" else {}),
+        **(env or {}),
+    }
+    with subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        start_new_session=True,  # the ranks too, so that a hung job can be killed whole
+    ) as job_process:
+        try:
+            out, err = job_process.communicate(timeout=HANG_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(job_process.pid, signal.SIGKILL)
+            out, err = job_process.communicate()
+            pytest.fail(f"the job hung (still running after {HANG_S} s): {command}\n{err[-2000:]}")
+    return subprocess.CompletedProcess(command, job_process.returncode, out, err)
 
 
 def _mpiexec_script(path: Path, code: str, ranks: int) -> subprocess.CompletedProcess:
@@ -220,7 +231,16 @@ def test_a_stopped_rank_ends_the_job_after_the_timeout(tmp_path, backend):
     if backend not in BACKENDS:
         pytest.skip(f"{backend} unusable here")
     out = str(tmp_path / "out.npz")
-    done = _mpiexec(tmp_path, backend, "momentum", out, "stop", env={"TINYNET_MPI_TIMEOUT": "3"})
+    done = _mpiexec(
+        tmp_path,
+        backend,
+        "momentum",
+        out,
+        "stop",
+        env={"TINYNET_MPI_TIMEOUT": "3"},
+        # only MPI_Abort ends the job, as on a launcher that leaves the others when one exits
+        launcher=("-disable-auto-cleanup",),
+    )
     assert done.returncode != 0
     said = done.stderr
     assert re.search(

@@ -23,7 +23,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -55,14 +55,21 @@ def timeout_from_env() -> float:
 
 
 class Watchdog:
-    """Ends this rank, with one line, once it has waited longer than ``timeout`` seconds in a
-    collective (or a stretch of compiled steps with collectives inside): a rank that stopped
-    (SIGSTOP), hung or lost its network would otherwise keep the others waiting forever. A
-    daemon thread checks once a second; the compiled epochs and mpi4py release the GIL while
-    they wait, so it runs whatever the main thread is blocked in."""
+    """Ends the job, with one line, once this rank has waited longer than ``timeout`` seconds
+    in a collective (or a stretch of compiled steps with collectives inside): a rank that
+    stopped (SIGSTOP), hung or lost its network would otherwise keep the others waiting
+    forever. A daemon thread checks once a second; the compiled epochs and mpi4py release the
+    GIL while they wait, so it runs whatever the main thread is blocked in.
 
-    def __init__(self, timeout: float, rank: int, size: int) -> None:
-        self.timeout, self.rank, self.size = timeout, rank, size
+    ``stop_all`` is MPI_Abort: the launcher then kills every rank, a stopped one included.
+    Exiting alone is not enough: MPICH's launcher stops the others when a rank exits early
+    most times, but a CI run once left the stopped rank, and the job, waiting for good. If
+    the abort itself hangs, this rank exits after ``ABORT_GRACE_S``."""
+
+    ABORT_GRACE_S = 10.0
+
+    def __init__(self, timeout: float, rank: int, size: int, stop_all: Callable[[], None]) -> None:
+        self.timeout, self.rank, self.size, self.stop_all = timeout, rank, size, stop_all
         self._since: float | None = None
         self._what = ""
         thread = threading.Thread(target=self._watch, name="tinynet-mpi-watchdog", daemon=True)
@@ -90,6 +97,8 @@ class Watchdog:
                     file=sys.stderr,
                     flush=True,
                 )
+                threading.Timer(self.ABORT_GRACE_S, os._exit, (1,)).start()
+                self.stop_all()
                 os._exit(1)
 
 
@@ -200,7 +209,9 @@ class MPI:
         self.comm = mpi.COMM_WORLD if comm is None else comm
         self.rank: int = self.comm.Get_rank()
         self.size: int = self.comm.Get_size()
-        self.watchdog = Watchdog(float(timeout), self.rank, self.size)
+        self.watchdog = Watchdog(
+            float(timeout), self.rank, self.size, stop_all=lambda: self.comm.Abort(1)
+        )
         local = self.comm.Split_type(mpi.COMM_TYPE_SHARED)
         self.local_size: int = local.Get_size()
         self.local_rank: int = local.Get_rank()
