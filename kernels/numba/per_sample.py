@@ -70,10 +70,21 @@ def _out_of_line_row(W, i, di, x, x_next, m, v, rule_now, g):
 
 
 @inner_jit
-def _backward_update(W, b, d, a_in, g, train_w, train_b, rule_now, vW, vb, sW, sb, other_rules):
-    """Update a layer from its delta d, and g = W^T d (old W) for the layer below; one pass.
-    rule_now: elementwise.rule_at's; vW, vb, sW, sb: the optimizer's state (or empty);
-    other_rules: see epoch_per_sample."""
+def _layer(net, layer):
+    """Layer ``layer`` of an epoch's net: (W, b, act, alpha, vW, vb, sW, sb), its arrays and the
+    optimizer's state for them, and (train_w, train_b)."""
+    Ws, bs, acts, alphas, train_w, train_b, vWs, vbs, sWs, sbs = net
+    arrays = (Ws[layer], bs[layer], acts[layer], alphas[layer])
+    state = (vWs[layer], vbs[layer], sWs[layer], sbs[layer])
+    return arrays + state, (train_w[layer], train_b[layer])
+
+
+@inner_jit
+def _backward_update(layer, train, d, a_in, g, rule_now, other_rules):
+    """Update a layer (``_layer``'s pair) from its delta d, and g = W^T d (old W) for the layer
+    below; one pass. rule_now: elementwise.rule_at's; other_rules: see epoch_per_sample."""
+    W, b, _, _, vW, vb, sW, sb = layer
+    train_w, train_b = train
     one = typed(W, 1.0)
     zero = one - one
     lr, momentum = rule_now.lr, rule_now.momentum
@@ -113,67 +124,60 @@ def _update_biases(b, d, r0, r1, rule_now, vb, sb, other_rules):
 
 
 @inner_jit
-def _first_layer_update_and_next_forward(
-    W,
-    b,
-    act,
-    alpha,
-    d,
-    x,
-    x_next,
-    h_next,
-    r0,
-    r1,
-    train_w,
-    train_b,
-    rule_now,
-    vW,
-    vb,
-    sW,
-    sb,
-    other_rules,
-):
-    """Rows r0..r1 of the first layer: update them with (d, x) and, in the same pass over W,
-    h_next[r0:r1] = f(W_new x_next + b_new) for the next sample.
+def _plain_sgd_by_four_rows(W, d, x, x_next, h_next, r0, r1, lr):
+    """Plain SGD on rows r0.. of W, four at a time, with h_next[i] = W_new[i] x_next (before
+    bias and activation); returns the first row left for the caller (fewer than four).
+
+    Each load of x[j] and x_next[j] serves four weights: the pass is bound by loads, not
+    arithmetic (four rows beat two and one: design.md). The steps fold lr into the delta (see
+    PLAIN_SGD)."""
+    one = typed(W, 1.0)
+    zero = one - one
+    i = r0
+    while i + 3 < r1:
+        w0, w1, w2, w3 = W[i], W[i + 1], W[i + 2], W[i + 3]
+        s0, s1, s2, s3 = lr * d[i], lr * d[i + 1], lr * d[i + 2], lr * d[i + 3]
+        acc0 = acc1 = acc2 = acc3 = zero
+        for j in range(W.shape[1]):
+            xj, xnj = x[j], x_next[j]
+            a0, _ = sgd_step(w0[j], s0 * xj, zero, one, zero, False, zero)
+            a1, _ = sgd_step(w1[j], s1 * xj, zero, one, zero, False, zero)
+            a2, _ = sgd_step(w2[j], s2 * xj, zero, one, zero, False, zero)
+            a3, _ = sgd_step(w3[j], s3 * xj, zero, one, zero, False, zero)
+            w0[j] = a0
+            w1[j] = a1
+            w2[j] = a2
+            w3[j] = a3
+            acc0 += a0 * xnj
+            acc1 += a1 * xnj
+            acc2 += a2 * xnj
+            acc3 += a3 * xnj
+        h_next[i], h_next[i + 1], h_next[i + 2], h_next[i + 3] = acc0, acc1, acc2, acc3
+        i += 4
+    return i
+
+
+@inner_jit
+def _first_layer_update_and_next_forward(layer, train, sample, rows, rule_now, other_rules):
+    """Rows r0..r1 (``rows``) of the first layer (``_layer``'s pair: layer, train): update them
+    with this sample's delta and input and, in the same pass over W, h_next[r0:r1] =
+    f(W_new x_next + b_new) for the next sample. sample: (d, x, x_next, h_next).
 
     A per-sample step is bound by streaming the first layer's weights through the cache; this
     reads and writes each weight once per sample instead of twice. With train_w and train_b
     False it is the plain forward pass of those rows.
     """
+    W, b, act, alpha, vW, vb, sW, sb = layer
+    train_w, train_b = train
+    d, x, x_next, h_next = sample
+    r0, r1 = rows
     one = typed(W, 1.0)
     zero = one - one
     lr, momentum = rule_now.lr, rule_now.momentum
-    i = r0
-    # Plain SGD four rows at a time: each load of x[j] and x_next[j] serves four weights. The
-    # pass is bound by loads, not arithmetic (four rows beat two and one: design.md). Its
-    # steps fold lr into the delta (see PLAIN_SGD).
+    rest = r0
     if train_w and momentum == zero and not rule_now.out_of_line:
-        while i + 3 < r1:
-            w0, w1, w2, w3 = W[i], W[i + 1], W[i + 2], W[i + 3]
-            s0, s1, s2, s3 = lr * d[i], lr * d[i + 1], lr * d[i + 2], lr * d[i + 3]
-            acc0 = acc1 = acc2 = acc3 = zero
-            for j in range(W.shape[1]):
-                xj, xnj = x[j], x_next[j]
-                a0, _ = sgd_step(w0[j], s0 * xj, zero, one, zero, False, zero)
-                a1, _ = sgd_step(w1[j], s1 * xj, zero, one, zero, False, zero)
-                a2, _ = sgd_step(w2[j], s2 * xj, zero, one, zero, False, zero)
-                a3, _ = sgd_step(w3[j], s3 * xj, zero, one, zero, False, zero)
-                w0[j] = a0
-                w1[j] = a1
-                w2[j] = a2
-                w3[j] = a3
-                acc0 += a0 * xnj
-                acc1 += a1 * xnj
-                acc2 += a2 * xnj
-                acc3 += a3 * xnj
-            h_next[i], h_next[i + 1], h_next[i + 2], h_next[i + 3] = acc0, acc1, acc2, acc3
-            if train_b:
-                for r in range(i, i + 4):
-                    update_bias(b, r, d[r], rule_now, vb)
-            i += 4
-    rest = i
-    for row in range(rest, r1):  # the rest, and every row with momentum, another rule or frozen
-        i = row  # weights
+        rest = _plain_sgd_by_four_rows(W, d, x, x_next, h_next, r0, r1, lr)
+    for i in range(rest, r1):  # the rest, and every row with momentum, another rule or frozen
         di = d[i]
         acc = zero
         if other_rules is not None and train_w and rule_now.out_of_line:  # _out_of_line_row
@@ -194,7 +198,7 @@ def _first_layer_update_and_next_forward(
                 acc += W[i, j] * x_next[j]
         h_next[i] = acc
     if train_b:
-        _update_biases(b, d, rest, r1, rule_now, vb, sb, other_rules)
+        _update_biases(b, d, r0, r1, rule_now, vb, sb, other_rules)
     bias_act_row(h_next[r0:r1], b[r0:r1], act, alpha)
 
 
@@ -215,7 +219,7 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H, other_rules):
     """
     rank, progress, bounds = thread
     X, order, T, in_scale, in_offset = data
-    Ws, bs, acts, alphas, train_w, train_b, vWs, vbs, sWs, sbs = net
+    Ws, bs, acts, alphas = net[:4]
     kind, scale = rule.kind, rule.scale
     n_layers = len(Ws)
     last = n_layers - 1
@@ -231,25 +235,11 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H, other_rules):
     # constants as arguments would compile a second copy of a helper, hence the runtime values
     nothing, first = n < 0, np.int64(1)
     rule_now = rule_at(rule, rule.step + 1, x)
+    first_layer, train_first = _layer(net, 0)
+    rows = (r0, r1)
+    sample = (D[0], x, x, H[0])
     _first_layer_update_and_next_forward(
-        Ws[0],
-        bs[0],
-        acts[0],
-        alphas[0],
-        D[0],
-        x,
-        x,
-        H[0],
-        r0,
-        r1,
-        nothing,
-        nothing,
-        rule_now,
-        vWs[0],
-        vbs[0],
-        sWs[0],
-        sbs[0],
-        other_rules,
+        first_layer, (nothing, nothing), sample, rows, rule_now, other_rules
     )
     publish(progress, rank, first)
     for s in range(n):
@@ -266,43 +256,14 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H, other_rules):
             act_grad_row(A[n_layers], D[last], acts[last], alphas[last])
         for layer in range(last, 0, -1):
             g = D[layer - 1]
-            _backward_update(
-                Ws[layer],
-                bs[layer],
-                D[layer],
-                A[layer],
-                g,
-                train_w[layer],
-                train_b[layer],
-                rule_now,
-                vWs[layer],
-                vbs[layer],
-                sWs[layer],
-                sbs[layer],
-                other_rules,
-            )
+            arrays, train = _layer(net, layer)
+            _backward_update(arrays, train, D[layer], A[layer], g, rule_now, other_rules)
             act_grad_row(A[layer], g, acts[layer - 1], alphas[layer - 1])
         # the last sample's "next" input is its own: a harmless extra forward
         load_input(X, order[min(s + 1, n - 1)], in_scale, in_offset, x_next)
+        sample = (D[0], x, x_next, H[(s + 1) % 2])
         _first_layer_update_and_next_forward(
-            Ws[0],
-            bs[0],
-            acts[0],
-            alphas[0],
-            D[0],
-            x,
-            x_next,
-            H[(s + 1) % 2],
-            r0,
-            r1,
-            train_w[0],
-            train_b[0],
-            rule_now,
-            vWs[0],
-            vbs[0],
-            sWs[0],
-            sbs[0],
-            other_rules,
+            first_layer, train_first, sample, rows, rule_now, other_rules
         )
         publish(progress, rank, s + 2)
         x, x_next = x_next, x
