@@ -26,7 +26,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -57,6 +57,38 @@ ACTIVATION_CODE = {name: code for code, name in enumerate(ACTIVATIONS)}
 
 _instances: dict[str, Backend] = {}
 _explicit: str | None = None
+
+
+class Collective(Protocol):
+    """What a backend may ask of the ranks of a data-parallel run, and all it may ask:
+    tinynet.distributed.MPI implements it; tests/collective_fake.py fakes it with threads.
+
+    Every rank holds the same model and calls the same collectives in the same order."""
+
+    rank: int  # this process's place among the ranks, 0..size-1
+    size: int  # how many ranks
+    device_collective: str  # how allreduce_on_device sums: "nccl" (in a CUDA graph) or "mpi"
+
+    def shard(self, first: int, last: int) -> tuple[int, int]:
+        """This rank's contiguous rows of the global batch [first, last)."""
+        ...
+
+    def allreduce(self, buffer: np.ndarray, what: str) -> None:
+        """buffer (host, 1-D) <- its sum over the ranks, in place; ``what`` names the wait in
+        the error that a rank which never answers causes."""
+        ...
+
+    def allreduce_on_device(self, buffer: Any) -> None:
+        """buffer (a 1-D device array) <- its sum over the ranks, in place, on the current
+        stream."""
+        ...
+
+    def compiled_allreduce(self, dtype: Any) -> tuple | None:
+        """What compiled code calls to sum a flat buffer of ``dtype``: (address of a C function
+        with MPI_Allreduce's signature, communicator, datatype, sum-operation handles, as
+        integers of one width); None where there is none (the backend then runs kernel by
+        kernel)."""
+        ...
 
 
 class Backend(abc.ABC):
@@ -175,14 +207,14 @@ class Backend(abc.ABC):
         said True."""
         raise NotImplementedError(f"backend {self.name!r} has no train_batches")
 
-    def can_train_batches_distributed(self, spec: EpochSpec, distributed: Any) -> bool:
+    def can_train_batches_distributed(self, spec: EpochSpec, distributed: Collective) -> bool:
         """Whether ``train_batches_distributed`` can run this model as a rank of
-        ``distributed`` (a tinynet.distributed.MPI); else the trainer's kernel-by-kernel loop
-        averages the gradients between steps."""
+        ``distributed``; else the trainer's kernel-by-kernel loop averages the gradients
+        between steps."""
         return False
 
     def train_batches_distributed(
-        self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int, distributed: Any
+        self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int, distributed: Collective
     ) -> Any:
         """``train_batches`` as one rank of a data-parallel run: each global batch of
         ``batch_size`` rows of X[order] split into the ranks' contiguous shards

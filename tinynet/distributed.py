@@ -15,6 +15,7 @@ import it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -134,6 +135,24 @@ def file_digest(path: Any) -> str:
     return digest.hexdigest()
 
 
+def _allreduce_handles(mpi: Any, comm: Any, dtype: np.dtype) -> tuple | None:
+    """MPI.compiled_allreduce's answer, found in the library mapped into this process."""
+    try:
+        with open("/proc/self/maps") as f:  # Linux: the files mapped, mpi4py's library too
+            path = next((line.split()[-1] for line in f if "/libmpi." in line), None)
+    except OSError:
+        path = None
+    if path is None:
+        return None
+    function = ctypes.CDLL(path).MPI_Allreduce
+    address = ctypes.cast(function, ctypes.c_void_p).value
+    width = {4: np.int32, 8: np.int64}.get(mpi._sizeof(mpi.Comm))
+    if width is None or not address:
+        return None
+    datatype = {"float32": mpi.FLOAT, "float64": mpi.DOUBLE}[str(dtype)]
+    return address, width(comm.handle), width(datatype.handle), width(mpi.SUM.handle)
+
+
 def nccl_unusable(places: list[tuple[str, str]], loaded: list[bool]) -> str | None:
     """Why NCCL cannot sum these ranks' arrays, or None where it can. ``places``: each rank's
     (host, PCI bus id of its GPU); ``loaded``: whether NCCL's library loads on each rank. NCCL
@@ -193,6 +212,7 @@ class MPI:
             raise InvalidInputError(f"timeout must be a number of seconds > 0, got {timeout!r}")
         threads = None if threads is None else positive_int("threads", threads)
         self._buffers: dict = {}  # the allreduces' buffers (and host copies), per size and dtype
+        self._compiled: dict = {}  # dtype -> compiled_allreduce's answer, found once
         # how device arrays are summed: "nccl" or "mpi" (through host memory), chosen by all
         # ranks together when the first CuPy model starts training
         self.device_collective: str | None = None
@@ -385,6 +405,16 @@ class MPI:
             buffer.get(out=host)  # waits for the kernels that wrote it
             self.allreduce(host, "the gradients' allreduce")
             buffer.set(host)
+
+    def compiled_allreduce(self, dtype: Any) -> tuple | None:
+        """MPI_Allreduce for compiled code: (its address in the MPI library mpi4py loaded, this
+        communicator, the MPI datatype of ``dtype``, MPI_SUM), each handle as a NumPy integer
+        of the library's handle width; None where the library cannot be found (the numba
+        backend then runs kernel by kernel)."""
+        dtype = np.dtype(dtype)
+        if dtype not in self._compiled:
+            self._compiled[dtype] = _allreduce_handles(self._mpi, self.comm, dtype)
+        return self._compiled[dtype]
 
     def _choose_device_collective(self) -> None:
         """NCCL when it loads on every rank and no two ranks share a GPU, else MPI through host

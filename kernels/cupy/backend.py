@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tinynet.backend import Backend, EpochSpec, adam_scalars
+from tinynet.backend import Backend, Collective, EpochSpec, adam_scalars
 from tinynet.errors import BackendError
 from tinynet.kernels.cupy.cublas import Cublas
 from tinynet.kernels.cupy.plan import EpochPlan
@@ -201,11 +201,11 @@ class CupyBackend(Backend):
         device array (read by the trainer once per epoch)."""
         return self._run_plan(spec, X, T, order, batch_size, None)
 
-    def can_train_batches_distributed(self, spec: EpochSpec, distributed: Any) -> bool:
+    def can_train_batches_distributed(self, spec: EpochSpec, distributed: Collective) -> bool:
         return self.can_train_batches(spec, 0)
 
     def train_batches_distributed(
-        self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int, distributed: Any
+        self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int, distributed: Collective
     ) -> Any:
         """train_batches as one rank of ``distributed``: the gradients summed over the ranks
         in every step, by NCCL on the device (captured into the CUDA graphs with the kernels

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinynet.backend import EpochSpec, adam_scalars
+from tinynet.backend import Collective, EpochSpec, adam_scalars
 from tinynet.kernels.cupy.sources import ACT, ELEMENTWISE, ROW_KERNELS
 
 if TYPE_CHECKING:
@@ -65,9 +65,9 @@ class EpochPlan:
         X: Any,
         T: Any,
         batch: int,
-        distributed: Any = None,
+        distributed: Collective | None = None,
     ) -> None:
-        """``distributed``: a tinynet.distributed.MPI when this process is one rank of a
+        """``distributed``: the run's Collective when this process is one rank of a
         data-parallel run. A step then takes this rank's shard of the batch, and one allreduce
         of one flat buffer sums the gradients of all ranks before any update."""
         cp = self.cp = backend.xp

@@ -8,11 +8,10 @@ from typing import Any
 import numba
 import numpy as np
 
-from tinynet.backend import Backend, EpochSpec, adam_scalars
+from tinynet.backend import Backend, Collective, EpochSpec, adam_scalars
 from tinynet.errors import BackendError
 from tinynet.kernels.numba import cache, elementwise
 from tinynet.kernels.numba.blas import blas_epoch, blas_epoch_allreduce, gemm_address, product
-from tinynet.kernels.numba.collective import allreduce_handles
 from tinynet.kernels.numba.compile import (
     ACT,
     CACHE,
@@ -64,7 +63,6 @@ class NumbaBackend(Backend):
         self._blas = BlasThreads()
         self._sizer = self._blas.sizer
         self.adaptive_threads = self._blas.adaptive
-        self._allreduce_handles: dict = {}  # (communicator, dtype) -> MPI_Allreduce and handles
 
     def info(self) -> dict[str, str]:
         info = NumpyBackend.info(self)
@@ -185,19 +183,11 @@ class NumbaBackend(Backend):
         with self._blas.sized(key, len(order)):
             return self._blas_batches(spec, X, T, order, batch_size)
 
-    def can_train_batches_distributed(self, spec: EpochSpec, distributed: Any) -> bool:
-        return self._allreduce(spec, distributed) is not None
-
-    def _allreduce(self, spec: EpochSpec, distributed: Any) -> tuple | None:
-        """collective.allreduce_handles for this dtype, found once per communicator."""
-        dtype = np.dtype(spec.layers[0].W.dtype)
-        key = (id(distributed.comm), dtype)
-        if key not in self._allreduce_handles:
-            self._allreduce_handles[key] = allreduce_handles(distributed.comm, dtype)
-        return self._allreduce_handles[key]
+    def can_train_batches_distributed(self, spec: EpochSpec, distributed: Collective) -> bool:
+        return distributed.compiled_allreduce(spec.layers[0].W.dtype) is not None
 
     def train_batches_distributed(
-        self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int, distributed: Any
+        self, spec: EpochSpec, X: Any, T: Any, order: Any, batch_size: int, distributed: Collective
     ) -> float:
         """blas.blas_epoch_allreduce for every batch size: the shards of small global batches
         are smaller still, and a step needs the summed gradients before any update."""
@@ -206,7 +196,7 @@ class NumbaBackend(Backend):
         A, D, _ = self._work_arrays(dtype, spec.layers, batch_size)
         grads, sums = self._flat_gradients(spec), self._flat_gradients(spec, "sums")
         shard = (np.int64(distributed.rank), np.int64(distributed.size))
-        handles = self._allreduce(spec, distributed)
+        handles = distributed.compiled_allreduce(dtype)
         with self._blas.sized(("distributed", dtype, batch_size), len(order)):
             return blas_epoch_allreduce(
                 gemm_address(dtype), data, net, rule, A, D, grads, sums, batch_size, shard,

@@ -1,49 +1,19 @@
 """MPI_Allreduce called from compiled code, so a distributed epoch stays one compiled call.
 
 As with gemm (blas.py), the function's address is passed to the kernels as an integer at run
-time, never baked into the kernel cache: the MPI library is the one mpi4py loaded. Handles
+time, never baked into the kernel cache: it comes from the run's Collective
+(``compiled_allreduce``: the MPI library mpi4py loaded, or a test's fake). Handles
 (communicator, datatype, operation) are passed as integers of the MPI library's handle width
 (MPICH: 32-bit integers; Open MPI: pointers).
 """
 
 from __future__ import annotations
 
-import ctypes
-from typing import Any
-
-import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
 from tinynet.kernels.numba.compile import inner_jit
-
-
-def allreduce_handles(comm: Any, dtype: Any) -> tuple | None:
-    """(address of MPI_Allreduce, communicator, datatype of ``dtype``, MPI_SUM), each handle as
-    a NumPy integer of the library's handle width; None where the library cannot be found (a
-    distributed run then averages between calls instead)."""
-    from mpi4py import MPI
-
-    path = next((line.split()[-1] for line in _maps() if "/libmpi." in line), None)
-    if path is None:
-        return None
-    function = ctypes.CDLL(path).MPI_Allreduce
-    address = ctypes.cast(function, ctypes.c_void_p).value
-    width = {4: np.int32, 8: np.int64}.get(MPI._sizeof(MPI.Comm))
-    if width is None or not address:
-        return None
-    datatype = {"float32": MPI.FLOAT, "float64": MPI.DOUBLE}[str(np.dtype(dtype))]
-    return address, width(comm.handle), width(datatype.handle), width(MPI.SUM.handle)
-
-
-def _maps() -> list[str]:
-    """This process's mapped files (Linux), where the MPI library mpi4py loaded shows up."""
-    try:
-        with open("/proc/self/maps") as f:
-            return [line.rstrip() for line in f]
-    except OSError:
-        return []
 
 
 @intrinsic
