@@ -29,6 +29,7 @@ SLOW_FILES = {
     "test_distributed.py",  # mpiexec jobs
     "test_numba_cache.py",  # child processes compiling into empty caches
     "test_readme.py",  # the README's snippets, each in a fresh process
+    "test_docs.py",  # the docs' snippets, each in a fresh process
 }
 
 

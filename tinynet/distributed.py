@@ -193,7 +193,7 @@ class MPI:
     its own step (batch_size / ranks rows, the update from its gradient alone), and every K
     steps the ranks average their weights and optimizer state: one allreduce per K steps
     instead of one per step, and each stretch of K steps runs in the backend's fused epoch.
-    Not the same computation as one process (see README, "Beyond one machine", for its cost).
+    Not the same computation as one process (see docs/guide/data-parallel.md for its cost).
     """
 
     def __init__(
