@@ -70,21 +70,10 @@ def _out_of_line_row(W, i, di, x, x_next, m, v, rule_now, g):
 
 
 @inner_jit
-def _layer(net, layer):
-    """Layer ``layer`` of an epoch's net: (W, b, act, alpha, vW, vb, sW, sb), its arrays and the
-    optimizer's state for them, and (train_w, train_b)."""
-    Ws, bs, acts, alphas, train_w, train_b, vWs, vbs, sWs, sbs = net
-    arrays = (Ws[layer], bs[layer], acts[layer], alphas[layer])
-    state = (vWs[layer], vbs[layer], sWs[layer], sbs[layer])
-    return arrays + state, (train_w[layer], train_b[layer])
-
-
-@inner_jit
-def _backward_update(layer, train, d, a_in, g, rule_now, other_rules):
-    """Update a layer (``_layer``'s pair) from its delta d, and g = W^T d (old W) for the layer
-    below; one pass. rule_now: elementwise.rule_at's; other_rules: see epoch_per_sample."""
-    W, b, _, _, vW, vb, sW, sb = layer
-    train_w, train_b = train
+def _backward_update(W, b, d, a_in, g, train_w, train_b, rule_now, vW, vb, sW, sb, other_rules):
+    """Update a layer from its delta d, and g = W^T d (old W) for the layer below; one pass.
+    rule_now: elementwise.rule_at's; vW, vb, sW, sb: the optimizer's state (or empty);
+    other_rules: see epoch_per_sample."""
     one = typed(W, 1.0)
     zero = one - one
     lr, momentum = rule_now.lr, rule_now.momentum
@@ -159,9 +148,10 @@ def _plain_sgd_by_four_rows(W, d, x, x_next, h_next, r0, r1, lr):
 
 @inner_jit
 def _first_layer_update_and_next_forward(layer, train, sample, rows, rule_now, other_rules):
-    """Rows r0..r1 (``rows``) of the first layer (``_layer``'s pair: layer, train): update them
-    with this sample's delta and input and, in the same pass over W, h_next[r0:r1] =
-    f(W_new x_next + b_new) for the next sample. sample: (d, x, x_next, h_next).
+    """Rows r0..r1 (``rows``) of the first layer: update them with this sample's delta and
+    input and, in the same pass over W, h_next[r0:r1] = f(W_new x_next + b_new) for the next
+    sample. layer: (W, b, act, alpha, and the optimizer's state vW, vb, sW, sb); train:
+    (train_w, train_b); sample: (d, x, x_next, h_next).
 
     A per-sample step is bound by streaming the first layer's weights through the cache; this
     reads and writes each weight once per sample instead of twice. With train_w and train_b
@@ -219,7 +209,7 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H, other_rules):
     """
     rank, progress, bounds = thread
     X, order, T, in_scale, in_offset = data
-    Ws, bs, acts, alphas = net[:4]
+    Ws, bs, acts, alphas, train_w, train_b, vWs, vbs, sWs, sbs = net
     kind, scale = rule.kind, rule.scale
     n_layers = len(Ws)
     last = n_layers - 1
@@ -235,7 +225,8 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H, other_rules):
     # constants as arguments would compile a second copy of a helper, hence the runtime values
     nothing, first = n < 0, np.int64(1)
     rule_now = rule_at(rule, rule.step + 1, x)
-    first_layer, train_first = _layer(net, 0)
+    first_layer = (Ws[0], bs[0], acts[0], alphas[0], vWs[0], vbs[0], sWs[0], sbs[0])
+    train_first = (train_w[0], train_b[0])
     rows = (r0, r1)
     sample = (D[0], x, x, H[0])
     _first_layer_update_and_next_forward(
@@ -256,8 +247,21 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H, other_rules):
             act_grad_row(A[n_layers], D[last], acts[last], alphas[last])
         for layer in range(last, 0, -1):
             g = D[layer - 1]
-            arrays, train = _layer(net, layer)
-            _backward_update(arrays, train, D[layer], A[layer], g, rule_now, other_rules)
+            _backward_update(
+                Ws[layer],
+                bs[layer],
+                D[layer],
+                A[layer],
+                g,
+                train_w[layer],
+                train_b[layer],
+                rule_now,
+                vWs[layer],
+                vbs[layer],
+                sWs[layer],
+                sbs[layer],
+                other_rules,
+            )
             act_grad_row(A[layer], g, acts[layer - 1], alphas[layer - 1])
         # the last sample's "next" input is its own: a harmless extra forward
         load_input(X, order[min(s + 1, n - 1)], in_scale, in_offset, x_next)
