@@ -279,24 +279,48 @@ def _library(spec: sources.Elementwise, T: np.dtype, X: np.dtype) -> Any:
     return getattr(shared_library(code, _BUILD_DIR), spec.name)
 
 
+def kernel_signatures(code: str) -> dict[str, list[str]]:
+    """Each ``__global__`` kernel of ``code`` (a template or not) -> its parameters as written."""
+    found = re.findall(r"__global__ void (\w+)\(([^)]*)\)", code)
+    return {name: [" ".join(p.split()) for p in params.split(",")] for name, params in found}
+
+
+def host_entry_points(code: str, name_expressions: list[str]) -> tuple[str, dict]:
+    """An ``extern "C"`` function per name expression (``tinynet_softmax_ce<float>``, or a plain
+    kernel's name) that calls that kernel, for ctypes; and each one's parameters with the
+    template's T made the expression's type."""
+    signatures = kernel_signatures(code)
+    wrappers, entries = [], {}
+    for expression in name_expressions:
+        name, _, ctype = expression.partition("<")
+        ctype = ctype.rstrip(">")
+        params = [re.sub(r"\bT\b", ctype, p) if ctype else p for p in signatures[name]]
+        arguments = ", ".join(p.split()[-1].lstrip("*") for p in params)
+        entry = f"host_{name}_{ctype or 'plain'}"
+        wrappers.append(
+            f'extern "C" void {entry}({", ".join(params)}) {{ {expression}({arguments}); }}'
+        )
+        entries[expression] = (entry, params)
+    return "\n".join(wrappers) + "\n", entries
+
+
 class HostRawModule:
     """cupy.RawModule run on the host: each kernel called once per (block, thread) of its
-    launch, with the thread indices set first. The arguments must match the kernel's C
-    parameters exactly, as on the GPU, where CuPy passes each scalar at its own width: an
-    array for a pointer, np.int32 for int, np.int64 for long long, T's NumPy type for T."""
+    launch, with the thread indices set first. The templates are instantiated for the
+    ``name_expressions`` as NVRTC instantiates them, and ``get_function`` takes the same names.
+    The arguments must match the kernel's C parameters exactly, as on the GPU, where CuPy
+    passes each scalar at its own width: an array for a pointer, np.int32 for int, np.int64 for
+    long long, the float type's NumPy type for float or double."""
 
-    def __init__(self, code: str, **_: Any) -> None:
-        self.library = shared_library(PRELUDE + code, _BUILD_DIR)
-        self.T = np.dtype({"float": np.float32, "double": np.float64}[
-            re.search(r"typedef (\w+) T;", code).group(1)])  # fmt: skip
-        self.signatures = {
-            name: [p.strip() for p in params.split(",")]
-            for name, params in re.findall(r'extern "C" __global__ void (\w+)\(([^)]*)\)', code)
-        }
+    def __init__(self, code: str, name_expressions: list[str] = (), **_: Any) -> None:
+        entry_code, self.entries = host_entry_points(code, list(name_expressions))
+        self.library = shared_library(PRELUDE + code + entry_code, _BUILD_DIR)
 
     def get_function(self, name: str) -> Any:
-        kernel, place = getattr(self.library, name), self.library.tinynet_host_thread
-        signature = self.signatures[name]
+        if name not in self.entries:
+            raise KeyError(f"{name}: not among the module's name_expressions")
+        entry, signature = self.entries[name]
+        kernel, place = getattr(self.library, entry), self.library.tinynet_host_thread
 
         def launch(grid: tuple, block: tuple, args: tuple) -> None:
             if len(args) != len(signature):
@@ -315,12 +339,14 @@ class HostRawModule:
 
         return launch
 
-    def _check(self, name: str, parameter: str, value: Any) -> None:
+    @staticmethod
+    def _check(name: str, parameter: str, value: Any) -> None:
         kind = parameter.rsplit(None, 1)[0].replace("const ", "").strip()
         if kind.endswith("*"):
             ok = isinstance(value, np.ndarray)
         else:
-            want = {"int": np.int32, "long long": np.int64, "T": self.T.type}[kind]
+            want = {"int": np.int32, "long long": np.int64, "float": np.float32,
+                    "double": np.float64}[kind]  # fmt: skip
             ok = type(value) is want
         if not ok:
             raise TypeError(f"{name}: {type(value).__name__} passed for '{parameter}'")

@@ -1,6 +1,6 @@
-"""The CUDA sources of the cupy backend, checked without a GPU: generated from the one
-activation table, and compiled by nvcc to PTX for the H100/H200 architecture where nvcc is
-installed (the GPU run itself is in tests/test_gpu.py)."""
+"""The CUDA sources of the cupy backend (kernels/cupy/cuda/), checked without a GPU: compiled
+by nvcc to PTX for the H100/H200 architecture where nvcc is installed, and built by g++ for
+the host and run against the NumPy reference (the GPU run itself is in tests/test_gpu.py)."""
 
 from __future__ import annotations
 
@@ -17,17 +17,29 @@ from tinynet.kernels.cupy import sources
 NVCC = shutil.which("nvcc")
 
 
-def test_every_elementwise_activation_has_cuda_and_the_shared_code():
-    assert set(sources.ACTIVATION_CUDA) == set(ACTIVATIONS) - {"softmax"}  # softmax: per row
+def test_every_activation_has_its_code_and_a_branch_in_the_header():
+    """The codes come from ACTIVATION_CODE; each activation but identity (the functions' last
+    return) and softmax (per row, rows.cu) has a branch in act_value and one in act_grad."""
     for name, code in ACTIVATION_CODE.items():
-        if name != "softmax":
-            assert (
-                f"if (act == {code}) return {sources.ACTIVATION_CUDA[name][0]}".replace(
-                    "(T)", "(F)"
-                )
-                in sources.ACTIVATION_FUNCTIONS
-            )
-    assert f"#define SOFTMAX {ACTIVATION_CODE['softmax']}" in sources.ROW_KERNELS
+        assert f"#define TINYNET_ACT_{name.upper()} {code}\n" in sources.defines()
+    header = (sources.CUDA_DIR / sources.HEADER_NAME).read_text()
+    for name in set(ACTIVATIONS) - {"identity", "softmax"}:
+        assert header.count(f"act == TINYNET_ACT_{name.upper()})") == 2, name
+    assert sources.ROW_KERNELS.count("TINYNET_ACT_SOFTMAX") >= 3  # defined, and used twice
+
+
+def test_the_kernels_read_the_files_the_compilers_and_editors_read():
+    """rows.cu with the header's text in place of its #include, after the codes; nothing of
+    the CUDA left as Python strings but the elementwise kernels' one-line bodies."""
+    header = (sources.CUDA_DIR / "tinynet.cuh").read_text()
+    rows = (sources.CUDA_DIR / "rows.cu").read_text()
+    assert '#include "tinynet.cuh"' in rows
+    expected_rows = sources.defines() + rows.replace('#include "tinynet.cuh"', header)
+    assert expected_rows == sources.ROW_KERNELS
+    assert sources.defines() + header == sources.HEADER
+    for spec in sources.ELEMENTWISE.values():
+        assert spec.operation.count(";") <= 2 and "\n" not in spec.operation, spec.name
+        assert spec.preamble in ("", sources.HEADER), spec.name
 
 
 def test_every_kernel_the_backend_builds_is_in_the_table():
@@ -52,16 +64,34 @@ def test_every_table_entry_is_a_well_formed_kernel():
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
 @pytest.mark.parametrize("ctype", ["float", "double"])
-@pytest.mark.parametrize("which", ["row_kernels", "elementwise"])
-def test_the_cuda_sources_compile(tmp_path, ctype, which):
-    """nvcc compiles the per-row kernels, and every elementwise kernel of the table as CuPy
-    frames it, to PTX for the H100/H200 architecture."""
-    if which == "row_kernels":
-        code = f"typedef {ctype} T;\n" + sources.ROW_KERNELS
-    else:
-        code = program(ctype, list(sources.ELEMENTWISE.values()))
+def test_nvcc_compiles_the_cuda_files(tmp_path, ctype):
+    """nvcc compiles rows.cu, which includes tinynet.cuh, from their own files (the activation
+    codes as -D flags), every kernel instantiated for ``ctype`` as CuPy's name_expressions
+    instantiate them, to PTX for the H100/H200 architecture."""
+    names = sources.row_kernel_names(ctype).values()
+    instances = tmp_path / "instances.cu"
+    instances.write_text(
+        '#include "rows.cu"\n'
+        + "".join(f"auto* kernel_{i} = &{name};\n" for i, name in enumerate(names))
+    )
+    codes = [f"-DTINYNET_ACT_{name.upper()}={code}" for name, code in ACTIVATION_CODE.items()]
+    done = subprocess.run(
+        [NVCC, "-ptx", "-arch=sm_90", f"-I{sources.CUDA_DIR}", *codes, str(instances),
+         "-o", str(tmp_path / "rows.ptx")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    ptx = (tmp_path / "rows.ptx").read_text()
+    for name in names:
+        assert name.partition("<")[0] in ptx, name  # each kernel's (mangled) entry
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
+@pytest.mark.parametrize("ctype", ["float", "double"])
+def test_nvcc_compiles_every_elementwise_kernel(tmp_path, ctype):
+    """Every elementwise kernel of the table as CuPy frames it, the header as its preamble."""
     source = tmp_path / "kernels.cu"
-    source.write_text(code)
+    source.write_text(program(ctype, list(sources.ELEMENTWISE.values())))
     done = subprocess.run(
         [NVCC, "-ptx", "-arch=sm_90", str(source), "-o", str(tmp_path / "kernels.ptx")],
         capture_output=True,
@@ -102,7 +132,7 @@ def test_the_cuda_activation_formulas_match_the_reference(tmp_path, name):
     program = (
         "#include <cmath>\n#include <cstdio>\nusing std::exp; using std::tanh;\n"
         "#define __device__\n"
-        + sources.ACTIVATION_FUNCTIONS
+        + sources.HEADER
         + "int main() {\n"
         + f"  const double z[] = {{{_c_array(z)}}};\n"
         + f"  const double y[] = {{{_c_array(y)}}};\n"
@@ -199,8 +229,8 @@ def test_the_cuda_adam_kernels_match_the_reference(tmp_path, kernel, decoupled):
     update = {
         "adam": "tinynet_adam(gs[done], h[1], h[2], sizes[done], roots[done], h[3], h[4], h[5], "
         "ws, ms, vs, 8);",
-        "plan_adam": "tinynet_adam_scalars(&step, &base, h); tinynet_plan_adam(gs[done], h, ws, "
-        "ms, vs, 8);",
+        "plan_adam": "tinynet_adam_scalars<double>(&step, &base, h); "
+        "tinynet_plan_adam(gs[done], h, ws, ms, vs, 8);",
     }[kernel]
     scalars = frozenset({"b1", "b2", "step_size", "bias_root", "eps", "wd", "shrink"})
     code = program("double", [sources.ELEMENTWISE[kernel]], scalars, rows=True)
@@ -262,15 +292,18 @@ def test_the_cuda_gather_takes_the_shards_rows(tmp_path):
 
 def _row_kernel_program(call: str, z: np.ndarray, T: np.ndarray, order: np.ndarray) -> str:
     """ROW_KERNELS for the host (one thread: blockIdx.x is the row) and a main that runs
-    ``call`` for each row of the shard, then prints the outputs z, delta and the loss sum."""
+    ``call`` for each row of the shard, then tinynet_add_losses on the rows' losses, and prints
+    the outputs z, delta and the loss sum."""
     rows, classes = z.shape
     return program("double", [], rows=True) + (
         f"int main() {{\n  T z[] = {{{_c_array(z.ravel())}}}, delta[{z.size}];\n"
+        + f"  double row_loss[{rows}];\n"
         + f"  const T bias[] = {{{_c_array(np.linspace(-0.3, 0.4, classes))}}};\n"
         + f"  const T targets[] = {{{_c_array(T.ravel())}}};\n"
         + f"  const long long order[] = {{{_longs(order)}}}, step[] = {{{STEP}}};\n"
-        + "  double loss = 0;\n"
+        + "  double loss = 0.25;  // what earlier steps added: the kernel adds to it\n"
         + f"  for (unsigned r = 0; r < {rows}; ++r) {{ blockIdx.x = r; {call}; }}\n"
+        + f"  tinynet_add_losses(row_loss, {rows}, &loss);\n"
         + f"  for (int i = 0; i < {z.size}; ++i)\n"
         + '    printf("%.17g %.17g %.17g\\n", z[i], delta[i], loss);\n}\n'
     )
@@ -289,15 +322,15 @@ def test_the_cuda_softmax_cross_entropy_kernel_on_a_shard(tmp_path):
     p /= p.sum(1, keepdims=True)
     t = T[_shard_rows(order)]
     call = (
-        f"tinynet_softmax_ce(z, bias, targets, order, step, {FIRST}, {BATCH}, {ROWS}, 4, "
-        f"{1 / BATCH!r}, 1e-300, delta, &loss)"
+        f"tinynet_softmax_ce<double>(z, bias, targets, order, step, {FIRST}, {BATCH}, {ROWS}, "
+        f"4, {1 / BATCH!r}, 1e-300, delta, row_loss)"
     )
     got_p, got_delta, got_loss = _host_columns(
         tmp_path, "softmax_ce", _row_kernel_program(call, z, T, order)
     )
     np.testing.assert_allclose(got_p, p.ravel(), rtol=1e-14)
     np.testing.assert_allclose(got_delta, ((p - t) / BATCH).ravel(), rtol=1e-13, atol=1e-17)
-    np.testing.assert_allclose(got_loss[0], -(t * np.log(p)).sum(), rtol=1e-14)
+    np.testing.assert_allclose(got_loss[0], 0.25 - (t * np.log(p)).sum(), rtol=1e-14)
 
 
 @pytest.mark.skipif(GXX is None, reason="g++ not installed")
@@ -311,11 +344,30 @@ def test_the_cuda_squared_error_kernel_on_a_shard(tmp_path):
     t, scale = T[_shard_rows(order)], 0.5
     coef = 2 * scale / BATCH
     call = (
-        f"tinynet_squared_error(z, targets, order, step, {FIRST}, {BATCH}, {ROWS}, 4, "
-        f"{ACTIVATION_CODE['sigmoid']}, 0.0, {scale!r}, {coef!r}, delta, &loss)"
+        f"tinynet_squared_error<double>(z, targets, order, step, {FIRST}, {BATCH}, {ROWS}, 4, "
+        f"{ACTIVATION_CODE['sigmoid']}, 0.0, {scale!r}, {coef!r}, delta, row_loss)"
     )
     _, got_delta, got_loss = _host_columns(
         tmp_path, "squared_error", _row_kernel_program(call, y, T, order)
     )
     np.testing.assert_allclose(got_delta, (coef * (y - t) * y * (1 - y)).ravel(), rtol=1e-14)
-    np.testing.assert_allclose(got_loss[0], scale * ((y - t) ** 2).sum(), rtol=1e-14)
+    np.testing.assert_allclose(got_loss[0], 0.25 + scale * ((y - t) ** 2).sum(), rtol=1e-14)
+
+
+def test_the_package_data_carries_every_cuda_file():
+    """An installed wheel reads the CUDA files at run time: pyproject's package-data must
+    match each of them (a wheel built from it, `pip wheel .`, lists them)."""
+    import fnmatch
+    import sys
+
+    if sys.version_info < (3, 11):
+        pytest.skip("tomllib is Python 3.11's")
+    import tomllib
+
+    repo = sources.CUDA_DIR.parents[2]
+    config = tomllib.loads((repo / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["tinynet.kernels.cupy"]
+    files = [path.name for path in sources.CUDA_DIR.iterdir()]
+    assert {"tinynet.cuh", "rows.cu"} <= set(files)
+    for name in files:
+        assert any(fnmatch.fnmatch(f"cuda/{name}", pattern) for pattern in patterns), name

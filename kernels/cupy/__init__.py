@@ -1,6 +1,8 @@
 """The CuPy GPU backend: the reference's kernels on CUDA arrays, the elementwise steps fused.
 
-Modules: ``sources`` (the CUDA sources), ``cublas`` (cuBLAS on a handle of our own), ``plan``
+Modules: ``cuda/`` (the CUDA files: ``tinynet.cuh``, each rule once, and ``rows.cu``, the
+fused epoch's per-row kernels), ``sources`` (reads them; every elementwise kernel as data),
+``cublas`` (cuBLAS on a handle of our own), ``plan``
 (a model's prepared training plan: buffers, kernels, CUDA graphs), ``backend`` (the class).
 
 * Arrays are ``cupy.ndarray``; ``asarray`` uploads, ``to_numpy`` downloads. ``fit`` uploads the
@@ -16,8 +18,9 @@ Modules: ``sources`` (the CUDA sources), ``cublas`` (cuBLAS on a handle of our o
   device, the batch counter and learning rate in device memory, GEMMs through cuBLAS on a handle
   of our own, the output layer's softmax, cross-entropy and gradient in one kernel, plain SGD
   folded into the gradient GEMMs (W <- W - lr d^T a with beta = 1; a bias's sum over the batch is
-  the GEMM d^T 1), losses summed on the device with atomics: no host <-> device transfer and no
-  sync inside an epoch. With ``graphs=True`` (or ``TINYNET_CUDA_GRAPHS=1``) up to 16 steps are
+  the GEMM d^T 1), each row's loss added up in row order on the device (the same sum on every
+  run, which atomics would not give): no host <-> device transfer and no sync inside an epoch.
+  With ``graphs=True`` (or ``TINYNET_CUDA_GRAPHS=1``) up to 16 steps are
   captured as one CUDA graph and replayed for the full batches (the partial batch at the end of an
   epoch runs eagerly).
 * ``train_batches_distributed``: the same plan as one rank of an MPI job. Each step takes this

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tinynet.backend import Collective, EpochSpec, adam_scalars
-from tinynet.kernels.cupy.sources import ACT, ELEMENTWISE, ROW_KERNELS
+from tinynet.kernels.cupy.sources import ACT, ELEMENTWISE, ROW_KERNELS, row_kernel_names
 
 if TYPE_CHECKING:
     from tinynet.kernels.cupy.backend import CupyBackend
@@ -21,13 +21,15 @@ class PlanKernels:
     """The fused epoch's kernels for one dtype, built once (compiled by CuPy on first launch)."""
 
     def __init__(self, cp: Any, dtype: np.dtype) -> None:
-        ctype = "float" if dtype == np.float32 else "double"
-        module = cp.RawModule(code=f"typedef {ctype} T;\n" + ROW_KERNELS)
-        self.softmax_ce = module.get_function("tinynet_softmax_ce")
-        self.squared_error = module.get_function("tinynet_squared_error")
-        self.softmax_rows = module.get_function("tinynet_softmax_rows")
-        self.next_step = module.get_function("tinynet_next_step")
-        self.adam_scalars = module.get_function("tinynet_adam_scalars")
+        names = row_kernel_names("float" if dtype == np.float32 else "double")
+        module = cp.RawModule(code=ROW_KERNELS, name_expressions=list(names.values()))
+        self.softmax_ce, self.squared_error, self.softmax_rows, self.adam_scalars = (
+            module.get_function(names[name])
+            for name in ("tinynet_softmax_ce", "tinynet_squared_error", "tinynet_softmax_rows",
+                         "tinynet_adam_scalars")
+        )  # fmt: skip
+        self.add_losses = module.get_function(names["tinynet_add_losses"])
+        self.next_step = module.get_function(names["tinynet_next_step"])
         # the elementwise kernels of the plan: gather the batch's rows, and the rules other than
         # plain SGD (the gradient by a GEMM, then the rule)
         self.gather, self.sgd, self.sgd_decay, self.adam = (
@@ -90,7 +92,7 @@ class EpochPlan:
         # what each layer's step updates: (parameter, velocity or Adam's first moments, Adam's
         # second moments, is_bias, gradient buffer); the gradient is d^T a for W and d^T 1 for
         # a bias, taken as a column (out, 1). Plain SGD in one process has no buffer: its GEMM
-        # adds -lr d^T a into the parameter (sources.SGD_STEP). In a data-parallel run the
+        # adds -lr d^T a into the parameter (cuda/tinynet.cuh, sgd_step). In a data-parallel run the
         # buffers are views of one flat buffer, which one allreduce a step sums over the ranks.
         self.adam, self.nesterov = spec.adam is not None, spec.nesterov
         self.weight_decay = dt(spec.weight_decay)
@@ -122,10 +124,11 @@ class EpochPlan:
         self.order = cp.zeros(X.shape[0], np.int64)
         self.step = cp.zeros(1, np.int64)
         self.loss = cp.zeros((), np.float64)
+        self.row_loss = cp.zeros(rows, np.float64)  # each row's loss, added up in row order
         # the GEMMs' alpha and beta, read on the device: 1, 0, -lr; then lr and momentum for
         # the SGD rule kernels (the learning rates set per run)
         self.scalars = cp.asarray(np.array([1, 0, 0, 0, spec.momentum], dtype))
-        # Adam's scalars (sources.ADAM_SCALARS) and the updates before this call
+        # Adam's scalars (cuda/rows.cu, tinynet_adam_scalars) and the updates before this call
         self.hyper = cp.zeros(8, dtype)
         self.base = cp.zeros(1, np.int64)
         self.one, self.zero, self.alpha_lr = (
@@ -263,12 +266,13 @@ class EpochPlan:
                  np.int32(classes))  # fmt: skip
         if self.ce:
             b = layers[-1].b if layers[-1].b is not None else self.zero_bias[-1]
-            k.softmax_ce(grid, block, (y, b, self.T, *where, inv_n, self.tiny, d, self.loss))
+            k.softmax_ce(grid, block, (y, b, self.T, *where, inv_n, self.tiny, d, self.row_loss))
         else:
             act, alpha = np.int32(ACT[layers[-1].activation]), dt(layers[-1].alpha)
             coef = dt(2) * self.loss_scale * inv_n
             k.squared_error(grid, block, (y, self.T, *where, act, alpha, self.loss_scale, coef, d,
-                                          self.loss))  # fmt: skip
+                                          self.row_loss))  # fmt: skip
+        k.add_losses((1,), (1,), (self.row_loss, np.int32(rows), self.loss))
 
     def _delta_below(self, i: int, rows: int) -> None:
         """The delta of layer i - 1 from layer i's, through W_i before its update."""
@@ -289,7 +293,7 @@ class EpochPlan:
                 self._delta_below(i, rows)
             for param, moment, second, is_bias, grad in self.updates[i]:
                 x = self.ones[:rows] if is_bias else a_in
-                if grad is None:  # plain SGD: p <- p - lr d^T x, one GEMM (sources.SGD_STEP)
+                if grad is None:  # plain SGD: p <- p - lr d^T x, one GEMM (tinynet.cuh, sgd_step)
                     self.blas.gemm(param, d, x, self.alpha_lr, self.one, trans_a=True)
                     continue
                 self.blas.gemm(grad, d, x, self.one, self.zero, trans_a=True)  # g = d^T x
