@@ -48,7 +48,6 @@ using std::exp; using std::log; using std::pow; using std::sqrt; using std::tanh
 #define EACH_ELEMENT for (long long i = 0; i < n; ++i)
 struct Dim { unsigned x; };
 static Dim blockDim = {1}, blockIdx = {0}, threadIdx = {0};
-static double atomicAdd(double* p, double v) { double old = *p; *p += v; return old; }
 extern "C" void tinynet_host_thread(unsigned block, unsigned thread, unsigned threads) {
   blockIdx.x = block; threadIdx.x = thread; blockDim.x = threads;
 }
@@ -414,12 +413,15 @@ class _Stream:
 _NULL_STREAM = _Stream()
 
 
+_current_device = [0]  # the device ``use`` made current (the stand-in's devices share the host)
+
+
 class _Device:
     def __init__(self, device: int | None = None) -> None:
-        self.id = 0
+        self.id = _current_device[0] if device is None else int(device)
 
     def use(self) -> None:
-        pass
+        _current_device[0] = self.id
 
 
 def install_host_cupy() -> types.ModuleType:

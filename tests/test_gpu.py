@@ -305,3 +305,30 @@ def test_without_cupys_cublas_loading_is_a_backend_error_not_an_import_error():
 
     with pytest.raises(tn.BackendError, match="cuBLAS"):
         load_cublas(None)
+
+
+@needs_gpu
+@pytest.mark.parametrize(("local_rank", "devices"), [(1, 2), (3, 2), (0, 2)])
+def test_a_rank_takes_its_gpu_when_the_backend_is_made_before_mpi(monkeypatch, local_rank, devices):
+    """Under mpiexec, the cupy backend made before tinynet.distributed.MPI() (or with no MPI()
+    at all) puts the rank on the node's GPUs in turn, from the launcher's local rank. The host
+    stand-in's count is faked (its devices are all the host); a GPU machine needs 2 GPUs."""
+    from tinynet.kernels.cupy.backend import CupyBackend, import_cupy
+
+    cp = import_cupy()
+    if ON_HOST:
+        monkeypatch.setattr(cp.cuda.runtime, "getDeviceCount", lambda: devices)
+    elif cp.cuda.runtime.getDeviceCount() < devices:
+        pytest.skip(f"needs {devices} GPUs")
+    before = cp.cuda.Device().id
+    monkeypatch.setenv("PMI_SIZE", "4")
+    monkeypatch.setenv("MPI_LOCALRANKID", str(local_rank))
+    try:
+        CupyBackend()
+        assert cp.cuda.Device().id == local_rank % devices
+    finally:
+        cp.cuda.Device(before).use()
+    monkeypatch.delenv("PMI_SIZE")  # one process: the backend leaves the device alone
+    cp.cuda.Device(before).use()
+    CupyBackend()
+    assert cp.cuda.Device().id == before

@@ -35,6 +35,8 @@ log = logging.getLogger("tinynet")
 
 # the variables an MPI launcher sets in each process it starts (MPICH's Hydra and PMIx, Open MPI)
 LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
+# this process's rank among the job's ranks on its node: MPICH's Hydra, Open MPI, Slurm's srun
+LAUNCHER_LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
 TIMEOUT_VARIABLE = "TINYNET_MPI_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0  # generous: a stretch of training steps between two checks
 
@@ -111,6 +113,18 @@ def launched_size() -> int:
         if value.isdigit():
             return int(value)
     return 1
+
+
+def launched_local_rank() -> int | None:
+    """This process's rank among the ranks on its node, as the MPI launcher says, without
+    importing MPI; None outside a job of several ranks, or where the launcher does not say."""
+    if launched_size() <= 1:
+        return None
+    for name in LAUNCHER_LOCAL_RANK_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return None
 
 
 def data_digest(backend: Any, X: Any, T: Any) -> str:
