@@ -85,16 +85,36 @@ def _cupy_graphs(on: bool):
         B.graphs = before
 
 
-def _fit_both(graphs, sizes, hidden, output, loss, momentum, dtype, batch, freeze, bias, between):
+@contextlib.contextmanager
+def _counting_fused_epochs(B):
+    """The block's calls of B.train_batches, counted: [count]."""
+    calls, train_batches = [0], B.train_batches
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return train_batches(*args, **kwargs)
+
+    B.train_batches = counted
+    try:
+        yield calls
+    finally:
+        del B.train_batches  # the class's method again
+
+
+def _fit_both(
+    graphs, sizes, hidden, output, loss, momentum, dtype, batch, freeze, bias, between, fused=True
+):
     """The same training on numpy and on cupy, and in float32 NumPy's float64 twin of it:
-    (reference, got, twin), each (losses, weights, accuracy); twin None in float64."""
+    (reference, got, twin), each (losses, weights, accuracy); twin None in float64. With
+    ``fused``, cupy must have trained in its fused epochs: a fault that sent it kernel by kernel
+    would otherwise pass as parity (the reference's own kernels on CuPy arrays)."""
     (x, y), (xt, yt) = tn.datasets.mnist_sample("train"), tn.datasets.mnist_sample("test")
     runs = [("numpy", dtype), ("cupy", dtype)]
     if dtype == "float32":  # the twin that float32's tolerance comes from (tests/tolerance.py)
         runs.append(("numpy", "float64"))
     results = []
     for name, run_dtype in runs:
-        with tn.use_backend(name), _cupy_graphs(graphs):
+        with tn.use_backend(name) as B, _cupy_graphs(graphs), _counting_fused_epochs(B) as calls:
             net = tn.MLP.from_sizes(
                 sizes, hidden, output, seed=0, dtype=run_dtype, bias=bias, rescale=(1 / 255, 0.0)
             )
@@ -108,6 +128,8 @@ def _fit_both(graphs, sizes, hidden, output, loss, momentum, dtype, batch, freez
                 between(net, opt)
                 losses += net.fit(x[:2000], y[:2000], loss, opt, batch_size=batch, seed=2)["loss"]
             results.append((losses, net.get_weights(), net.evaluate(xt, yt)["accuracy"]))
+        if name == "cupy":
+            assert (calls[0] > 0) == fused, f"fused epochs: {calls[0]}, expected {fused}"
     reference, got, *twin = results
     return reference, got, (twin[0] if twin else None)
 
@@ -188,7 +210,7 @@ def test_without_its_own_cublas_handle_training_runs_kernel_by_kernel(monkeypatc
         monkeypatch.setattr(B, name, value)  # as if no epoch had run in this process
     args = ([784, 32, 10], "relu", "softmax", tn.CrossEntropy(), 0.9, "float32", 64, None, True)
     with pytest.warns(RuntimeWarning, match=r"libcublas.so.99.*kernel by kernel"):
-        runs = _fit_both(False, *args, None)
+        runs = _fit_both(False, *args, None, fused=False)
     _assert_parity(*runs)
     assert B._epochs == {}  # no fused epoch ran
     with pytest.raises(tn.BackendError, match="no fused epochs here"):
