@@ -5,10 +5,11 @@
   pointers, the body closed by ``;``), one thread per element under nvcc, a loop under g++.
 * ``install_host_cupy()``: a ``cupy`` module for this process whose arrays are NumPy arrays
   and whose ``ElementwiseKernel`` and ``RawModule`` compile tinynet's CUDA sources with g++
-  and run them. cuBLAS is NumPy's matmul, reading alpha and beta from memory as cuBLAS's
-  device pointer mode does. Enough of CuPy for the backend, its fused epoch and the trainer,
-  so their Python runs end to end here. A stream capture records the launches (their scalar
-  arguments fixed, their arrays read when run) and the graph replays them, as CUDA graphs do.
+  and run them. cuBLAS is tests/fake_cublas.cpp, built by g++ and loaded by the backend's own
+  kernels/cupy/cublas.py: it computes the GEMMs and checks the handle's invariants. Enough of
+  CuPy for the backend, its fused epoch and the trainer, so their Python runs end to end here.
+  A stream capture records the launches (their scalar arguments fixed, their arrays read when
+  run) and the graph replays them, as CUDA graphs do.
   What it cannot show: the GPU itself (concurrency, timing, NCCL, the rounding of the
   device's math library), and whether an operation would be refused during a capture.
 """
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -351,37 +352,95 @@ class HostRawModule:
             raise TypeError(f"{name}: {type(value).__name__} passed for '{parameter}'")
 
 
-class HostCublas:
-    """cuBLAS's GEMM as tinynet's Cublas calls it, by NumPy: alpha and beta read from the
-    addresses given (device pointer mode)."""
+FAKE_CUBLAS = Path(__file__).with_name("fake_cublas.cpp")
+# the stand-in's CUDA version: a major no real cuBLAS has, so that load_cublas's first choice
+# (libcublas.so.<major>) never finds a real library, and takes the fake from cuda.pathfinder
+HOST_CUDA_VERSION = 90000
 
-    def __init__(self, cp: Any) -> None:
-        pass
 
-    def bind(self, stream_ptr: int) -> None:
-        pass
+def fake_cublas_path() -> str:
+    """tests/fake_cublas.cpp built by g++ (once per text): the stand-in's libcublas."""
+    code = FAKE_CUBLAS.read_text()
+    digest = hashlib.sha256(code.encode()).hexdigest()[:16]
+    library = _BUILD_DIR / f"libcublas-fake-{digest}.so"
+    if not library.exists():
+        build = subprocess.run(
+            [GXX, "-O2", "-shared", "-fPIC", str(FAKE_CUBLAS), "-o", str(library)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if build.returncode != 0:
+            raise RuntimeError(f"g++ failed on {FAKE_CUBLAS}:\n{build.stderr}")
+    return str(library)
 
-    def gemm(self, c, a, b, alpha, beta, trans_a=False, trans_b=False) -> None:
-        if not (c.flags.c_contiguous and a.flags.c_contiguous and b.flags.c_contiguous):
-            raise ValueError("host gemm: C-contiguous arrays only, as tinynet's Cublas")
-        scalar = np.ctypeslib.as_ctypes_type(c.dtype)
 
-        def run() -> None:  # alpha and beta read when the GEMM runs
-            a_, b_ = (scalar.from_address(p).value for p in (alpha, beta))
-            product = (a.T if trans_a else a) @ (b.T if trans_b else b)
-            c[...] = a_ * product if b_ == 0 else a_ * product + b_ * c
+def fake_cublas_record(lib: Any) -> dict[str, Any]:
+    """What the fake counted: GEMMs run, stream changes, workspaces set, live handles,
+    broken invariants, and the last one's reason."""
+    counts = (ctypes.c_longlong * 5)()
+    lib.fake_cublas_counts(counts)
+    lib.fake_cublas_last_violation.restype = ctypes.c_char_p
+    names = ("gemms", "stream_changes", "workspaces_set", "handles", "violations")
+    return {**dict(zip(names, counts, strict=True)), "why": lib.fake_cublas_last_violation()}
 
-        _launch(run)
+
+class _CapturedGemm:
+    """One of cuBLAS's GEMM functions as a stream capture sees it: run now, or, while a capture
+    is under way, checked against the handle's state now (what cuBLAS bakes into the graph)
+    and recorded to run when the graph is replayed."""
+
+    def __init__(self, function: Any, check: Any) -> None:
+        self.function, self.check = function, check
+
+    @property
+    def argtypes(self) -> Any:
+        return self.function.argtypes
+
+    @argtypes.setter
+    def argtypes(self, value: Any) -> None:
+        self.function.argtypes = value
+
+    def __call__(self, handle: Any, *args: Any) -> int:
+        if _capture is None:
+            return self.function(handle, *args)
+        status = self.check(handle)
+        if status == 0:
+
+            def replay() -> None:
+                replayed = self.function(handle, *args)
+                if replayed != 0:
+                    raise RuntimeError(f"a replayed cuBLAS GEMM failed with status {replayed}")
+
+            _capture.append(replay)
+        return status
+
+
+class _CapturedLibrary:
+    """The loaded cuBLAS with its GEMMs captured as the stand-in's kernel launches are."""
+
+    GEMMS = ("cublasSgemm_v2", "cublasDgemm_v2")
+
+    def __init__(self, lib: Any) -> None:
+        self.lib = lib
+
+    def __getattr__(self, name: str) -> Any:
+        function = getattr(self.lib, name)
+        return (
+            _CapturedGemm(function, self.lib.fake_cublas_check) if name in self.GEMMS else function
+        )
 
 
 class _Stream:
-    """A stream: ``with stream:`` makes it current; a capture on it records the launches."""
+    """A stream: ``with stream:`` makes it current; a capture on it records the launches. Each
+    has an address of its own (the null stream's is 0), as cuBLAS's SetStream sees them."""
 
-    ptr = 0
     done = True  # every launch ran when it was made
+    _made: ClassVar[list[int]] = [0]
 
-    def __init__(self, non_blocking: bool = False) -> None:
+    def __init__(self, non_blocking: bool = False, null: bool = False) -> None:
         self.capturing = False
+        if not null:
+            self._made[0] += 1
+        self.ptr = 0 if null else 0x5000 + self._made[0]
 
     def synchronize(self) -> None:
         pass
@@ -410,7 +469,7 @@ class _Stream:
         return self.capturing
 
 
-_NULL_STREAM = _Stream()
+_NULL_STREAM = _Stream(null=True)
 
 
 _current_device = [0]  # the device ``use`` made current (the stand-in's devices share the host)
@@ -432,7 +491,7 @@ def install_host_cupy() -> types.ModuleType:
     cp.__spec__ = importlib.machinery.ModuleSpec("cupy", None)  # importlib.util.find_spec
     runtime = types.SimpleNamespace(
         getDeviceCount=lambda: 1,
-        runtimeGetVersion=lambda: 13000,
+        runtimeGetVersion=lambda: HOST_CUDA_VERSION,
         getDeviceProperties=lambda device: {"name": b"host stand-in"},
         deviceGetPCIBusId=lambda device: "0000:00:00.0",
     )
@@ -451,7 +510,19 @@ def install_host_cupy() -> types.ModuleType:
     cp.__getattr__ = lambda name: getattr(np, name)  # ufuncs, finfo, dtypes: NumPy's
     sys.modules["cupy"], sys.modules["cupy.cuda"] = cp, cuda
 
-    import tinynet.kernels.cupy.backend as cupy_backend
+    # CuPy's cuBLAS: the fake (tests/fake_cublas.cpp), found as CuPy >= 14 finds its libraries,
+    # and loaded by the real kernels/cupy/cublas.py, whose GEMMs a capture records
+    sys.modules["cupy.cublas"] = types.ModuleType("cupy.cublas")
+    library = fake_cublas_path()
+    pathfinder = types.ModuleType("cuda.pathfinder")
+    pathfinder.load_nvidia_dynamic_lib = lambda name: types.SimpleNamespace(
+        abs_path=library if name == "cublas" else None
+    )
+    sys.modules.setdefault("cuda", types.ModuleType("cuda"))
+    sys.modules["cuda"].pathfinder = pathfinder
+    sys.modules["cuda.pathfinder"] = pathfinder
+    import tinynet.kernels.cupy.cublas as cublas
 
-    cupy_backend.Cublas = HostCublas
+    load = cublas.load_cublas
+    cublas.load_cublas = lambda cp: _CapturedLibrary(load(cp))
     return cp

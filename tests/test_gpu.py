@@ -359,3 +359,54 @@ def test_a_rank_takes_its_gpu_when_the_backend_is_made_before_mpi(monkeypatch, l
     cp.cuda.Device(before).use()
     CupyBackend()
     assert cp.cuda.Device().id == before
+
+
+needs_host_stand_in = pytest.mark.skipif(not ON_HOST, reason="the fake cuBLAS of the host stand-in")
+
+
+def _fake_cublas_record():
+    from tests.host_cuda import fake_cublas_record
+
+    B = backend_module._resolve("cupy")
+    return fake_cublas_record(B._cublas()._lib.lib)
+
+
+@needs_host_stand_in
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graph"])
+def test_the_cublas_wrapper_keeps_the_invariants_cublas_needs(graphs):
+    """kernels/cupy/cublas.py itself, on tests/fake_cublas.cpp: every GEMM of a fused epoch
+    (in graph mode, recorded in captures and replayed) finds pointer mode DEVICE and tinynet's
+    workspace set after the last stream change."""
+    before = _fake_cublas_record()
+    _second_epoch_call(graphs, contextlib.nullcontext())
+    after = _fake_cublas_record()
+    assert after["violations"] == before["violations"], after["why"]
+    assert after["gemms"] - before["gemms"] >= 2 * 52  # 52 steps of 64 samples, >= 2 GEMMs each
+    changes = after["stream_changes"] - before["stream_changes"]
+    assert after["workspaces_set"] - before["workspaces_set"] >= changes
+    if graphs:
+        assert changes >= 2  # bound to a capture's stream and back
+
+
+@needs_host_stand_in
+@pytest.mark.filterwarnings("ignore:tinynet's cupy backend could not capture a CUDA graph")
+def test_a_gemm_after_a_stream_change_without_the_workspace_fails(monkeypatch):
+    """The fake catches the fault its invariant guards: a wrapper that binds a stream without
+    setting its workspace again (cuBLAS would then allocate inside a captured graph)."""
+    from tinynet.kernels.cupy.cublas import Cublas
+
+    def bind_forgetting_the_workspace(self, stream_ptr):
+        if stream_ptr != self._stream:
+            self._check(self._lib.cublasSetStream_v2(self.handle, stream_ptr), "cublasSetStream")
+            self._stream = stream_ptr
+
+    before = _fake_cublas_record()
+    B = backend_module._resolve("cupy")
+    for name, value in (("_blas", {}), ("_epochs", {})):
+        monkeypatch.setattr(B, name, value)  # a handle of its own, dropped after the test
+    monkeypatch.setattr(Cublas, "bind", bind_forgetting_the_workspace)
+    with pytest.raises(RuntimeError, match="cuBLAS status 77|status 77"):
+        _second_epoch_call(True, contextlib.nullcontext())
+    after = _fake_cublas_record()
+    assert after["violations"] > before["violations"]
+    assert after["why"] == b"no workspace set since the stream changed"
