@@ -157,157 +157,162 @@ def read(
 ) -> Saved:
     """The checkpoint at ``path``, checked against this run; nothing is changed. A
     ModelFileError names the first thing that does not fit."""
-    B = model.backend
     params = model.parameters()
+    shapes = [tuple(p.data.shape) for p in params]
     with ModelArchive(path, what="checkpoint") as archive:
+        meta = _metadata(archive, path)
+        _check_model(archive, meta, model, shapes, loss)
+        lr, steps, buffers = _check_optimizer(archive, meta, optimizer, len(params))
+        state = _run_state(archive, meta, schedule, early_stopping)
+        arrays, best = _weights(archive, meta, shapes, buffers)
+    return Saved(state, float(lr), steps, arrays, best, _notes(path, meta, model, optimizer))
 
-        def need(ok: bool, reason: str) -> None:
-            if not ok:
-                raise archive.error(reason)
 
-        try:
-            meta = json.loads(archive.text("__checkpoint__"))
-        except (ValueError, RecursionError) as exc:
-            raise archive.error(f"its metadata is not JSON ({exc})") from None
-        need(isinstance(meta, dict), "its metadata is not a JSON object")
-        found = meta.get("format")
-        if isinstance(found, str) and found.startswith("tinynet-checkpoint-") and found != FORMAT:
-            raise ModelFileError(
-                f"{os.fspath(path)} is a checkpoint of format {found}; this tinynet reads "
-                f"{FORMAT} (checkpoints do not carry over between these versions: start the "
-                "run again, or resume it with the tinynet that wrote it)"
-            )
-        need(found == FORMAT, "no checkpoint metadata of format " + FORMAT)
-        missing = [key for key in META_KEYS if key not in meta]
-        need(not missing, f"its metadata lacks {', '.join(missing)}")
+def _need(archive: ModelArchive, ok: bool, reason: str) -> None:
+    if not ok:
+        raise archive.error(reason)
 
-        shapes = [tuple(p.data.shape) for p in params]
-        saved_shapes = meta["shapes"]
-        need(
-            isinstance(saved_shapes, list)
-            and all(isinstance(s, list) and all(_is_count(d) for d in s) for s in saved_shapes),
-            "bad parameter shapes",
-        )
-        saved_shapes = [tuple(s) for s in saved_shapes]
-        need(
-            saved_shapes == shapes,
-            f"it is of another architecture: parameter shapes {saved_shapes}, this model "
-            f"has {shapes}",
-        )
-        architecture = _architecture(model)
-        if meta["architecture"] != architecture:
-            theirs = meta["architecture"] if isinstance(meta["architecture"], list) else []
-            diffs = [
-                f"layer {i}: {k} {a.get(k)!r} in the checkpoint, {b.get(k)!r} here"
-                for i, (a, b) in enumerate(zip(theirs, architecture, strict=False))
-                if isinstance(a, dict)
-                for k in sorted(set(a) | set(b))
-                if a.get(k) != b.get(k)
-            ]
-            raise archive.error(
-                "it is of another architecture: " + ("; ".join(diffs) or "other layers")
-            )
-        if loss is not None and meta["loss"] is not None:
-            need(
-                meta["loss"] == repr(loss),
-                f"it was trained with loss {meta['loss']}, this run uses {loss!r}",
-            )
 
-        saved_optimizer = meta["optimizer"]
-        need(isinstance(saved_optimizer, dict), "bad optimizer settings")
-        settings = _optimizer_settings(optimizer)
-        need(
-            saved_optimizer.get("type") == settings["type"],
-            f"it was written by {saved_optimizer.get('type')}, this run uses {settings['type']}",
+def _metadata(archive: ModelArchive, path: str | os.PathLike) -> dict:
+    """The checkpoint's JSON metadata, of this format and with every key."""
+    try:
+        meta = json.loads(archive.text("__checkpoint__"))
+    except (ValueError, RecursionError) as exc:
+        raise archive.error(f"its metadata is not JSON ({exc})") from None
+    _need(archive, isinstance(meta, dict), "its metadata is not a JSON object")
+    found = meta.get("format")
+    if isinstance(found, str) and found.startswith("tinynet-checkpoint-") and found != FORMAT:
+        raise ModelFileError(
+            f"{os.fspath(path)} is a checkpoint of format {found}; this tinynet reads "
+            f"{FORMAT} (checkpoints do not carry over between these versions: start the "
+            "run again, or resume it with the tinynet that wrote it)"
         )
-        lr = meta["lr"]
-        need(_is_number(lr) and math.isfinite(lr) and lr >= 0, f"bad learning rate {lr!r}")
-        steps = meta["steps"]
-        need(
-            isinstance(steps, list) and len(steps) == len(params) and all(map(_is_count, steps)),
-            "bad step counts",
-        )
-        names = list(optimizer.buffers_used())
-        need(meta["buffers"] == names, f"it holds optimizer buffers {meta['buffers']}, not {names}")
-        epoch = meta["epoch"]
-        need(_is_count(epoch), f"bad epoch count {epoch!r}")
-        rng_state = meta["rng_state"]
-        try:  # the one check that says a state is what the generator accepts
-            np.random.default_rng().bit_generator.state = rng_state
-        except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
-            raise archive.error("bad shuffling generator state") from None
-        split_seed = meta.get("split_seed")
-        need(split_seed is None or _is_count(split_seed), f"bad split seed {split_seed!r}")
-        keys = meta["history"]
-        need(
-            isinstance(keys, list)
-            and all(isinstance(k, str) for k in keys)
-            and len(set(keys)) == len(keys),
-            "bad history keys",
-        )
-        history = {
-            key: archive.array(f"history.{i}", (epoch,)).astype(float).tolist()
-            for i, key in enumerate(keys)
-        }
-        schedule_state = meta["schedule"]
-        if schedule is not None and schedule_state is not None:
-            expected = schedule.state()
-            need(
-                isinstance(schedule_state, dict) and schedule_state.get("type") == expected["type"],
-                f"it holds the state of schedule "
-                f"{schedule_state.get('type') if isinstance(schedule_state, dict) else '?'}, "
-                f"this run uses {expected['type']}",
-            )
-            need(
-                set(schedule_state) == set(expected)
-                and all(
-                    _is_number(v) or v is None for k, v in schedule_state.items() if k != "type"
-                ),
-                "bad schedule state",
-            )
-        stopping = meta["early_stopping"]
-        if early_stopping is not None and stopping is not None:
-            need(
-                isinstance(stopping, dict)
-                and _is_number(stopping.get("best"))
-                and _is_count(stopping.get("wait"))
-                and all(
-                    stopping.get(k) is None or _is_count(stopping.get(k), 1)
-                    for k in ("best_epoch", "stopped_epoch")
-                ),
-                "bad early stopping state",
-            )
+    _need(archive, found == FORMAT, "no checkpoint metadata of format " + FORMAT)
+    missing = [key for key in META_KEYS if key not in meta]
+    _need(archive, not missing, f"its metadata lacks {', '.join(missing)}")
+    return meta
 
-        dtype = B.to_numpy(params[0].data).dtype if params else np.dtype("float32")
-        notes = []
-        changed = sorted(
-            name for name, value in settings.items() if saved_optimizer.get(name) != value
+
+def _check_model(
+    archive: ModelArchive, meta: dict, model: Any, shapes: list[tuple], loss: Any
+) -> None:
+    """The same parameter shapes, layers (activations included) and loss as this run's."""
+    saved_shapes = meta["shapes"]
+    _need(
+        archive,
+        isinstance(saved_shapes, list)
+        and all(isinstance(s, list) and all(_is_count(d) for d in s) for s in saved_shapes),
+        "bad parameter shapes",
+    )
+    saved_shapes = [tuple(s) for s in saved_shapes]
+    _need(
+        archive,
+        saved_shapes == shapes,
+        f"it is of another architecture: parameter shapes {saved_shapes}, this model has {shapes}",
+    )
+    architecture = _architecture(model)
+    if meta["architecture"] != architecture:
+        theirs = meta["architecture"] if isinstance(meta["architecture"], list) else []
+        diffs = [
+            f"layer {i}: {k} {a.get(k)!r} in the checkpoint, {b.get(k)!r} here"
+            for i, (a, b) in enumerate(zip(theirs, architecture, strict=False))
+            if isinstance(a, dict)
+            for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)
+        ]
+        raise archive.error(
+            "it is of another architecture: " + ("; ".join(diffs) or "other layers")
         )
-        if changed:
-            notes.append(
-                f"{os.fspath(path)}: continuing with other optimizer settings ("
-                + ", ".join(f"{n}: {saved_optimizer.get(n)!r} -> {settings[n]!r}" for n in changed)
-                + ")"
-            )
-        if meta.get("backend") != B.name or meta.get("dtype") != str(dtype):
-            notes.append(
-                f"{os.fspath(path)} was written on backend {meta.get('backend')!r} in "
-                f"{meta.get('dtype')}; continuing on {B.name!r} in {dtype}: the run goes on "
-                "from the same state but rounds differently, so it will not repeat the "
-                "original bit for bit"
-            )
-        arrays = []
-        for i, shape in enumerate(shapes):
-            arrays.append(
-                [archive.array(f"param.{i}", shape)]
-                + [archive.array(f"optimizer.{i}.{name}", shape) for name in names]
-            )
-        best = None
-        if meta["best"] is True:
-            best = [archive.array(f"best.{i}", shape) for i, shape in enumerate(shapes)]
-        for values in [*(a for group in arrays for a in group), *(best or [])]:
-            need(bool(np.isfinite(values).all()), "it holds weights that are NaN or inf")
-    state = Checkpoint(
+    if loss is not None and meta["loss"] is not None:
+        _need(
+            archive,
+            meta["loss"] == repr(loss),
+            f"it was trained with loss {meta['loss']}, this run uses {loss!r}",
+        )
+
+
+def _check_optimizer(
+    archive: ModelArchive, meta: dict, optimizer: Any, n_params: int
+) -> tuple[float, list, list[str]]:
+    """(learning rate, step counts, buffer names) of the same type of optimizer as this run's."""
+    saved = meta["optimizer"]
+    _need(archive, isinstance(saved, dict), "bad optimizer settings")
+    kind = _optimizer_settings(optimizer)["type"]
+    _need(
+        archive,
+        saved.get("type") == kind,
+        f"it was written by {saved.get('type')}, this run uses {kind}",
+    )
+    lr = meta["lr"]
+    _need(archive, _is_number(lr) and math.isfinite(lr) and lr >= 0, f"bad learning rate {lr!r}")
+    steps = meta["steps"]
+    _need(
+        archive,
+        isinstance(steps, list) and len(steps) == n_params and all(map(_is_count, steps)),
+        "bad step counts",
+    )
+    names = list(optimizer.buffers_used())
+    _need(
+        archive,
+        meta["buffers"] == names,
+        f"it holds optimizer buffers {meta['buffers']}, not {names}",
+    )
+    return lr, steps, names
+
+
+def _run_state(archive: ModelArchive, meta: dict, schedule: Any, early_stopping: Any) -> Checkpoint:
+    """Where the run stood: epoch, shuffling generator, split seed, history, the schedule's and
+    early stopping's states (each checked against this run's kind where it has one)."""
+    epoch = meta["epoch"]
+    _need(archive, _is_count(epoch), f"bad epoch count {epoch!r}")
+    rng_state = meta["rng_state"]
+    try:  # the one check that says a state is what the generator accepts
+        np.random.default_rng().bit_generator.state = rng_state
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
+        raise archive.error("bad shuffling generator state") from None
+    split_seed = meta.get("split_seed")
+    _need(archive, split_seed is None or _is_count(split_seed), f"bad split seed {split_seed!r}")
+    keys = meta["history"]
+    _need(
+        archive,
+        isinstance(keys, list)
+        and all(isinstance(k, str) for k in keys)
+        and len(set(keys)) == len(keys),
+        "bad history keys",
+    )
+    history = {
+        key: archive.array(f"history.{i}", (epoch,)).astype(float).tolist()
+        for i, key in enumerate(keys)
+    }
+    schedule_state = meta["schedule"]
+    if schedule is not None and schedule_state is not None:
+        expected = schedule.state()
+        saved_type = schedule_state.get("type") if isinstance(schedule_state, dict) else "?"
+        _need(
+            archive,
+            isinstance(schedule_state, dict) and saved_type == expected["type"],
+            f"it holds the state of schedule {saved_type}, this run uses {expected['type']}",
+        )
+        _need(
+            archive,
+            set(schedule_state) == set(expected)
+            and all(_is_number(v) or v is None for k, v in schedule_state.items() if k != "type"),
+            "bad schedule state",
+        )
+    stopping = meta["early_stopping"]
+    if early_stopping is not None and stopping is not None:
+        _need(
+            archive,
+            isinstance(stopping, dict)
+            and _is_number(stopping.get("best"))
+            and _is_count(stopping.get("wait"))
+            and all(
+                stopping.get(k) is None or _is_count(stopping.get(k), 1)
+                for k in ("best_epoch", "stopped_epoch")
+            ),
+            "bad early stopping state",
+        )
+    return Checkpoint(
         epoch=epoch,
         rng_state=rng_state,
         split_seed=split_seed,
@@ -315,7 +320,48 @@ def read(
         schedule=schedule_state,
         early_stopping=stopping,
     )
-    return Saved(state, float(lr), steps, arrays, best, notes)
+
+
+def _weights(
+    archive: ModelArchive, meta: dict, shapes: list[tuple], buffers: list[str]
+) -> tuple[list, list | None]:
+    """Each parameter with its optimizer buffers, and the best epoch's weights if saved; all
+    finite."""
+    arrays = [
+        [archive.array(f"param.{i}", shape)]
+        + [archive.array(f"optimizer.{i}.{name}", shape) for name in buffers]
+        for i, shape in enumerate(shapes)
+    ]
+    best = None
+    if meta["best"] is True:
+        best = [archive.array(f"best.{i}", shape) for i, shape in enumerate(shapes)]
+    for values in [*(a for group in arrays for a in group), *(best or [])]:
+        _need(archive, bool(np.isfinite(values).all()), "it holds weights that are NaN or inf")
+    return arrays, best
+
+
+def _notes(path: str | os.PathLike, meta: dict, model: Any, optimizer: Any) -> list[str]:
+    """What continues differently from the run that wrote the checkpoint: other optimizer
+    settings, another backend or dtype."""
+    B, params = model.backend, model.parameters()
+    dtype = B.to_numpy(params[0].data).dtype if params else np.dtype("float32")
+    saved, settings = meta["optimizer"], _optimizer_settings(optimizer)
+    notes = []
+    changed = sorted(name for name, value in settings.items() if saved.get(name) != value)
+    if changed:
+        notes.append(
+            f"{os.fspath(path)}: continuing with other optimizer settings ("
+            + ", ".join(f"{n}: {saved.get(n)!r} -> {settings[n]!r}" for n in changed)
+            + ")"
+        )
+    if meta.get("backend") != B.name or meta.get("dtype") != str(dtype):
+        notes.append(
+            f"{os.fspath(path)} was written on backend {meta.get('backend')!r} in "
+            f"{meta.get('dtype')}; continuing on {B.name!r} in {dtype}: the run goes on "
+            "from the same state but rounds differently, so it will not repeat the "
+            "original bit for bit"
+        )
+    return notes
 
 
 def apply(saved: Saved, model: Any, optimizer: Any) -> None:
