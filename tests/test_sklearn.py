@@ -110,7 +110,9 @@ def test_string_labels_and_partial_fit():
                 model.partial_fit(
                     X_train[start : start + 300], labels[start : start + 300], classes
                 )
-        assert model.n_iter_ == 10 * len(chunks)
+        # scikit-learn's n_iter_ counts the last call's epochs; loss_curve_ every epoch
+        assert model.n_iter_ == 1
+        assert len(model.loss_curve_) == 10 * len(chunks)
         models[kind] = model
     np.testing.assert_array_equal(models["names"].classes_, names)
     predicted = models["names"].predict(X_train)
@@ -159,15 +161,21 @@ def test_sgd_with_momentum_trains_as_scikit_learns(nesterov):
 
 
 def test_warm_start_continues_from_the_last_fit():
+    """Each warm fit runs max_iter epochs from where the last left off; n_iter_ counts the last
+    fit's, loss_curve_ all of them, as scikit-learn's own estimator does on the same data."""
+    from sklearn.neural_network import MLPClassifier as TheirMLPClassifier
+
     X_train, _, y_train, _ = _digits()
     model = MLPClassifier((16,), max_iter=3, warm_start=True, random_state=0, backend="numpy")
+    theirs = TheirMLPClassifier((16,), max_iter=3, warm_start=True, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(X_train, y_train)
         first = model.coefs_[0].copy()
         model.fit(X_train, y_train)
-    assert model.n_iter_ == 6
-    assert len(model.loss_curve_) == 6
+        theirs.fit(X_train, y_train).fit(X_train, y_train)
+    assert model.n_iter_ == theirs.n_iter_ == 3
+    assert len(model.loss_curve_) == len(theirs.loss_curve_) == 6
     assert not np.array_equal(model.coefs_[0], first)  # went on training
     assert model.loss_curve_[3] < model.loss_curve_[0]  # from where it was, not from scratch
 
@@ -187,7 +195,7 @@ def test_early_stopping_holds_out_validation_data_and_stops():
 
 def test_max_iter_without_convergence_warns():
     X_train, _, y_train, _ = _digits()
-    with pytest.warns(ConvergenceWarning, match="max_iter=2"):
+    with pytest.warns(ConvergenceWarning, match=r"Maximum iterations \(2\) reached"):
         MLPClassifier((8,), max_iter=2, random_state=0, backend="numpy").fit(X_train, y_train)
 
 

@@ -8,7 +8,7 @@ Each one also derives from the built-in exception a Python user would expect (``
 from __future__ import annotations
 
 import math
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Any
 
 
@@ -45,8 +45,9 @@ def checked_number(
     high_open: bool = True,
 ) -> float:
     """``value`` as a float within [low, high) (the ends open or closed as asked); otherwise
-    an InvalidInputError naming the setting and its range. Booleans, NaN and inf are refused."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    an InvalidInputError naming the setting and its range. NumPy's numbers count; booleans, NaN
+    and inf are refused."""
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
     above = value > low or (value == low and not low_open) if ok else False
     below = value < high or (value == high and not high_open) if ok else False
     if ok and above and below:

@@ -5,11 +5,19 @@ same (parameter names, attributes, the ``adam``/``sgd`` solvers), on any tinynet
 (``backend="numba"``; None: tinynet's default). Needs ``pip install "tinynet-mlp[sklearn]"``;
 ``import tinynet`` does not import this module.
 
-What differs from scikit-learn's MLP:
+After each epoch they do what scikit-learn's stochastic solvers do (``_EpochRule``): the same
+``n_iter_``, ``t_``, ``loss_curve_``, ``verbose`` lines, ``tol`` / ``n_iter_no_change`` rule
+(``np.inf`` never stops), ``learning_rate`` ("constant", "invscaling" with ``power_t``,
+"adaptive"), early stopping on a split made by scikit-learn's ``train_test_split`` (stratified
+for a binary problem) scored by ``score``, and its errors.
+
+What differs from scikit-learn's MLP (issue #25 tracks each):
 - ``alpha`` (L2) becomes the optimizer's weight decay ``alpha / batch_size``, the gradient
   scikit-learn's penalty adds per batch, and applies to the biases too.
 - ``loss_curve_`` holds the data loss without the penalty.
-- ``solver="lbfgs"``, ``learning_rate`` and ``power_t`` do not exist here.
+- No ``solver="lbfgs"`` (``max_fun`` is accepted for it), no multilabel targets, sparse input,
+  ``sample_weight`` or ``loss="poisson"``; a binary problem has two softmax outputs, not one
+  logistic unit, and ``coefs_`` / ``intercepts_`` are read-only.
 - Pickles keep the weights, not the optimizer's moments: a ``warm_start`` fit after unpickling
   starts its optimizer afresh.
 """
@@ -20,6 +28,7 @@ import contextlib
 import math
 import warnings
 from numbers import Integral
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -33,6 +42,8 @@ except ImportError as exc:  # name the extra, as the onnx and torch integrations
 
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import r2_score
+from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
@@ -44,6 +55,82 @@ from tinynet.errors import checked_number, positive_int
 ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 ACTIVATIONS |= {name: name for name in ("sigmoid", "leaky_relu")}
 SEED_BOUND = 2**31 - 1
+
+
+NON_FINITE = (
+    "Solver produced non-finite parameter weights. The input data may contain large values "
+    "and need to be preprocessed."
+)
+
+
+class _EpochRule:
+    """What scikit-learn's stochastic solvers do after each epoch, for tinynet's ``fit`` (which
+    calls it as its early stopping): count the epoch (``n_iter_``, ``t_``, ``loss_curve_``),
+    print it when verbose, count epochs without an improvement of ``tol`` (of the training loss,
+    or of the validation score with early stopping, keeping the best weights), set the next
+    epoch's learning rate (invscaling, adaptive) and say when to stop."""
+
+    def __init__(
+        self, estimator: _BaseMLP, validation: tuple | None, n_samples: int, incremental: bool
+    ) -> None:
+        self.estimator, self.validation = estimator, validation
+        self.n_samples, self.incremental = n_samples, incremental
+        self.stopped = False
+        self.best_params: list[Any] | None = None
+
+    def start(self) -> None:
+        self.stopped, self.best_params = False, None
+
+    def after_epoch(self, epoch: int, record: dict[str, float], params: list, xp: Any) -> bool:
+        est = self.estimator
+        est.n_iter_ += 1
+        est.t_ += self.n_samples
+        est.loss_ = float(record["loss"])
+        est.loss_curve_.append(est.loss_)
+        if est.verbose:
+            print(f"Iteration {est.n_iter_}, loss = {est.loss_:.8f}")
+        if self.validation is not None:
+            score = est._score_on(*self.validation)
+            est.validation_scores_.append(score)
+            if est.verbose:
+                print(f"Validation score: {score:f}")
+            improved = score >= est.best_validation_score_ + est.tol
+            if score > est.best_validation_score_:
+                est.best_validation_score_ = score
+                self.best_params = [xp.array(p.data, copy=True) for p in params]
+        else:
+            improved = est.loss_ <= est.best_loss_ - est.tol
+            est.best_loss_ = min(est.best_loss_, est.loss_)
+        est._no_improvement_count = 0 if improved else est._no_improvement_count + 1
+        optimizer = est._optim
+        if est.solver == "sgd" and est.learning_rate == "invscaling":
+            optimizer.lr = est.learning_rate_init / (est.t_ + 1) ** est.power_t
+        if est._no_improvement_count > est.n_iter_no_change:
+            what = "Validation score" if self.validation is not None else "Training loss"
+            message = (
+                f"{what} did not improve more than tol={est.tol:f} for "
+                f"{est.n_iter_no_change} consecutive epochs."
+            )
+            if est.solver == "sgd" and est.learning_rate == "adaptive" and optimizer.lr > 1e-6:
+                optimizer.lr /= 5.0
+                est._no_improvement_count = 0
+                if est.verbose:
+                    print(message + f" Setting learning rate to {optimizer.lr:f}")
+            else:
+                if est.verbose:
+                    print(message + " Stopping.")
+                self.stopped = True
+                return True
+        return False
+
+    def restore(self, params: list) -> None:
+        """With early stopping, the weights of the best validation score, as scikit-learn's."""
+        if self.best_params is not None:
+            for p, best in zip(params, self.best_params, strict=True):
+                p.data[...] = best
+
+    def state(self) -> dict[str, Any]:
+        return {"n_iter": self.estimator.n_iter_}
 
 
 class _BaseMLP(BaseEstimator):
@@ -74,7 +161,10 @@ class _BaseMLP(BaseEstimator):
         beta_1: float = 0.9,
         beta_2: float = 0.999,
         epsilon: float = 1e-8,
-        n_iter_no_change: int = 10,
+        n_iter_no_change: int | float = 10,
+        learning_rate: str = "constant",
+        power_t: float = 0.5,
+        max_fun: int = 15000,
         backend: str | None = None,
     ) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -97,6 +187,9 @@ class _BaseMLP(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.learning_rate = learning_rate
+        self.power_t = power_t
+        self.max_fun = max_fun
         self.backend = backend
 
     # -- the subclasses' part ---------------------------------------------------------------
@@ -137,8 +230,16 @@ class _BaseMLP(BaseEstimator):
         checked_number("beta_1", self.beta_1, 0.0, 1.0)
         checked_number("beta_2", self.beta_2, 0.0, 1.0)
         checked_number("epsilon", self.epsilon, 0.0, low_open=True)
-        for name in ("max_iter", "n_iter_no_change"):
-            positive_int(name, getattr(self, name))
+        positive_int("max_iter", self.max_iter)
+        positive_int("max_fun", self.max_fun)
+        if self.n_iter_no_change != math.inf:  # inf: never stop for want of improvement
+            positive_int("n_iter_no_change", self.n_iter_no_change)
+        if self.learning_rate not in ("constant", "invscaling", "adaptive"):
+            raise ValueError(
+                "learning_rate must be 'constant', 'invscaling' or 'adaptive', got "
+                f"{self.learning_rate!r}"
+            )
+        checked_number("power_t", self.power_t, 0.0)
         batch = self.batch_size
         if batch != "auto" and (
             not isinstance(batch, Integral) or isinstance(batch, bool) or batch < 1
@@ -157,7 +258,7 @@ class _BaseMLP(BaseEstimator):
             )
         return min(int(self.batch_size), n_samples)
 
-    def _optimizer(self, batch: int) -> tn.Optimizer:
+    def _new_optimizer(self, batch: int) -> tn.Optimizer:
         decay = self.alpha / batch  # scikit-learn's L2 gradient per batch: alpha W / batch
         if self.solver == "adam":
             betas = (self.beta_1, self.beta_2)
@@ -172,6 +273,8 @@ class _BaseMLP(BaseEstimator):
 
     def _fit(self, X: Any, y: Any, incremental: bool, classes: Any = None) -> _BaseMLP:
         self._check_parameters()
+        if incremental and self.early_stopping:
+            raise ValueError("partial_fit does not support early_stopping=True")
         warm = (incremental or self.warm_start) and hasattr(self, "_net")
         X, y = validate_data(
             self,
@@ -195,57 +298,77 @@ class _BaseMLP(BaseEstimator):
                     seed=int(rng.randint(SEED_BOUND)),
                 )
             self._optim = None
-            self.n_iter_, self.t_, self.loss_curve_ = 0, 0, []
+            self.t_, self.loss_curve_, self._no_improvement_count = 0, [], 0
             self.best_loss_ = None if self.early_stopping else math.inf
             self.validation_scores_ = [] if self.early_stopping else None
             self.best_validation_score_ = -math.inf if self.early_stopping else None
+        validation = None
+        if self.early_stopping:  # scikit-learn's split: stratified for a classifier
+            X, X_val, targets, y_val = train_test_split(
+                X,
+                targets,
+                random_state=rng,
+                test_size=self.validation_fraction,
+                stratify=self._stratify(targets),
+            )
+            if X_val.shape[0] < 2:
+                raise ValueError(
+                    "The validation set is too small. Increase 'validation_fraction' or the "
+                    "size of your dataset."
+                )
+            validation = (X_val, y_val)
         batch = self._batch(X.shape[0])
         if self._optim is None:
-            self._optim = self._optimizer(batch)
-        epochs = 1 if incremental else self.max_iter
-        # scikit-learn stops once n_iter_no_change epochs in a row did not improve by tol, on
-        # the epoch after them: EarlyStopping's patience counts that epoch too
-        patience, stop = self.n_iter_no_change + 1, None
-        if self.early_stopping and not incremental:
-            monitor = "val_accuracy" if isinstance(self, ClassifierMixin) else "val_loss"
-            stop = tn.EarlyStopping(monitor, patience, self.tol, restore_best=True)
-        elif not incremental:
-            stop = tn.EarlyStopping("loss", patience, self.tol, restore_best=False)
-        history = self._net.fit(
-            X,
-            targets,
-            self._loss(),
-            self._optim,
-            epochs=epochs,
-            batch_size=batch,
-            shuffle=bool(self.shuffle),
-            seed=int(rng.randint(SEED_BOUND)),
-            progress=bool(self.verbose),
-            validation_split=self.validation_fraction if stop and self.early_stopping else 0.0,
-            early_stopping=stop,
-        )
-        done = len(history["loss"])
-        self.n_iter_ += done
-        self.t_ += done * X.shape[0]
-        self.loss_curve_ += [float(v) for v in history["loss"]]
-        self.loss_ = self.loss_curve_[-1]
-        if self.early_stopping and "val_loss" in history.history:
-            scores = self._validation_scores(history)
-            self.validation_scores_ += scores
-            self.best_validation_score_ = max(self.validation_scores_)
-        elif not self.early_stopping:
-            self.best_loss_ = min(self.best_loss_, *self.loss_curve_[-done:])
-        if not incremental and done == epochs:
+            self._optim = self._new_optimizer(batch)
+        self.n_iter_ = 0
+        rule = _EpochRule(self, validation, X.shape[0], incremental)
+        try:
+            self._net.fit(
+                X,
+                targets,
+                self._loss(),
+                self._optim,
+                epochs=1 if incremental else self.max_iter,
+                batch_size=batch,
+                shuffle=bool(self.shuffle),
+                seed=int(rng.randint(SEED_BOUND)),
+                early_stopping=rule,
+            )
+        except tn.InvalidInputError as exc:  # the loss turned NaN or inf: the epoch undone
+            if "diverged" not in str(exc):
+                raise
+            if rule.best_params is None:
+                raise ValueError(f"{NON_FINITE} ({exc})") from exc
+            # as scikit-learn with early stopping: the diverged epoch scores NaN, and the model
+            # keeps the weights of its best validation score
+            self.n_iter_ += 1
+            self.validation_scores_.append(math.nan)
+            rule.restore(self._net.parameters())
+        if not all(np.isfinite(w).all() for pair in self._net.get_weights() for w in pair):
+            raise ValueError(NON_FINITE)
+        if not incremental and self.n_iter_ == self.max_iter and not rule.stopped:
             warnings.warn(
-                f"tinynet {type(self).__name__}: max_iter={self.max_iter} epochs reached and "
-                "the optimization hasn't converged yet",
+                f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                "optimization hasn't converged yet.",
                 ConvergenceWarning,
                 stacklevel=2,
             )
         return self
 
-    def _validation_scores(self, history: tn.History) -> list[float]:
-        return [-float(v) for v in history["val_loss"]]
+    def _score_on(self, X: np.ndarray, targets: np.ndarray) -> float:
+        """The validation score early stopping watches, as scikit-learn's ``score``."""
+        raise NotImplementedError
+
+    def _stratify(self, targets: np.ndarray) -> np.ndarray | None:
+        """What early stopping's split is stratified by: nothing (a classifier says)."""
+        return None
+
+    @property
+    def _optimizer(self) -> Any:
+        """scikit-learn's private ``_optimizer.learning_rate`` (the rate the next epoch uses),
+        for code written against its estimators; None before a fit."""
+        optim = getattr(self, "_optim", None)
+        return None if optim is None else SimpleNamespace(learning_rate=optim.lr)
 
     def _outputs(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "_net")
@@ -314,11 +437,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         y = column_or_1d(y, warn=True)  # a column: DataConversionWarning, as scikit-learn's
         if first:
             known = np.unique(y) if classes is None else np.unique(np.asarray(classes))
-            if len(known) < 2:
-                raise ValueError(
-                    f"the classifier needs samples of at least 2 classes; got 1 class: {known}"
-                )
-            self.classes_ = known
+            self.classes_ = known  # one class: it is always predicted, as scikit-learn's
             self.n_outputs_ = len(known)
             self.out_activation_ = "softmax"
         unseen = ~np.isin(y, self.classes_)
@@ -329,8 +448,18 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             )
         return np.searchsorted(self.classes_, y).astype(np.int64)
 
-    def _validation_scores(self, history: tn.History) -> list[float]:
-        return [float(v) for v in history["val_accuracy"]]
+    def _stratify(self, targets: np.ndarray) -> np.ndarray | None:
+        """scikit-learn stratifies a binary problem's split by its one label column (as bools:
+        its error for a class too small names it 'True'); a multiclass one not at all."""
+        return (targets == 1).reshape(-1, 1) if len(self.classes_) == 2 else None
+
+    def _score_on(self, X: np.ndarray, targets: np.ndarray) -> float:
+        """Accuracy, as ClassifierMixin.score (targets: class indices); NaN where the outputs
+        are not finite, as scikit-learn's."""
+        outputs = self._net.predict(X)
+        if not np.isfinite(outputs).all():
+            return math.nan
+        return float(np.mean(np.argmax(outputs, axis=1) == targets))
 
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
         """One epoch over (X, y); the first call needs ``classes``, every label to come."""
@@ -382,12 +511,20 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             raise ValueError(f"y has {targets.shape[1]} outputs, the model {self.n_outputs_}")
         return targets
 
+    def _score_on(self, X: np.ndarray, targets: np.ndarray) -> float:
+        """R², as RegressorMixin.score (over the outputs, uniformly); NaN where the outputs are
+        not finite, as scikit-learn's."""
+        outputs = self._net.predict(X)
+        if not np.isfinite(outputs).all():
+            return math.nan
+        return float(r2_score(targets, outputs))
+
     def partial_fit(self, X: Any, y: Any) -> MLPRegressor:
         """One epoch over (X, y), from where the last call left off."""
         return self._fit(X, y, incremental=True)
 
     def predict(self, X: Any) -> np.ndarray:
-        out = self._outputs(X).astype(np.float64)
+        out = self._outputs(X)  # in the parameters' dtype, as scikit-learn's
         return out.ravel() if self._y_1d else out
 
     def __sklearn_tags__(self) -> Any:
