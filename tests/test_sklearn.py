@@ -202,7 +202,7 @@ def test_max_iter_without_convergence_warns():
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        (dict(solver="lbfgs"), "solver"),
+        (dict(solver="newton"), "solver"),
         (dict(activation="softplus"), "activation"),
         (dict(hidden_layer_sizes=(10, 0)), "hidden_layer_sizes"),
         (dict(learning_rate_init=0.0), "learning_rate_init"),
@@ -389,3 +389,36 @@ def test_alpha_is_weight_decay_alpha_over_the_batch():
     for (W0, _), got, want in zip(initial.get_weights(), decayed.coefs_, plain.coefs_,
                                    strict=True):  # fmt: skip
         np.testing.assert_allclose(got - want, -0.1 * (3.0 / 100) * W0.T, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
+def test_the_lbfgs_objective_is_the_penalized_loss_and_its_gradient(Estimator):
+    """The function L-BFGS-B minimizes: its gradient against central differences of its own
+    value (float64, step 1e-6: truncation ~1e-12, rounding ~1e-10), and its value at the
+    fitted weights against the loss recomputed here from predict, plus 0.5 alpha |W|^2 / n."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12, 5))
+    y = rng.integers(0, 3, 12) if Estimator is MLPClassifier else rng.normal(size=12)
+    model = Estimator((4,), activation="tanh", solver="lbfgs", alpha=0.3, max_iter=2,
+                      random_state=0, backend="numpy")  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X, y)
+    targets = model._targets(y, first=False)
+    objective, theta, _ = model._lbfgs_objective(X, targets)
+    value, gradient = objective(theta.copy())
+    numeric = np.empty_like(theta)
+    for i in range(theta.size):
+        step = np.zeros_like(theta)
+        step[i] = 1e-6
+        numeric[i] = (objective(theta + step)[0] - objective(theta - step)[0]) / 2e-6
+    np.testing.assert_allclose(gradient, numeric, rtol=1e-6, atol=1e-8)
+    objective(theta)  # the fitted weights back
+    penalty = 0.5 * 0.3 * sum((W**2).sum() for W in model.coefs_) / len(X)
+    if Estimator is MLPClassifier:
+        p = model.predict_proba(X)
+        data = -np.log(p[np.arange(len(X)), np.searchsorted(model.classes_, y)]).mean()
+    else:
+        data = 0.5 * ((model.predict(X) - y) ** 2).mean()
+    assert value == pytest.approx(data + penalty, rel=1e-12)
+    assert model.loss_ == pytest.approx(value, rel=1e-12)

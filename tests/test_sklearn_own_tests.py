@@ -33,20 +33,8 @@ def global_random_seed():
 
 
 # What does not pass yet, by test id, and why; tests/conftest.py marks them xfail(strict=True)
-LBFGS = "#25: no solver='lbfgs' yet"
 XFAIL = {
-    "test_gradient": LBFGS,
-    "test_lbfgs_classification[X0-y0]": LBFGS,
-    "test_lbfgs_classification[X1-y1]": LBFGS,
-    "test_lbfgs_regression[X0-y0]": LBFGS,
-    "test_lbfgs_classification_maxfun[X0-y0]": LBFGS,
-    "test_lbfgs_classification_maxfun[X1-y1]": LBFGS,
-    "test_lbfgs_regression_maxfun[X0-y0]": LBFGS,
-    "test_warm_start": LBFGS,
-    "test_mlp_warm_start_no_convergence[lbfgs-MLPClassifier]": LBFGS,
-    "test_mlp_warm_start_no_convergence[lbfgs-MLPRegressor]": LBFGS,
-    "test_multioutput_regression": LBFGS,
-    "test_partial_fit_errors": LBFGS + " (no partial_fit with it)",
+    "test_gradient": "checks scikit-learn's private _loss_grad_lbfgs (its own backprop)",
     "test_fit": "#25: a binary problem as one logistic unit, and settable coefs_/intercepts_",
     "test_multilabel_classification": "#25: multilabel classification",
     "test_predict_proba_multilabel": "#25: multilabel classification",

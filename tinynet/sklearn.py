@@ -15,9 +15,12 @@ What differs from scikit-learn's MLP (issue #25 tracks each):
 - ``alpha`` (L2) becomes the optimizer's weight decay ``alpha / batch_size``, the gradient
   scikit-learn's penalty adds per batch, and applies to the biases too.
 - ``loss_curve_`` holds the data loss without the penalty.
-- No ``solver="lbfgs"`` (``max_fun`` is accepted for it), no multilabel targets, sparse input,
-  ``sample_weight`` or ``loss="poisson"``; a binary problem has two softmax outputs, not one
-  logistic unit, and ``coefs_`` / ``intercepts_`` are read-only.
+- No multilabel targets, sparse input, ``sample_weight`` or ``loss="poisson"``; a binary
+  problem has two softmax outputs, not one logistic unit, and ``coefs_`` / ``intercepts_`` are
+  read-only.
+
+``solver="lbfgs"`` is scikit-learn's: SciPy's L-BFGS-B on the penalized loss over the whole
+data set, its gradient from one forward and backward pass on the backend per evaluation.
 - Pickles keep the weights, not the optimizer's moments: a ``warm_start`` fit after unpickling
   starts its optimizer afresh.
 """
@@ -32,6 +35,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import scipy.optimize
 
 from tinynet.system import install_hint
 
@@ -45,7 +49,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 import tinynet as tn
@@ -133,6 +139,14 @@ class _EpochRule:
         return {"n_iter": self.estimator.n_iter_}
 
 
+def _stochastic(estimator: Any) -> bool:
+    """partial_fit exists for the stochastic solvers only, as in scikit-learn."""
+    if estimator.solver not in ("sgd", "adam"):
+        raise AttributeError(f"partial_fit is only available for stochastic optimizers. "
+                             f"{estimator.solver} is not stochastic.")  # fmt: skip
+    return True
+
+
 class _BaseMLP(BaseEstimator):
     """What the classifier and the regressor share: parameters, the network, the training."""
 
@@ -217,10 +231,8 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(
                 f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
             )
-        if self.solver not in ("adam", "sgd"):
-            raise ValueError(
-                f"solver must be 'adam' or 'sgd' (tinynet has no 'lbfgs'), got {self.solver!r}"
-            )
+        if self.solver not in ("adam", "sgd", "lbfgs"):
+            raise ValueError(f"solver must be 'adam', 'sgd' or 'lbfgs', got {self.solver!r}")
         # each number within scikit-learn's range for it (InvalidInputError is a ValueError)
         checked_number("alpha", self.alpha, 0.0)
         checked_number("learning_rate_init", self.learning_rate_init, 0.0, low_open=True)
@@ -285,6 +297,8 @@ class _BaseMLP(BaseEstimator):
             multi_output=True,
             y_numeric=not isinstance(self, ClassifierMixin),
         )
+        if warm and not incremental:
+            self._check_warm_start(y)
         targets = self._targets(y, first=not warm, classes=classes)
         rng = check_random_state(self.random_state)
         if not warm:
@@ -302,6 +316,9 @@ class _BaseMLP(BaseEstimator):
             self.best_loss_ = None if self.early_stopping else math.inf
             self.validation_scores_ = [] if self.early_stopping else None
             self.best_validation_score_ = -math.inf if self.early_stopping else None
+        if self.solver == "lbfgs":
+            self._fit_lbfgs(X, targets)
+            return self
         validation = None
         if self.early_stopping:  # scikit-learn's split: stratified for a classifier
             X, X_val, targets, y_val = train_test_split(
@@ -359,9 +376,65 @@ class _BaseMLP(BaseEstimator):
         """The validation score early stopping watches, as scikit-learn's ``score``."""
         raise NotImplementedError
 
+    def _lbfgs_objective(self, X: np.ndarray, targets: np.ndarray) -> tuple[Any, np.ndarray, Any]:
+        """(f, the parameters now, put): f(flat) is the loss over the whole data set plus the
+        L2 penalty 0.5 alpha |W|^2 / n (weights only, as scikit-learn's) and its gradient, in
+        float64, from one forward and backward pass on the backend; put(flat) sets the
+        network's parameters."""
+        net, loss, n = self._net, self._loss(), X.shape[0]
+        B, params = net.backend, net.parameters()
+        inputs, outputs = net.as_inputs(X), net.as_targets(targets, n)
+        shapes = [tuple(p.data.shape) for p in params]
+        sizes = [int(np.prod(shape)) for shape in shapes]
+        is_weight = [len(shape) == 2 for shape in shapes]
+
+        def put(flat: np.ndarray) -> None:
+            offset = 0
+            for p, shape, size in zip(params, shapes, sizes, strict=True):
+                part = flat[offset : offset + size].reshape(shape)
+                p.data[...] = B.asarray(part.astype(p.data.dtype, copy=False))
+                offset += size
+
+        def loss_and_gradient(flat: np.ndarray) -> tuple[float, np.ndarray]:
+            put(flat)
+            value = float(net.gradients(inputs, outputs, loss))
+            grads = []
+            for p, weight in zip(params, is_weight, strict=True):
+                g = B.to_numpy(p.grad).astype(np.float64).ravel()
+                if weight:
+                    w = B.to_numpy(p.data).astype(np.float64).ravel()
+                    value += 0.5 * self.alpha * float(w @ w) / n
+                    g = g + self.alpha * w / n
+                grads.append(g)
+            return value, np.concatenate(grads)
+
+        start = np.concatenate([B.to_numpy(p.data).astype(np.float64).ravel() for p in params])
+        return loss_and_gradient, start, put
+
+    def _fit_lbfgs(self, X: np.ndarray, targets: np.ndarray) -> None:
+        """scikit-learn's lbfgs solver: SciPy's L-BFGS-B over every weight and bias at once
+        (``_lbfgs_objective``); ``max_iter`` iterations, ``max_fun`` evaluations, ``tol`` the
+        projected gradient's."""
+        objective, start, put = self._lbfgs_objective(X, targets)
+        result = scipy.optimize.minimize(
+            objective,
+            start,
+            method="L-BFGS-B",
+            jac=True,
+            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol},
+        )
+        self.n_iter_ = _check_optimize_result("lbfgs", result, self.max_iter)
+        self.loss_ = float(result.fun)
+        put(result.x)
+        if not all(np.isfinite(w).all() for pair in self._net.get_weights() for w in pair):
+            raise ValueError(NON_FINITE)
+
     def _stratify(self, targets: np.ndarray) -> np.ndarray | None:
         """What early stopping's split is stratified by: nothing (a classifier says)."""
         return None
+
+    def _check_warm_start(self, y: np.ndarray) -> None:
+        """What a warm_start fit's y must share with the last fit's (a classifier: classes)."""
 
     @property
     def _optimizer(self) -> Any:
@@ -448,6 +521,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             )
         return np.searchsorted(self.classes_, y).astype(np.int64)
 
+    def _check_warm_start(self, y: np.ndarray) -> None:
+        classes = np.unique(y)
+        if not np.array_equal(classes, self.classes_):  # scikit-learn's rule and message
+            raise ValueError(
+                "warm_start can only be used where `y` has the same classes as in the previous "
+                f"call to fit. Previously got {self.classes_}, `y` has {classes}"
+            )
+
     def _stratify(self, targets: np.ndarray) -> np.ndarray | None:
         """scikit-learn stratifies a binary problem's split by its one label column (as bools:
         its error for a class too small names it 'True'); a multiclass one not at all."""
@@ -461,6 +542,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return math.nan
         return float(np.mean(np.argmax(outputs, axis=1) == targets))
 
+    @available_if(_stochastic)
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
         """One epoch over (X, y); the first call needs ``classes``, every label to come."""
         if not hasattr(self, "_net") and classes is None:
@@ -519,6 +601,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             return math.nan
         return float(r2_score(targets, outputs))
 
+    @available_if(_stochastic)
     def partial_fit(self, X: Any, y: Any) -> MLPRegressor:
         """One epoch over (X, y), from where the last call left off."""
         return self._fit(X, y, incremental=True)
