@@ -108,20 +108,25 @@ def program(
     return PRELUDE + f"typedef {ctype} T;\ntypedef {xtype} X;\n" + preambles + kernels + rows_code
 
 
-def shared_library(code: str, directory: Path) -> ctypes.CDLL:
-    """``code`` built by g++ into a shared library (once per source text) and loaded."""
+def built_library(code: str, directory: Path, optimize: str = "-O1") -> Path:
+    """``code`` built by g++ into a shared library in ``directory``, once per source text."""
     digest = hashlib.sha256(code.encode()).hexdigest()[:16]
     library = directory / f"k{digest}.so"
     if not library.exists():
         source = directory / f"k{digest}.cpp"
         source.write_text(code)
         build = subprocess.run(
-            [GXX, "-O1", "-shared", "-fPIC", str(source), "-o", str(library)],
+            [GXX, optimize, "-shared", "-fPIC", str(source), "-o", str(library)],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         if build.returncode != 0:
             raise RuntimeError(f"g++ failed on {source}:\n{build.stderr}")
-    return ctypes.CDLL(str(library))
+    return library
+
+
+def shared_library(code: str, directory: Path) -> ctypes.CDLL:
+    """``code`` built by g++ (``built_library``) and loaded."""
+    return ctypes.CDLL(str(built_library(code, directory)))
 
 
 # -- a cupy module on the host --------------------------------------------------------------------
@@ -360,17 +365,7 @@ HOST_CUDA_VERSION = 90000
 
 def fake_cublas_path() -> str:
     """tests/fake_cublas.cpp built by g++ (once per text): the stand-in's libcublas."""
-    code = FAKE_CUBLAS.read_text()
-    digest = hashlib.sha256(code.encode()).hexdigest()[:16]
-    library = _BUILD_DIR / f"libcublas-fake-{digest}.so"
-    if not library.exists():
-        build = subprocess.run(
-            [GXX, "-O2", "-shared", "-fPIC", str(FAKE_CUBLAS), "-o", str(library)],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        if build.returncode != 0:
-            raise RuntimeError(f"g++ failed on {FAKE_CUBLAS}:\n{build.stderr}")
-    return str(library)
+    return str(built_library(FAKE_CUBLAS.read_text(), _BUILD_DIR, "-O2"))
 
 
 def fake_cublas_record(lib: Any) -> dict[str, Any]:
