@@ -302,6 +302,33 @@ def sklearn_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def sklearn_op_table(rows: list[dict]) -> list[str]:
+    """Per operation, dataset and contender: the median seconds of one call over repeats (and
+    the final loss, where the operation has one), and scikit-learn's time over the
+    contender's (above 1: faster than scikit-learn)."""
+    runs: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r.get("kind") == "sklearn-op":
+            run = runs[(r["op"], r["dataset"], r["contender"])]
+            run["s"].append(r["seconds"])
+            run["loss"].append(r["loss"])
+    if not runs:
+        return []
+    lines = [
+        "| operation | data | contender | seconds | final loss | scikit-learn's time / this |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for op, dataset, contender in sorted(runs):
+        run = runs[(op, dataset, contender)]
+        seconds = statistics.median(run["s"])
+        reference = runs.get((op, dataset, "sklearn"), {}).get("s")
+        ratio = _ratio(statistics.median(reference), seconds) if reference else "-"
+        losses = [v for v in run["loss"] if v is not None]
+        loss = f"{statistics.median(losses):.5f}" if losses else "-"
+        lines.append(f"| {op} | {dataset} | {contender} | {seconds:.5f} | {loss} | {ratio} |")
+    return lines
+
+
 def scaling_table(rows: list[dict]) -> list[str]:
     """Per backend and batch: seconds per epoch on 1 process x 2 threads and 2 processes x 1
     thread (medians over repeats), the speed-up of 2 x 1, and one step's allreduce alone."""
@@ -476,6 +503,13 @@ def render(json_path: Path, prefix: Path) -> str:
             "the same settings (one hidden layer of 100 ReLU units, Adam, batch 200, a fixed "
             "number of epochs, float32 data); medians over 2 alternating fits.",
             sklearn_table(rows),
+        ),
+        *_section(
+            "Against scikit-learn: L-BFGS and prediction",
+            "solver='lbfgs' for a fixed number of iterations: seconds per evaluation of the "
+            "loss and its gradient over the training rows, and the final loss; predict_proba "
+            "on the MNIST test set (median of 5 calls). Medians over 2 alternating repeats.",
+            sklearn_op_table(rows),
         ),
         *_section(
             "Scaling over MPI",

@@ -112,3 +112,89 @@ def test_against_scikit_learn(benchmark, dataset, repeat, contender):
     )
     assert model.n_iter_ == epochs
     assert score > (0.5 if classify else 0.3), f"{contender} did not learn {dataset}: {score}"
+
+
+# (dataset, training rows): L-BFGS iterations per fit
+LBFGS_ITERATIONS = {("digits", 1437): 40, ("MNIST", 10_000): 15}
+
+
+def _counted(objective, calls):
+    def wrapped(*args, **kwargs):
+        calls[0] += 1
+        return objective(*args, **kwargs)
+
+    return wrapped
+
+
+@pytest.mark.parametrize("contender", CONTENDERS)
+@pytest.mark.parametrize("repeat", range(REPEATS), ids=lambda r: f"r{r}")
+@pytest.mark.parametrize("dataset", list(LBFGS_ITERATIONS), ids=lambda d: d[0])
+def test_lbfgs_evaluation_against_scikit_learn(benchmark, dataset, repeat, contender):
+    """solver="lbfgs" for a fixed number of iterations: the seconds per evaluation of the loss
+    and its gradient over the whole training set (the fit's time over its evaluations,
+    counted), and the final loss of each."""
+    name, rows = dataset
+    X_train, _, y_train, _, _ = _dataset(name)
+    X_train, y_train = X_train[:rows], y_train[:rows]
+    iterations = LBFGS_ITERATIONS[dataset]
+    settings = dict(solver="lbfgs", max_iter=iterations, tol=0.0, random_state=0)
+    calls = [0]
+    if contender == "sklearn":
+        from sklearn.neural_network import MLPClassifier
+
+        model = MLPClassifier(**settings)
+        model._loss_grad_lbfgs = _counted(model._loss_grad_lbfgs, calls)
+    else:
+        from tinynet.sklearn import MLPClassifier
+
+        backend = contender.removeprefix("tinynet-")
+        with warnings.catch_warnings():  # compile outside the timing
+            warnings.simplefilter("ignore")
+            MLPClassifier(**{**settings, "max_iter": 2}, backend=backend).fit(
+                X_train[:400], y_train[:400]
+            )
+        model = MLPClassifier(**settings, backend=backend)
+        objective = model._lbfgs_objective
+        model._lbfgs_objective = lambda *a: (_counted(objective(*a)[0], calls), *objective(*a)[1:])
+    time.sleep(SETTLE_S)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning: a fixed number of iterations
+        start = time.perf_counter()
+        benchmark.pedantic(model.fit, args=(X_train, y_train), rounds=1, iterations=1)
+        seconds = time.perf_counter() - start
+    benchmark.group = f"sklearn lbfgs {name}"
+    benchmark.extra_info.update(
+        kind="sklearn-op",
+        op="lbfgs: loss and gradient",
+        contender=contender,
+        dataset=f"{name} ({rows:,} rows)",
+        repeat=repeat,
+        seconds=seconds / calls[0],
+        evaluations=calls[0],
+        loss=float(model.loss_),
+    )
+    assert calls[0] >= iterations
+
+
+@pytest.mark.parametrize("contender", CONTENDERS)
+@pytest.mark.parametrize("repeat", range(REPEATS), ids=lambda r: f"r{r}")
+def test_predict_proba_against_scikit_learn(benchmark, repeat, contender):
+    """predict_proba on the 10,000 MNIST test images, of a model fitted for one epoch (the
+    median of 5 calls)."""
+    X_train, X_test, y_train, _, _ = _dataset("MNIST")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = _estimator(contender, True, 1).fit(X_train, y_train)
+        model.predict_proba(X_test[:100])  # compiled, buffers made
+    time.sleep(SETTLE_S)
+    benchmark.pedantic(model.predict_proba, args=(X_test,), rounds=5, iterations=1)
+    benchmark.group = "sklearn predict_proba MNIST"
+    benchmark.extra_info.update(
+        kind="sklearn-op",
+        op="predict_proba",
+        contender=contender,
+        dataset=f"MNIST test ({len(X_test):,} rows)",
+        repeat=repeat,
+        seconds=benchmark.stats.stats.median,
+        loss=None,
+    )

@@ -274,3 +274,29 @@ def test_scaling_by_layout_with_the_allreduce(tmp_path):
     # s/epoch = median seconds * 60000 / 16384: 0.085 -> 0.311, 0.11 -> 0.403; 0.311 / 0.403
     # = 0.77x; allreduce 60 us, 938 steps an epoch -> 0.056 s
     assert "| numba | 64 | 0.311 | 0.403 | 0.77x | 60 µs (0.94 MB) | 0.056 |" in text
+
+
+def test_scikit_learn_operations_by_median_call(tmp_path):
+    def call(contender, seconds, loss, repeat):
+        return _bench(
+            seconds,
+            kind="sklearn-op",
+            op="lbfgs: loss and gradient",
+            contender=contender,
+            dataset="digits (1,437 rows)",
+            repeat=repeat,
+            seconds=seconds,
+            loss=loss,
+        )
+
+    runs = [
+        call("sklearn", 0.004, 0.10, 0),
+        call("tinynet-numba", 0.001, 0.12, 0),
+        call("sklearn", 0.006, 0.20, 1),
+        call("tinynet-numba", 0.003, 0.14, 1),
+    ]
+    text = report.render(_write(tmp_path, runs), tmp_path / "out")
+    # medians: sklearn 0.005 s, numba 0.002 s a call: 2.50x; losses 0.15 and 0.13
+    op = "| lbfgs: loss and gradient | digits (1,437 rows) "
+    assert op + "| tinynet-numba | 0.00200 | 0.13000 | 2.50x |" in text
+    assert op + "| sklearn | 0.00500 | 0.15000 | 1.00x |" in text
