@@ -245,11 +245,12 @@ class MLP:
             else:
                 g = layer.backward(g, need_dx)
 
-    def predict(self, x: Any, batch_size: int = 4096) -> np.ndarray:
+    def predict(self, x: Any, batch_size: int = 4096, check_finite: bool = True) -> np.ndarray:
         """Outputs for ``x`` (batch, in_features) as a NumPy array, computed in chunks of
-        ``batch_size`` rows."""
+        ``batch_size`` rows. ``check_finite=False`` skips the NaN/inf scan of ``x``, for
+        callers that made it already (the scikit-learn estimators' validate_data)."""
         batch_size = positive_int("batch_size", batch_size)
-        x = self.as_inputs(x)
+        x = self.as_inputs(x, check_finite=check_finite)
         chunks = [np.empty((0, self.out_features), self.dtype)]
         for start in range(0, x.shape[0], batch_size):
             chunks.append(self.backend.to_numpy(self.outputs(x[start : start + batch_size])))

@@ -446,7 +446,8 @@ class _BaseMLP(BaseEstimator):
     def _outputs(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "_net")
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        return self._net.predict(X.astype(self._net.dtype, copy=False))
+        # validate_data refused NaN and inf: the network need not scan X again
+        return self._net.predict(X.astype(self._net.dtype, copy=False), check_finite=False)
 
     # -- scikit-learn's view of the weights ------------------------------------------------
     @property
