@@ -165,6 +165,25 @@ class NumpyBackend(Backend):
             dz /= n
         return loss, dz
 
+    def sigmoid_cross_entropy(
+        self, p: Array, t: Array, reduction: str, grad: bool = True
+    ) -> tuple[Array, Array | None]:
+        """E = -sum_k [t_k log p_k + (1 - t_k) log(1 - p_k)] per sample for sigmoid outputs p;
+        dE/dz = p - t (fused). p and 1 - p are clamped at the smallest normal float, as in
+        softmax_cross_entropy."""
+        xp = self.xp
+        n = p.shape[0] if reduction == "mean" else 1
+        tiny = xp.finfo(p.dtype).tiny
+        one = p.dtype.type(1)
+        loss = -(t * xp.log(xp.maximum(p, tiny)) + (one - t) * xp.log(xp.maximum(one - p, tiny)))
+        loss = loss.sum() / n
+        if not grad:
+            return loss, None
+        dz = p - t
+        if n != 1:
+            dz /= n
+        return loss, dz
+
     # -- update ---------------------------------------------------------------------------------
     def sgd_update(
         self,

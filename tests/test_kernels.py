@@ -129,6 +129,27 @@ def test_losses_and_their_gradients(backend_name):
     )
     assert math.isfinite(float(loss)) and float(loss) > 80
 
+    # sigmoid outputs, each a yes/no: by hand, -[t log p + (1 - t) log(1 - p)] per output
+    bce = -sum(
+        math.log(p) if target else math.log(1 - p)
+        for row_p, row_t in zip(y, t, strict=True)
+        for p, target in zip(row_p, row_t, strict=True)
+    )
+    loss, dz = B.sigmoid_cross_entropy(B.asarray(y), B.asarray(t), "mean")
+    assert float(loss) == pytest.approx(bce / 3, rel=1e-14)
+    np.testing.assert_allclose(tn.to_numpy(dz), (y - t) / 3, rtol=1e-14)
+    soft = np.array([[0.25]])  # a soft target: -(0.25 log 0.2 + 0.75 log 0.8)
+    loss, dz = B.sigmoid_cross_entropy(B.asarray(np.array([[0.2]])), B.asarray(soft), "sum")
+    assert float(loss) == pytest.approx(-(0.25 * math.log(0.2) + 0.75 * math.log(0.8)), rel=1e-14)
+    np.testing.assert_allclose(tn.to_numpy(dz), [[0.2 - 0.25]], rtol=1e-14)
+    # probabilities rounded to 0 and to 1 give large finite losses
+    loss, _ = B.sigmoid_cross_entropy(
+        B.asarray(np.array([[0.0, 1.0]], np.float32)),
+        B.asarray(np.array([[1.0, 0.0]], np.float32)),
+        "mean",
+    )
+    assert math.isfinite(float(loss)) and float(loss) > 160
+
 
 def test_weight_and_bias_gradients_and_sgd(backend_name):
     B = tn.get_backend()

@@ -101,6 +101,10 @@ def test_losses(other, dtype, reduction):
                 REF.softmax_cross_entropy(p, t, reduction),
                 other.softmax_cross_entropy(*_both(other, p, t), reduction),
             ),
+            (
+                REF.sigmoid_cross_entropy(p, t, reduction),
+                other.sigmoid_cross_entropy(*_both(other, p, t), reduction),
+            ),
         ]:
             _close(loss, loss_ref, dtype)
             _close(g, g_ref, dtype)
@@ -194,6 +198,9 @@ def _train(
         (32, 0.9, "float64", tn.SquaredError(0.5), "sigmoid", "sigmoid", True, None),
         (100, 0.5, "float32", tn.CrossEntropy("sum"), "tanh", "softmax", False, None),
         (512, 0.0, "float32", tn.SquaredError(0.5, "sum"), "relu", "identity", True, "bias"),
+        (1, 0.9, "float32", tn.BinaryCrossEntropy(), "tanh", "sigmoid", True, None),
+        (16, 0.0, "float64", tn.BinaryCrossEntropy("sum"), "relu", "sigmoid", True, "bias"),
+        (128, 0.9, "float32", tn.BinaryCrossEntropy(), "relu", "sigmoid", True, None),
     ],
 )
 def test_whole_training_runs_match_the_reference(

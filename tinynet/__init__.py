@@ -27,7 +27,7 @@ from tinynet.errors import (
     TinynetError,
 )
 from tinynet.layers import ACTIVATIONS, Dense, Parameter, Rescaling
-from tinynet.losses import CrossEntropy, Loss, SquaredError
+from tinynet.losses import BinaryCrossEntropy, CrossEntropy, Loss, SquaredError
 from tinynet.model import MLP, load, one_hot
 from tinynet.optim import SGD, Adam, AdamW, Optimizer
 from tinynet.perceptron import Perceptron
@@ -44,6 +44,7 @@ __all__ = [
     "AdamW",
     "Backend",
     "BackendError",
+    "BinaryCrossEntropy",
     "CosineLR",
     "CrossEntropy",
     "DataFileError",

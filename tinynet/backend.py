@@ -155,6 +155,13 @@ class Backend(abc.ABC):
         dE/dz = p - t (batch, out) or None). The loss stays on the device: the trainer adds
         losses up without waiting for each."""
 
+    @abc.abstractmethod
+    def sigmoid_cross_entropy(
+        self, p: Any, t: Any, reduction: str, grad: bool = True
+    ) -> tuple[Any, Any | None]:
+        """E = -sum_k [t_k log p_k + (1 - t_k) log(1 - p_k)] per sample for sigmoid outputs p
+        (each output a yes/no): (E as a 0-d array, dE/dz = p - t or None)."""
+
     # -- update and data ----------------------------------------------------------------------
     @abc.abstractmethod
     def sgd_update(

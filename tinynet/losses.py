@@ -98,7 +98,43 @@ class CrossEntropy(Loss):
         return f"CrossEntropy(reduction={self.reduction!r})"
 
 
-LOSSES = {"squared_error": SquaredError, "mse": SquaredError, "cross_entropy": CrossEntropy}
+class BinaryCrossEntropy(Loss):
+    """E = -sum_k [t_k log p_k + (1 - t_k) log(1 - p_k)] per sample, for a last layer with
+    ``activation="sigmoid"``: each output a yes/no probability (a binary problem's one unit, or
+    one per label of a multilabel problem; PyTorch's BCELoss, summed over the outputs).
+
+    Targets in [0, 1]: then dE/dz = p - t exactly.
+    """
+
+    def __init__(self, reduction: str = "mean"):
+        self.reduction = _check_reduction(reduction)
+
+    def check_activation(self, activation: str) -> None:
+        if activation != "sigmoid":
+            raise InvalidInputError(
+                f"BinaryCrossEntropy needs a last layer with activation='sigmoid', got "
+                f"{activation!r}"
+            )
+
+    def value(self, backend: Backend, y: Any, t: Any) -> Any:
+        return backend.sigmoid_cross_entropy(y, t, self.reduction, grad=False)[0]
+
+    def value_and_delta(
+        self, backend: Backend, y: Any, t: Any, activation: str, alpha: float = 0.0
+    ) -> Any:
+        self.check_activation(activation)
+        return backend.sigmoid_cross_entropy(y, t, self.reduction)
+
+    def __repr__(self) -> str:
+        return f"BinaryCrossEntropy(reduction={self.reduction!r})"
+
+
+LOSSES = {
+    "squared_error": SquaredError,
+    "mse": SquaredError,
+    "cross_entropy": CrossEntropy,
+    "binary_cross_entropy": BinaryCrossEntropy,
+}
 
 
 def get_loss(name: str) -> Loss:

@@ -40,7 +40,7 @@ from tinynet.layers import (
     check_weights_fit,
     dtype_of,
 )
-from tinynet.losses import CrossEntropy, Loss, SquaredError
+from tinynet.losses import BinaryCrossEntropy, CrossEntropy, Loss, SquaredError
 from tinynet.model_file import ModelArchive, parse_config, write_atomically
 from tinynet.optim import SGD, Adam, Optimizer
 
@@ -286,7 +286,9 @@ class MLP:
         adam = isinstance(optimizer, Adam)
         if not (adam or type(optimizer) is SGD):
             return None
-        if type(loss) not in (SquaredError, CrossEntropy):
+        names = {SquaredError: "squared_error", CrossEntropy: "cross_entropy",
+                 BinaryCrossEntropy: "binary_cross_entropy"}  # fmt: skip
+        if type(loss) not in names:
             return None
         B = self.backend
         trained = [p for p in self.parameters() if not p.frozen]
@@ -316,13 +318,12 @@ class MLP:
                     sb=buffer(b, 1),
                 )
             )
-        is_ce = isinstance(loss, CrossEntropy)
         return EpochSpec(
             specs,
             scale,
             offset,
-            "cross_entropy" if is_ce else "squared_error",
-            1.0 if is_ce else loss.scale,
+            names[type(loss)],
+            loss.scale if isinstance(loss, SquaredError) else 1.0,
             loss.reduction,
             optimizer.lr,
             0.0 if adam else optimizer.momentum,

@@ -59,6 +59,7 @@ class CupyBackend(Backend):
     weight_grad = NumpyBackend.weight_grad
     bias_grad = NumpyBackend.bias_grad
     softmax_cross_entropy = NumpyBackend.softmax_cross_entropy
+    sigmoid_cross_entropy = NumpyBackend.sigmoid_cross_entropy
 
     def __init__(self) -> None:
         cp = self.xp = import_cupy()
@@ -178,6 +179,8 @@ class CupyBackend(Backend):
 
     # -- whole epochs -----------------------------------------------------------------------
     def can_train_batches(self, spec: EpochSpec, batch_size: int) -> bool:
+        if spec.loss == "binary_cross_entropy":  # no per-row kernel for it yet: kernel by kernel
+            return False
         # a softmax before the last layer couples a row's units: the kernel-by-kernel path
         if any(layer.activation == "softmax" for layer in spec.layers[:-1]):
             return False

@@ -14,8 +14,10 @@ from tinynet.kernels.numba import cache, elementwise
 from tinynet.kernels.numba.blas import blas_epoch, blas_epoch_allreduce, gemm_address, product
 from tinynet.kernels.numba.compile import (
     ACT,
+    BINARY_CROSS_ENTROPY,
     CACHE,
     CROSS_ENTROPY,
+    LOSS_KINDS,
     SQUARED_ERROR,
     Data,
     Net,
@@ -115,6 +117,9 @@ class NumbaBackend(Backend):
 
     def softmax_cross_entropy(self, p: Any, t: Any, reduction: str, grad: bool = True):
         return self._loss(CROSS_ENTROPY, p, t, 1.0, reduction, grad)
+
+    def sigmoid_cross_entropy(self, p: Any, t: Any, reduction: str, grad: bool = True):
+        return self._loss(BINARY_CROSS_ENTROPY, p, t, 1.0, reduction, grad)
 
     # -- update and data --------------------------------------------------------------------
     def sgd_update(
@@ -266,7 +271,7 @@ class NumbaBackend(Backend):
         b1, b2, eps, decay, decoupled = spec.adam or (0.0, 0.0, 1.0, 0.0, False)
         b1, b2, _, _, eps, l2, shrink = adam_scalars(spec.lr, (b1, b2), eps, 1, decay, decoupled)
         rule = Rule(
-            CROSS_ENTROPY if spec.loss == "cross_entropy" else SQUARED_ERROR,
+            LOSS_KINDS[spec.loss],
             dt(spec.loss_scale),
             spec.reduction == "mean",
             dt(spec.lr),

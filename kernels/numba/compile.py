@@ -45,7 +45,13 @@ ACT = ACTIVATION_CODE  # activation name -> the code the kernels branch on
 IDENTITY, STEP, SIGMOID, TANH, RELU, SOFTMAX, LEAKY_RELU = (
     ACT[name] for name in ("identity", "step", "sigmoid", "tanh", "relu", "softmax", "leaky_relu")
 )
-SQUARED_ERROR, CROSS_ENTROPY = 0, 1
+SQUARED_ERROR, CROSS_ENTROPY, BINARY_CROSS_ENTROPY = 0, 1, 2
+# an EpochSpec's loss -> the code the compiled epochs know it by
+LOSS_KINDS = {
+    "squared_error": SQUARED_ERROR,
+    "cross_entropy": CROSS_ENTROPY,
+    "binary_cross_entropy": BINARY_CROSS_ENTROPY,
+}
 
 
 def jit(fn=None, *, fastmath=FAST, **options):

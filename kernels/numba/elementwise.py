@@ -6,12 +6,14 @@ from __future__ import annotations
 import numpy as np
 
 from tinynet.kernels.numba.compile import (
+    BINARY_CROSS_ENTROPY,
     CROSS_ENTROPY,
     FAST,
     LEAKY_RELU,
     RELU,
     SIGMOID,
     SOFTMAX,
+    SQUARED_ERROR,
     STEP,
     TANH,
     RuleNow,
@@ -165,7 +167,8 @@ def act_grad(y, g, act, alpha):
 
 @inner_jit
 def loss_delta_row(y, t, kind, scale, inv_n, delta):
-    """Per-sample loss (float64) and delta = dE/dy (squared error) or p - t (softmax CE), / n."""
+    """Per-sample loss (float64) and delta = dE/dy (squared error) or p - t (softmax CE; binary
+    CE after sigmoids), / n."""
     one = typed(y, 1.0)
     loss = 0.0
     if kind == CROSS_ENTROPY:
@@ -173,6 +176,12 @@ def loss_delta_row(y, t, kind, scale, inv_n, delta):
         for k in range(y.shape[0]):
             loss -= t[k] * np.log(max(y[k], tiny))
             delta[k] = (y[k] - t[k]) * inv_n
+    elif kind == BINARY_CROSS_ENTROPY:
+        tiny = smallest_normal(y)
+        for k in range(y.shape[0]):
+            p = y[k]
+            loss -= t[k] * np.log(max(p, tiny)) + (one - t[k]) * np.log(max(one - p, tiny))
+            delta[k] = (p - t[k]) * inv_n
     else:
         two_scale = (one + one) * scale * inv_n
         for k in range(y.shape[0]):
@@ -302,7 +311,7 @@ def loss_delta_gathered(Y, T, order, kind, scale, inv_n, act, alpha, D):
     total = 0.0
     for r in range(Y.shape[0]):
         total += loss_delta_row(Y[r], T[order[r]], kind, scale, inv_n, D[r])
-        if kind != CROSS_ENTROPY:
+        if kind == SQUARED_ERROR:  # the cross-entropies' delta is p - t, w.r.t. z already
             act_grad_row(Y[r], D[r], act, alpha)
     return total
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinynet.kernels.numba.compile import CROSS_ENTROPY, inner_jit, jit, typed
+from tinynet.kernels.numba.compile import SQUARED_ERROR, inner_jit, jit, typed
 from tinynet.kernels.numba.elementwise import (
     act_grad_row,
     adam_step_with,
@@ -243,7 +243,7 @@ def epoch_per_sample(thread, data, net, rule, A, D, x_spare, H, other_rules):
             _matvec(Ws[layer], A[layer], A[layer + 1])
             bias_act_row(A[layer + 1], bs[layer], acts[layer], alphas[layer])
         total += loss_delta_row(A[n_layers], T[order[s]], kind, scale, one, D[last])
-        if kind != CROSS_ENTROPY:
+        if kind == SQUARED_ERROR:  # the cross-entropies' delta is p - t, w.r.t. z already
             act_grad_row(A[n_layers], D[last], acts[last], alphas[last])
         for layer in range(last, 0, -1):
             g = D[layer - 1]
