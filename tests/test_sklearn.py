@@ -357,10 +357,35 @@ def test_a_batch_larger_than_the_data_is_clipped_with_a_warning():
     assert model.t_ == len(X_train)
 
 
-def test_labels_in_columns_are_refused_and_regressor_outputs_checked():
+def test_binary_and_multilabel_targets_take_scikit_learns_output_layers():
+    """Two classes: one logistic unit (coefs_[-1] is (hidden, 1)), predict_proba's columns
+    1 - p and p; multilabel indicator targets: a logistic unit per label, an indicator matrix
+    out. The shapes and kinds of scikit-learn's own estimator on the same data."""
+    from sklearn.neural_network import MLPClassifier as TheirMLPClassifier
+
     X_train, _, y_train, _ = _digits()
-    with pytest.raises(ValueError, match="one label per sample"):
-        MLPClassifier(max_iter=1, backend="numpy").fit(X_train, np.c_[y_train, y_train])
+    binary = np.where(y_train < 5, "low", "high")
+    labels = np.c_[y_train % 2, y_train < 5, y_train == 0].astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for y in (binary, labels):
+            ours = MLPClassifier((16,), max_iter=30, random_state=0, backend="numpy").fit(
+                X_train, y
+            )
+            theirs = TheirMLPClassifier((16,), max_iter=30, random_state=0).fit(X_train, y)
+            assert ours.out_activation_ == theirs.out_activation_ == "logistic"
+            assert [c.shape for c in ours.coefs_] == [c.shape for c in theirs.coefs_]
+            for method in ("predict", "predict_proba"):
+                got, want = getattr(ours, method)(X_train), getattr(theirs, method)(X_train)
+                assert got.shape == want.shape and got.dtype.kind == want.dtype.kind, method
+            # learns as theirs does (the same rule, other initial weights and rounding)
+            assert ours.score(X_train, y) > theirs.score(X_train, y) - 0.05
+    proba = ours.predict_proba(X_train)  # multilabel: each label's own probability
+    assert ((proba > 0) & (proba < 1)).all() and not np.allclose(proba.sum(axis=1), 1)
+
+
+def test_regressor_outputs_are_checked():
+    X_train, _, y_train, _ = _digits()
     model = MLPRegressor(max_iter=1, backend="numpy")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

@@ -36,8 +36,6 @@ def global_random_seed():
 XFAIL = {
     "test_gradient": "checks scikit-learn's private _loss_grad_lbfgs (its own backprop)",
     "test_fit": "#25: a binary problem as one logistic unit, and settable coefs_/intercepts_",
-    "test_multilabel_classification": "#25: multilabel classification",
-    "test_predict_proba_multilabel": "#25: multilabel classification",
     "test_sparse_matrices[csr_matrix]": "#25: sparse input",
     "test_sparse_matrices[csr_array]": "#25: sparse input",
     "test_mlp_sample_weight_with_early_stopping": "#25: sample_weight",

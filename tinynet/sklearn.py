@@ -15,9 +15,8 @@ What differs from scikit-learn's MLP (issue #25 tracks each):
 - ``alpha`` (L2) becomes the optimizer's weight decay ``alpha / batch_size``, the gradient
   scikit-learn's penalty adds per batch, and applies to the biases too.
 - ``loss_curve_`` holds the data loss without the penalty.
-- No multilabel targets, sparse input, ``sample_weight`` or ``loss="poisson"``; a binary
-  problem has two softmax outputs, not one logistic unit, and ``coefs_`` / ``intercepts_`` are
-  read-only.
+- No sparse input, ``sample_weight`` or ``loss="poisson"``; ``coefs_`` / ``intercepts_``
+  are read-only.
 
 ``solver="lbfgs"`` is scikit-learn's: SciPy's L-BFGS-B on the penalized loss over the whole
 data set, its gradient from one forward and backward pass on the backend per evaluation.
@@ -493,36 +492,60 @@ class _BaseMLP(BaseEstimator):
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
-    """A multi-layer perceptron classifier: softmax outputs, cross-entropy loss.
+    """A multi-layer perceptron classifier, with scikit-learn's output layers: softmax and
+    cross-entropy for several classes; one logistic unit and binary cross-entropy for two
+    (``coefs_[-1]`` is (hidden, 1)); a logistic unit per label for multilabel targets (y an
+    (n, n_labels) indicator matrix).
 
     ``MLPClassifier(hidden_layer_sizes=(100,), activation="relu", solver="adam", ...)`` as
-    scikit-learn's; ``backend`` picks the tinynet backend. ``predict_proba`` (n, n_classes).
+    scikit-learn's; ``backend`` picks the tinynet backend. ``predict_proba``: (n, n_classes),
+    or (n, n_labels) for multilabel targets.
     """
 
-    _output_activation = "softmax"
+    @property
+    def _output_activation(self) -> str:
+        return "softmax" if self.out_activation_ == "softmax" else "sigmoid"
 
     def _loss(self) -> tn.Loss:
-        return tn.CrossEntropy()
+        return tn.CrossEntropy() if self.out_activation_ == "softmax" else tn.BinaryCrossEntropy()
 
     def _targets(self, y: np.ndarray, first: bool, classes: Any = None) -> np.ndarray:
+        """Class indices (softmax: several classes), or 0/1 columns (one for two classes, one
+        per label for multilabel targets), as the network's targets."""
         check_classification_targets(y)
-        if y.ndim != 1 and not (y.ndim == 2 and y.shape[1] == 1):
-            raise ValueError("tinynet's MLPClassifier takes one label per sample (1-d y)")
+        if y.ndim == 2 and y.shape[1] > 1:  # a label indicator matrix: multilabel
+            if first:
+                self.classes_ = np.arange(y.shape[1])
+                self.n_outputs_, self.out_activation_ = y.shape[1], "logistic"
+                self._multilabel = True
+            elif not getattr(self, "_multilabel", False) or y.shape[1] != self.n_outputs_:
+                raise ValueError(f"y has {y.shape[1]} labels, the model {self.n_outputs_}")
+            return np.asarray(y, np.float64)
         y = column_or_1d(y, warn=True)  # a column: DataConversionWarning, as scikit-learn's
         if first:
             known = np.unique(y) if classes is None else np.unique(np.asarray(classes))
             self.classes_ = known  # one class: it is always predicted, as scikit-learn's
-            self.n_outputs_ = len(known)
-            self.out_activation_ = "softmax"
+            self._multilabel = False
+            if len(known) == 2:
+                self.n_outputs_, self.out_activation_ = 1, "logistic"
+            else:
+                self.n_outputs_, self.out_activation_ = len(known), "softmax"
+        elif getattr(self, "_multilabel", False):
+            raise ValueError("the model was fitted on multilabel targets: y must be one too")
         unseen = ~np.isin(y, self.classes_)
         if unseen.any():
             raise ValueError(
                 f"y has labels not in classes_ {self.classes_.tolist()}: "
                 f"{np.unique(y[unseen]).tolist()}"
             )
-        return np.searchsorted(self.classes_, y).astype(np.int64)
+        index = np.searchsorted(self.classes_, y)
+        if self.out_activation_ == "logistic":  # two classes: the second's probability
+            return (index == 1).astype(np.float64).reshape(-1, 1)
+        return index.astype(np.int64)
 
     def _check_warm_start(self, y: np.ndarray) -> None:
+        if getattr(self, "_multilabel", False):
+            return
         classes = np.unique(y)
         if not np.array_equal(classes, self.classes_):  # scikit-learn's rule and message
             raise ValueError(
@@ -532,16 +555,26 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _stratify(self, targets: np.ndarray) -> np.ndarray | None:
         """scikit-learn stratifies a binary problem's split by its one label column (as bools:
-        its error for a class too small names it 'True'); a multiclass one not at all."""
-        return (targets == 1).reshape(-1, 1) if len(self.classes_) == 2 else None
+        its error for a class too small names it 'True'); others not at all."""
+        if self.out_activation_ == "logistic" and not self._multilabel:
+            return (targets == 1).reshape(-1, 1)
+        return None
+
+    def _decide(self, outputs: np.ndarray) -> np.ndarray:
+        """The network's outputs as targets are written: class indices (softmax), or 0/1
+        columns (logistic units, at 0.5)."""
+        if self.out_activation_ == "softmax":
+            return np.argmax(outputs, axis=1)
+        return (outputs > 0.5).astype(np.int64)
 
     def _score_on(self, X: np.ndarray, targets: np.ndarray) -> float:
-        """Accuracy, as ClassifierMixin.score (targets: class indices); NaN where the outputs
-        are not finite, as scikit-learn's."""
+        """Accuracy, as ClassifierMixin.score (multilabel: every label right); NaN where the
+        outputs are not finite, as scikit-learn's."""
         outputs = self._net.predict(X)
         if not np.isfinite(outputs).all():
             return math.nan
-        return float(np.mean(np.argmax(outputs, axis=1) == targets))
+        right = self._decide(outputs) == targets
+        return float(np.mean(right if right.ndim == 1 else right.all(axis=1)))
 
     @available_if(_stochastic)
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
@@ -558,20 +591,28 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self._fit(X, y, incremental=True, classes=classes)
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """The class probabilities, (n_samples, n_classes), in the order of classes_."""
-        return self._outputs(X).astype(np.float64)
+        """The class probabilities, (n_samples, n_classes), in the order of classes_; for
+        multilabel targets each label's, (n_samples, n_labels)."""
+        outputs = self._outputs(X).astype(np.float64)
+        if self.out_activation_ == "logistic" and not self._multilabel:
+            return np.hstack([1 - outputs, outputs])
+        return outputs
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         with np.errstate(divide="ignore"):
             return np.log(self.predict_proba(X))
 
     def predict(self, X: Any) -> np.ndarray:
-        outputs = self._outputs(X)  # first: NotFittedError before a fit
-        return self.classes_[np.argmax(outputs, axis=1)]
+        """Labels, or for multilabel targets an (n_samples, n_labels) indicator matrix."""
+        decided = self._decide(self._outputs(X))  # first: NotFittedError before a fit
+        if self._multilabel:
+            return decided
+        return self.classes_[decided.ravel()]
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_class = True
+        tags.classifier_tags.multi_label = True
         return tags
 
 
