@@ -371,3 +371,26 @@ def test_the_package_data_carries_every_cuda_file():
     assert {"tinynet.cuh", "rows.cu"} <= set(files)
     for name in files:
         assert any(fnmatch.fnmatch(f"cuda/{name}", pattern) for pattern in patterns), name
+
+
+@pytest.mark.skipif(GXX is None, reason="g++ not installed")
+def test_the_cuda_sigmoid_cross_entropy_kernel_on_a_shard(tmp_path):
+    """tinynet_sigmoid_ce for the shard's sigmoid outputs (one of them rounded to 1, clamped):
+    -[t log p + (1 - t) log(1 - p)] summed, and the deltas (p - t) / 5 for the mean over the
+    global batch of 5, computed here in float64 from the formulas."""
+    rng = np.random.default_rng(6)
+    p, order = rng.uniform(0.05, 0.95, size=(ROWS, 4)), rng.permutation(12)
+    p[0, 0] = 1.0  # log(1 - p) would be -inf: the kernel clamps 1 - p at tiny
+    T = rng.integers(0, 2, size=(12, 4)).astype(float)
+    t = T[_shard_rows(order)]
+    tiny = 1e-300
+    call = (
+        f"tinynet_sigmoid_ce<double>(z, targets, order, step, {FIRST}, {BATCH}, {ROWS}, 4, "
+        f"{1 / BATCH!r}, {tiny!r}, delta, row_loss)"
+    )
+    _, got_delta, got_loss = _host_columns(
+        tmp_path, "sigmoid_ce", _row_kernel_program(call, p, T, order)
+    )
+    want = -(t * np.log(p) + (1 - t) * np.log(np.maximum(1 - p, tiny))).sum()
+    np.testing.assert_allclose(got_delta, ((p - t) / BATCH).ravel(), rtol=1e-14, atol=1e-17)
+    np.testing.assert_allclose(got_loss[0], 0.25 + want, rtol=1e-14)

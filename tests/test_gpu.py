@@ -164,6 +164,7 @@ def _assert_parity(reference, got, twin):
             False,
         ),
         ([784, 16, 10], "relu", "softmax", tn.CrossEntropy(), 0.0, "float32", 1, None, True),
+        ([784, 32, 10], "relu", "sigmoid", tn.BinaryCrossEntropy(), 0.9, "float32", 64, None, True),
     ],
 )
 def test_fused_epoch_matches_the_reference(

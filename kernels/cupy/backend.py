@@ -179,8 +179,6 @@ class CupyBackend(Backend):
 
     # -- whole epochs -----------------------------------------------------------------------
     def can_train_batches(self, spec: EpochSpec, batch_size: int) -> bool:
-        if spec.loss == "binary_cross_entropy":  # no per-row kernel for it yet: kernel by kernel
-            return False
         # a softmax before the last layer couples a row's units: the kernel-by-kernel path
         if any(layer.activation == "softmax" for layer in spec.layers[:-1]):
             return False

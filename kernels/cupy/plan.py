@@ -28,6 +28,7 @@ class PlanKernels:
             for name in ("tinynet_softmax_ce", "tinynet_squared_error", "tinynet_softmax_rows",
                          "tinynet_adam_scalars")
         )  # fmt: skip
+        self.sigmoid_ce = module.get_function(names["tinynet_sigmoid_ce"])
         self.add_losses = module.get_function(names["tinynet_add_losses"])
         self.next_step = module.get_function(names["tinynet_next_step"])
         # the elementwise kernels of the plan: gather the batch's rows, and the rules other than
@@ -136,7 +137,7 @@ class EpochPlan:
         )
         self.neg_lr, self.lr_m, self.lr = self.scalars[2:3], self.scalars[3:5], self.scalars[3:4]
         self.in_scale, self.in_offset = dt(spec.in_scale), dt(spec.in_offset)
-        self.ce = spec.loss == "cross_entropy"
+        self.ce, self.bce = spec.loss == "cross_entropy", spec.loss == "binary_cross_entropy"
         self.loss_scale, self.mean = dt(spec.loss_scale), spec.reduction == "mean"
         self.tiny = dt(np.finfo(dtype).tiny)
         self.captured: dict[int, Any] = {}  # steps -> CUDA graph
@@ -267,6 +268,8 @@ class EpochPlan:
         if self.ce:
             b = layers[-1].b if layers[-1].b is not None else self.zero_bias[-1]
             k.softmax_ce(grid, block, (y, b, self.T, *where, inv_n, self.tiny, d, self.row_loss))
+        elif self.bce:  # y: the sigmoids, applied with the bias above
+            k.sigmoid_ce(grid, block, (y, self.T, *where, inv_n, self.tiny, d, self.row_loss))
         else:
             act, alpha = np.int32(ACT[layers[-1].activation]), dt(layers[-1].alpha)
             coef = dt(2) * self.loss_scale * inv_n

@@ -38,6 +38,7 @@ ROW_KERNELS = source("rows.cu")
 ROW_KERNEL_TEMPLATES = (
     "tinynet_softmax_ce",
     "tinynet_squared_error",
+    "tinynet_sigmoid_ce",
     "tinynet_softmax_rows",
     "tinynet_adam_scalars",
 )

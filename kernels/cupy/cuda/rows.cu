@@ -75,6 +75,28 @@ __global__ void tinynet_squared_error(const T* y, const T* targets, const long l
 }
 
 template <typename T>
+__global__ void tinynet_sigmoid_ce(const T* y, const T* targets, const long long* order,
+                                   const long long* step, long long first, long long batch,
+                                   int rows, int classes, T inv_n, T tiny, T* delta,
+                                   double* row_loss) {
+  // sigmoid outputs y, each a yes/no: row_loss[r] = -sum_k [t_k log p_k + (1 - t_k)
+  // log(1 - p_k)], p and 1 - p clamped at tiny; delta = (p - t) * inv_n, w.r.t. z + bias.
+  int r = blockDim.x * blockIdx.x + threadIdx.x;
+  if (r >= rows) return;
+  const T* yr = y + (long long)r * classes;
+  T* dr = delta + (long long)r * classes;
+  const T* tr = targets + order[first + step[0] * batch + r] * classes;
+  double loss = 0;
+  for (int k = 0; k < classes; ++k) {
+    T p = yr[k], q = (T)1 - p;
+    loss -= (double)tr[k] * log((double)(p > tiny ? p : tiny)) +
+            (1.0 - (double)tr[k]) * log((double)(q > tiny ? q : tiny));
+    dr[k] = (p - tr[k]) * inv_n;
+  }
+  row_loss[r] = loss;
+}
+
+template <typename T>
 __global__ void tinynet_softmax_rows(T* z, const T* bias, int rows, int classes) {
   // z <- softmax(z + bias), row by row, in place
   int r = blockDim.x * blockIdx.x + threadIdx.x;
