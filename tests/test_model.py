@@ -317,3 +317,24 @@ def test_layers_that_do_not_chain():
         tn.MLP([tn.Dense(2, 3), tn.Dense(4, 2)])
     with pytest.raises(tn.InvalidInputError, match="same dtype"):
         tn.MLP([tn.Dense(2, 3), tn.Dense(3, 2, dtype="float64")])
+
+
+@pytest.mark.parametrize(
+    ("loss", "output", "needs"),
+    [
+        (tn.CrossEntropy(), "sigmoid", "softmax"),
+        (tn.BinaryCrossEntropy(), "softmax", "sigmoid"),
+        (tn.BinaryCrossEntropy(), "identity", "sigmoid"),
+    ],
+)
+def test_a_cross_entropy_after_the_wrong_output_layer_is_refused(backend_name, loss, output, needs):
+    """Before any step, on every path (the fused epochs never call value_and_delta): a
+    cross-entropy's delta p - t holds only after its own output activation."""
+    net = tn.MLP.from_sizes([4, 3, 2], "tanh", output, seed=0)
+    x, y = np.random.default_rng(0).normal(size=(8, 4)), np.arange(8) % 2
+    before = [w.copy() for pair in net.get_weights() for w in pair]
+    for batch in (1, 8):
+        with pytest.raises(tn.InvalidInputError, match=f"activation='{needs}'"):
+            net.fit(x, y, loss, tn.SGD(0.1), epochs=1, batch_size=batch)
+    after = [w for pair in net.get_weights() for w in pair]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))

@@ -142,7 +142,11 @@ def _train_flags(train: argparse.ArgumentParser) -> None:
         type=float,
         help="leaky_relu's slope for negative inputs (default: 0.01)",
     )
-    train.add_argument("--loss", help="cross_entropy or squared_error " + _recipe_default("loss"))
+    train.add_argument(
+        "--loss",
+        help="cross_entropy or squared_error (binary_cross_entropy needs sigmoid outputs) "
+        + _recipe_default("loss"),
+    )
     train.add_argument("--epochs", type=int, help=_recipe_default("epochs"))
     train.add_argument("--batch-size", type=int, help=_recipe_default("batch_size"))
     train.add_argument(
