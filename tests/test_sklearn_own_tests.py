@@ -35,7 +35,7 @@ def global_random_seed():
 # What does not pass yet, by test id, and why; tests/conftest.py marks them xfail(strict=True)
 XFAIL = {
     "test_gradient": "checks scikit-learn's private _loss_grad_lbfgs (its own backprop)",
-    "test_fit": "#25: a binary problem as one logistic unit, and settable coefs_/intercepts_",
+    "test_fit": "#25: settable coefs_/intercepts_, and alpha's decay on the weights only",
     "test_sparse_matrices[csr_matrix]": "#25: sparse input",
     "test_sparse_matrices[csr_array]": "#25: sparse input",
     "test_mlp_sample_weight_with_early_stopping": "#25: sample_weight",

@@ -16,7 +16,8 @@ What differs from scikit-learn's MLP (issue #25 tracks each):
   scikit-learn's penalty adds per batch, and applies to the biases too.
 - ``loss_curve_`` holds the data loss without the penalty.
 - No sparse input, ``sample_weight`` or ``loss="poisson"``; ``coefs_`` / ``intercepts_``
-  are read-only.
+  are read-only (scikit-learn's own test_fit sets them, and its worked example needs the L2
+  decay on the weights alone).
 
 ``solver="lbfgs"`` is scikit-learn's: SciPy's L-BFGS-B on the penalized loss over the whole
 data set, its gradient from one forward and backward pass on the backend per evaluation.
