@@ -158,12 +158,7 @@ class NumpyBackend(Backend):
         n = p.shape[0] if reduction == "mean" else 1
         tiny = xp.finfo(p.dtype).tiny
         loss = -(t * xp.log(xp.maximum(p, tiny))).sum() / n
-        if not grad:
-            return loss, None
-        dz = p - t
-        if n != 1:
-            dz /= n
-        return loss, dz
+        return loss, (_probability_delta(p, t, n) if grad else None)
 
     def sigmoid_cross_entropy(
         self, p: Array, t: Array, reduction: str, grad: bool = True
@@ -177,12 +172,7 @@ class NumpyBackend(Backend):
         one = p.dtype.type(1)
         loss = -(t * xp.log(xp.maximum(p, tiny)) + (one - t) * xp.log(xp.maximum(one - p, tiny)))
         loss = loss.sum() / n
-        if not grad:
-            return loss, None
-        dz = p - t
-        if n != 1:
-            dz /= n
-        return loss, dz
+        return loss, (_probability_delta(p, t, n) if grad else None)
 
     # -- update ---------------------------------------------------------------------------------
     def sgd_update(
@@ -245,3 +235,12 @@ class NumpyBackend(Backend):
         if offset:
             out += offset
         return out
+
+
+def _probability_delta(p: Array, t: Array, n: int) -> Array:
+    """dE/dz = (p - t) / n: a cross-entropy's delta after its own output activation (softmax,
+    or sigmoids), where the activation's derivative cancels the loss's."""
+    dz = p - t
+    if n != 1:
+        dz /= n
+    return dz
