@@ -127,6 +127,14 @@ def launched_local_rank() -> int | None:
     return None
 
 
+def use_node_gpu(cupy: Any, local_rank: int) -> None:
+    """Put this rank on its node's GPUs in turn: GPU local_rank % count (none: nothing). The
+    cupy backend calls it when made under a launcher, MPI() when CuPy came first."""
+    devices = cupy.cuda.runtime.getDeviceCount()
+    if devices:
+        cupy.cuda.Device(local_rank % devices).use()
+
+
 def data_digest(backend: Any, X: Any, T: Any) -> str:
     """A digest of the training data (X, T): their shapes, dtypes and every byte, in order
     (BLAKE2b: one pass over the data, once a run)."""
@@ -250,12 +258,10 @@ class MPI:
         self.local_size: int = local.Get_size()
         self.local_rank: int = local.Get_rank()
         local.Free()
-        if "cupy" in sys.modules:  # the CuPy backend is in use: the node's GPUs in turn
+        if "cupy" in sys.modules:  # CuPy was imported first: take this rank's GPU now
             import cupy
 
-            devices = cupy.cuda.runtime.getDeviceCount()
-            if devices:
-                cupy.cuda.Device(self.local_rank % devices).use()
+            use_node_gpu(cupy, self.local_rank)
         self.threads = threads if threads is not None else self._fair_threads()
         self._limit_threads(self.threads)
         # where each rank runs: a rank killed outright cannot say it failed, and the launcher

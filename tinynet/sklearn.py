@@ -135,9 +135,6 @@ class _EpochRule:
             for p, best in zip(params, self.best_params, strict=True):
                 p.data[...] = best
 
-    def state(self) -> dict[str, Any]:
-        return {"n_iter": self.estimator.n_iter_}
-
 
 def _stochastic(estimator: Any) -> bool:
     """partial_fit exists for the stochastic solvers only, as in scikit-learn."""
@@ -386,7 +383,10 @@ class _BaseMLP(BaseEstimator):
         inputs, outputs = net.as_inputs(X), net.as_targets(targets, n)
         shapes = [tuple(p.data.shape) for p in params]
         sizes = [int(np.prod(shape)) for shape in shapes]
-        is_weight = [len(shape) == 2 for shape in shapes]
+        # 1 where flat holds a weight (the penalty's), 0 where a bias
+        penalized = np.concatenate(
+            [np.full(size, float(len(shape) == 2)) for shape, size in zip(shapes, sizes, strict=True)]
+        )
 
         def put(flat: np.ndarray) -> None:
             offset = 0
@@ -398,15 +398,11 @@ class _BaseMLP(BaseEstimator):
         def loss_and_gradient(flat: np.ndarray) -> tuple[float, np.ndarray]:
             put(flat)
             value = float(net.gradients(inputs, outputs, loss))
-            grads = []
-            for p, weight in zip(params, is_weight, strict=True):
-                g = B.to_numpy(p.grad).astype(np.float64).ravel()
-                if weight:
-                    w = B.to_numpy(p.data).astype(np.float64).ravel()
-                    value += 0.5 * self.alpha * float(w @ w) / n
-                    g = g + self.alpha * w / n
-                grads.append(g)
-            return value, np.concatenate(grads)
+            gradient = np.concatenate([B.to_numpy(p.grad).ravel() for p in params])
+            gradient = gradient.astype(np.float64, copy=False)
+            weights = flat * penalized  # the weights of flat itself: no copy from the network
+            value += 0.5 * self.alpha * float(weights @ weights) / n
+            return value, gradient + self.alpha * weights / n
 
         start = np.concatenate([B.to_numpy(p.data).astype(np.float64).ravel() for p in params])
         return loss_and_gradient, start, put

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from tinynet.backend import Backend, Collective, EpochSpec, adam_scalars
-from tinynet.distributed import launched_local_rank
+from tinynet.distributed import launched_local_rank, use_node_gpu
 from tinynet.errors import BackendError
 from tinynet.kernels.cupy.cublas import Cublas
 from tinynet.kernels.cupy.plan import EpochPlan
@@ -67,7 +67,7 @@ class CupyBackend(Backend):
         # (MPI() does the same, but only when it is made after CuPy was imported)
         local_rank = launched_local_rank()
         if local_rank is not None:
-            cp.cuda.Device(local_rank % cp.cuda.runtime.getDeviceCount()).use()
+            use_node_gpu(cp, local_rank)
         # the fused elementwise kernels (sources.ELEMENTWISE), compiled by CuPy on first launch
         names = ("bias_act", "act_grad", "sgd", "momentum", "adam", "rescale", "se_grad")
         (self._bias_act, self._act_grad, self._sgd, self._momentum, self._adam, self._rescale,
