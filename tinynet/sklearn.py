@@ -385,7 +385,7 @@ class _BaseMLP(BaseEstimator):
         sizes = [int(np.prod(shape)) for shape in shapes]
         # 1 where flat holds a weight (the penalty's), 0 where a bias
         penalized = np.concatenate(
-            [np.full(size, float(len(shape) == 2)) for shape, size in zip(shapes, sizes, strict=1)]
+            [np.full(k, float(len(shape) == 2)) for shape, k in zip(shapes, sizes, strict=True)]
         )
 
         def put(flat: np.ndarray) -> None:
