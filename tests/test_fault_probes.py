@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -367,3 +368,22 @@ def test_every_setting_that_changes_a_distributed_run_reaches_the_ranks_check(tm
     resumed = settings(epochs=3, resume=ckpt)
     ckpt.write_bytes(ckpt.read_bytes()[:-1] + b"x")  # another checkpoint at the same path
     assert settings(epochs=3, resume=ckpt) != resumed
+
+
+def test_the_gpu_session_without_mnist_stops_at_once_saying_where_to_put_it(tmp_path):
+    """benchmarks/gpu_session.sh on a device that got no MNIST: one line naming the folder,
+    exit 2, before any install or test (device time is short)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_session.sh"
+    empty = tmp_path / "mnist"
+    empty.mkdir()
+    done = subprocess.run(
+        ["bash", str(script)],
+        cwd=tmp_path,
+        env={**os.environ, "OUT": str(tmp_path / "out"), "TINYNET_DATA_DIR": str(empty)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert f"no MNIST in {empty}: copy the four .gz files there" in done.stdout
+    assert "===" not in done.stdout.replace(f"=== no MNIST in {empty}", "")  # nothing else ran

@@ -210,6 +210,11 @@ def test_max_iter_without_convergence_warns():
         (dict(max_iter=0), "max_iter"),
         (dict(beta_2=1.5), "beta_2"),
         (dict(validation_fraction=1.0), "validation_fraction"),
+        (dict(learning_rate="sometimes"), "learning_rate"),
+        (dict(power_t=-0.5), "power_t"),
+        (dict(max_fun=0), "max_fun"),
+        (dict(n_iter_no_change=0), "n_iter_no_change"),
+        (dict(n_iter_no_change=-np.inf), "n_iter_no_change"),
     ],
 )
 def test_bad_parameters_are_value_errors_naming_them(settings, message):
@@ -447,3 +452,22 @@ def test_the_lbfgs_objective_is_the_penalized_loss_and_its_gradient(Estimator):
         data = 0.5 * ((model.predict(X) - y) ** 2).mean()
     assert value == pytest.approx(data + penalty, rel=1e-12)
     assert model.loss_ == pytest.approx(value, rel=1e-12)
+
+
+def test_targets_that_do_not_match_the_fitted_model_are_clear_errors():
+    """partial_fit with early stopping (scikit-learn's message), multilabel targets of another
+    width, and single labels into a model fitted on multilabel targets."""
+    X_train, _, y_train, _ = _digits()
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping=True"):
+        MLPClassifier(early_stopping=True, backend="numpy").partial_fit(
+            X_train[:20], y_train[:20], classes=range(10)
+        )
+    labels = np.c_[y_train % 2, y_train < 5].astype(int)
+    model = MLPClassifier((8,), solver="sgd", max_iter=2, backend="numpy", random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X_train, labels)
+    with pytest.raises(ValueError, match="y has 3 labels, the model 2"):
+        model.partial_fit(X_train, np.c_[labels, labels[:, :1]])
+    with pytest.raises(ValueError, match="fitted on multilabel targets"):
+        model.partial_fit(X_train, y_train % 2)
