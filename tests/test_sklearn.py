@@ -471,3 +471,65 @@ def test_targets_that_do_not_match_the_fitted_model_are_clear_errors():
         model.partial_fit(X_train, np.c_[labels, labels[:, :1]])
     with pytest.raises(ValueError, match="fitted on multilabel targets"):
         model.partial_fit(X_train, y_train % 2)
+
+
+def test_adaptive_learning_rate_divides_by_five_as_scikit_learns():
+    """tol so large that no epoch improves: every n_iter_no_change + 1 epochs the rate is
+    divided by 5, until at most 1e-6, then training stops. The final rate and epoch count are
+    scikit-learn's own estimator's under the same settings (the losses play no part)."""
+    from sklearn.neural_network import MLPClassifier as TheirMLPClassifier
+
+    X_train, _, y_train, _ = _digits()
+    settings = dict(hidden_layer_sizes=(8,), solver="sgd", learning_rate="adaptive", tol=1e9,
+                    n_iter_no_change=1, learning_rate_init=0.1, max_iter=500,
+                    random_state=0)  # fmt: skip
+    ours = MLPClassifier(**settings, backend="numpy").fit(X_train[:100], y_train[:100])
+    theirs = TheirMLPClassifier(**settings).fit(X_train[:100], y_train[:100])
+    assert ours.n_iter_ == theirs.n_iter_ < 500
+    assert ours._optimizer.learning_rate == pytest.approx(theirs._optimizer.learning_rate)
+
+
+def _recording_validation(model):
+    """model._score_on wrapped: each call's (X, targets, score, the weights scored)."""
+    calls, score_on = [], model._score_on
+
+    def recorded(X, targets):
+        score = score_on(X, targets)
+        calls.append((X, targets, score, [W.copy() for W in model.coefs_]))
+        return score
+
+    model._score_on = recorded
+    return calls
+
+
+def test_early_stopping_ends_with_the_weights_of_the_best_validation_score():
+    X_train, _, y_train, _ = _digits()
+    model = MLPClassifier((16,), early_stopping=True, learning_rate_init=0.05, max_iter=12,
+                          n_iter_no_change=50, random_state=0, backend="numpy")  # fmt: skip
+    calls = _recording_validation(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X_train, y_train)
+    scores = [score for _, _, score, _ in calls]
+    assert scores == model.validation_scores_ and len(scores) == 12
+    best = int(np.argmax(scores))
+    assert best < 11, "this run's best epoch should not be its last"
+    for ours, at_best in zip(model.coefs_, calls[best][3], strict=True):
+        np.testing.assert_array_equal(ours, at_best)
+
+
+def test_the_regressor_validation_score_is_r2():
+    """As scikit-learn's: R² of the held-out rows (recomputed here by sklearn.metrics)."""
+    from sklearn.metrics import r2_score
+
+    X, y = make_regression(n_samples=300, n_features=8, noise=5.0, random_state=0)
+    model = MLPRegressor((16,), early_stopping=True, max_iter=1, random_state=0,
+                         backend="numpy")  # fmt: skip
+    calls = _recording_validation(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X, y / y.std())
+    X_val, targets, _, _ = calls[0]
+    want = r2_score(targets.ravel(), model.predict(X_val))
+    assert model.validation_scores_ == [pytest.approx(want, rel=1e-12)]
+    assert model.best_validation_score_ == pytest.approx(want, rel=1e-12)
